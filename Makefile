@@ -1,0 +1,36 @@
+# make demo : set up .venv if needed, then train on built-in data and print the test metrics
+# make test : set up .venv if needed, then run the whole test suite
+# make bench: run the benchmark scripts (figures go to BENCHMARKS.md by hand, with the command)
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-stamp
+# torch is pinned to the CPU wheel that this machine carries; an open range would pull a CUDA build.
+TORCH   ?= torch==2.13.0
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+
+.PHONY: demo test bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/cotune demo --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python bench/loop_overhead.py
+	$(BIN)/python bench/mnist1d_reference.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

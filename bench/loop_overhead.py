@@ -1,0 +1,149 @@
+"""Training-loop overhead: cotune's train() versus a minimal hand-written PyTorch loop and
+Lightning's Trainer, on the same model, data and optimizer, interleaved in one process.
+
+    .venv/bin/python bench/loop_overhead.py                 # CPU, 1 thread
+    .venv/bin/python bench/loop_overhead.py --device cuda   # on a GPU machine
+
+Data: MNIST-1D (4,000 training samples, generated). Models: the paper CNN (5,210 params) and
+MLP 100-100 (15,210). Batches 32 and 512. Each measurement trains a fixed number of samples
+with Adam and a constant LR, no validation; the three loops run in turn, `--rounds` times,
+and the median samples/s is reported with cotune / hand-written as the ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from cotune.config import TrainConfig
+from cotune.data.batches import TensorData
+from cotune.data.sources import load
+from cotune.models import create_model
+from cotune.runtime import Runtime
+from cotune.train import train
+
+MODELS = {"cnn": ("cnn1d", dict(width=25, depth=3, kernel_size=5, pool="flatten", dropout=0.0)),
+          "mlp": ("mlp", dict(width=100, depth=2, dropout=0.0))}
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def hand_loop(model, X, y, bs, epochs, lr, device):
+    """The minimal loop: resident tensors, randperm, index slices, Adam."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    n = X.shape[0]
+    steps = max(1, n // bs if n % bs == 1 else -(-n // bs))
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        perm = torch.randperm(n, device=X.device)
+        for i in range(steps):
+            idx = perm[i * bs:(i + 1) * bs]
+            loss = F.cross_entropy(model(X[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    sync(device)
+    return epochs * n / (time.perf_counter() - t0)
+
+
+def cotune_loop(model, X, y, bs, epochs, lr, device, rt):
+    cfg = TrainConfig(optimizer="adam", lr=lr, weight_decay=0.0, schedule="constant", epochs=epochs,
+                      batch_size=bs, patience=0, loss="cross_entropy")
+    sync(device)
+    t0 = time.perf_counter()
+    train(model, TensorData(X, y), None, cfg, rt, task="multiclass", seed=0)
+    sync(device)
+    return epochs * X.shape[0] / (time.perf_counter() - t0)
+
+
+def lightning_loop(model, X, y, bs, epochs, lr, device):
+    import pytorch_lightning as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def training_step(self, batch, _):
+            xb, yb = batch
+            return F.cross_entropy(self.net(xb), yb)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=lr)
+
+    dl = DataLoader(TensorDataset(X.cpu(), y.cpu()), batch_size=bs, shuffle=True)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0)
+    sync(device)
+    t0 = time.perf_counter()
+    trainer.fit(Module(), dl)
+    sync(device)
+    return epochs * X.shape[0] / (time.perf_counter() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--samples", type=int, default=60_000, help="training samples per measurement at batch 32 (x4 at 512)")
+    ap.add_argument("--no-lightning", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    import logging
+    logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    rt = Runtime.resolve(args.device, "fp32", args.threads)
+    ds = load("mnist1d")
+    tr = ds.split == "train"
+    X = torch.as_tensor(ds.X[tr]).to(args.device)  # (4000, 1, 40)
+    y = torch.as_tensor(ds.y[tr]).to(args.device)
+    rows = []
+    print(f"device={rt.device} threads={args.threads} torch={torch.__version__} rounds={args.rounds}")
+    for mname, (family, kw) in MODELS.items():
+        for bs in (32, 512):
+            epochs = max(1, (args.samples * (4 if bs == 512 else 1)) // X.shape[0])
+            res = {"hand": [], "cotune": [], "lightning": []}
+            fresh = lambda: create_model(family, (1, 40), 10, **kw).to(args.device)  # noqa: E731
+            hand_loop(fresh(), X, y, bs, 1, 1e-3, args.device)  # warm-up
+            cotune_loop(fresh(), X, y, bs, 1, 1e-3, args.device, rt)
+            for _ in range(args.rounds):
+                torch.manual_seed(0)
+                res["hand"].append(hand_loop(fresh(), X, y, bs, epochs, 1e-3, args.device))
+                torch.manual_seed(0)
+                res["cotune"].append(cotune_loop(fresh(), X, y, bs, epochs, 1e-3, args.device, rt))
+                if not args.no_lightning:
+                    torch.manual_seed(0)
+                    res["lightning"].append(lightning_loop(fresh(), X, y, bs, epochs, 1e-3, args.device))
+            med = {k: statistics.median(v) for k, v in res.items() if v}
+            row = {"model": mname, "batch": bs, "epochs": epochs, **{f"{k}_samples_s": round(v) for k, v in med.items()},
+                   "cotune_vs_hand": round(med["cotune"] / med["hand"], 3),
+                   "ratios_per_round": [round(c / h, 3) for c, h in zip(res["cotune"], res["hand"])]}
+            if "lightning" in med:
+                row["lightning_vs_hand"] = round(med["lightning"] / med["hand"], 3)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print("\n| model | batch | hand-written samples/s | cotune samples/s | cotune / hand | Lightning samples/s | Lightning / hand |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['model']} | {r['batch']} | {r['hand_samples_s']:,} | {r['cotune_samples_s']:,} | {r['cotune_vs_hand']:.3f} | "
+              f"{r.get('lightning_samples_s', '-'):,} | {r.get('lightning_vs_hand', '-')} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

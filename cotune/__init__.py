@@ -1,0 +1,33 @@
+"""cotune: co-optimize a dataset and the training of a neural network on it.
+
+    import cotune
+    result = cotune.train("run.yaml", out="runs/a")      # one run with fixed knobs
+    cotune.load(result.path).predict(new_rows)
+
+Importing cotune is light (no torch): each API function imports what it needs when called.
+"""
+import sys as _sys
+import types as _types
+
+__version__ = "0.1.0"
+
+from cotune.api import demo, load, predict, train  # noqa: E402
+from cotune.config import RunConfig, load_config  # noqa: E402
+from cotune.errors import BundleError, ConfigError, CotuneError, DataError, ModelError  # noqa: E402
+
+__all__ = ["RunConfig", "load_config", "train", "load", "predict", "demo",
+           "CotuneError", "ConfigError", "DataError", "ModelError", "BundleError", "__version__"]
+
+
+class _Package(_types.ModuleType):
+    """Keeps `cotune.train` the API function after the training-loop module `cotune/train.py` is imported
+    (Python binds an imported submodule as an attribute of its package). Import the loop itself with
+    `from cotune.train import train`."""
+
+    def __setattr__(self, name, value):
+        if name == "train" and isinstance(value, _types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package

@@ -1,0 +1,62 @@
+"""The Python API: each CLI verb is one function here.
+
+    import cotune
+    result = cotune.train("run.yaml", overrides=["train.lr=1e-3"], out="runs/a")
+    result.test["accuracy"]
+    cotune.load(result.path).predict(new_rows)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from cotune.config import RunConfig, from_dict, load_config
+
+
+def resolve_config(config=None, overrides=(), out=None) -> RunConfig:
+    """A RunConfig from a path, a dict, a RunConfig or None (defaults), plus dotted overrides."""
+    overrides = list(overrides)
+    if out is not None:
+        overrides.append(f"out={Path(out)}")
+    if isinstance(config, RunConfig):
+        return from_dict(config.to_dict(), overrides)
+    if isinstance(config, dict):
+        return from_dict(config, overrides)
+    return load_config(config, overrides)
+
+
+def train(config=None, *, overrides=(), out=None, resume: bool = False, progress: bool | None = None, on_eval=None):
+    """Train one model with fixed knobs; returns a RunResult (metrics, path, history)."""
+    from cotune.pipeline import run
+    if resume:
+        if out is None:
+            from cotune.errors import ConfigError
+            raise ConfigError("resume needs the run directory: pass out=... (CLI: --out DIR --resume).")
+        return run(RunConfig(out=str(out)), resume=True, progress=progress, on_eval=on_eval)
+    return run(resolve_config(config, overrides, out), progress=progress, on_eval=on_eval)
+
+
+def load(path):
+    """Load a finished run directory as a Bundle with predict / predict_proba / predict_frame."""
+    from cotune.bundle import load as _load
+    return _load(path)
+
+
+def predict(run_dir, data, out=None):
+    """Predictions for `data` (path, built-in name, DataFrame or array) as a DataFrame; written to `out` as CSV if given."""
+    from cotune.track import atomic_write_bytes
+    frame = load(run_dir).predict_frame(data)
+    if out is not None:
+        atomic_write_bytes(out, frame.to_csv(index=False).encode())
+    return frame
+
+
+DEMO_CONFIG = {
+    "data": {"source": "sklearn:digits"},
+    "model": {"family": "cnn2d", "width": 32, "depth": 2, "dropout": 0.1, "norm": "batch"},
+    "train": {"optimizer": "adamw", "lr": 3e-3, "epochs": 30, "batch_size": 64, "schedule": "onecycle", "patience": 10},
+}
+
+
+def demo(out=None, progress: bool | None = None):
+    """Train a small CNN on sklearn's digits (built in, no download) and return the RunResult."""
+    return train(DEMO_CONFIG, out=out, progress=progress)

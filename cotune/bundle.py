@@ -1,0 +1,146 @@
+"""A saved model: preprocessing state + weights (safetensors) + model spec + config + metrics.
+
+    b = cotune.load("runs/x")
+    b.predict(df)            # class labels or values
+    b.predict_proba(df)      # (N, K) class probabilities
+    b.predict_frame("new.csv")  # DataFrame: prediction + one proba_<class> column per class
+
+Loading reads JSON and safetensors only; nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from cotune.data.preprocess import Preprocessor
+from cotune.errors import BundleError, CotuneError, DataError
+from cotune.models import create_model
+from cotune.runtime import Runtime
+from cotune.track import read_json, write_json
+from cotune.train import infer
+
+WEIGHTS = "model.safetensors"
+SPEC = "model.json"
+REQUIRED = (WEIGHTS, SPEC, "preprocess.json")
+
+
+def save(run_dir: str | Path, model: torch.nn.Module, spec: dict, pre: Preprocessor) -> None:
+    """spec: family, in_shape, out_dim, kwargs, task, classes, target, modality, y_mean, y_std, source meta."""
+    run_dir = Path(run_dir)
+    tmp = run_dir / f".{WEIGHTS}.tmp"
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(run_dir / WEIGHTS)
+    pre.save(run_dir)
+    write_json(run_dir / SPEC, spec)
+
+
+class Bundle:
+    """A trained model loaded from a run directory, ready to predict on raw features."""
+
+    def __init__(self, path: Path, spec: dict, model: torch.nn.Module, pre: Preprocessor):
+        self.path, self.spec, self.model, self.pre = path, spec, model, pre
+        self.task: str = spec["task"]
+        self.classes_ = list(spec.get("classes") or [])
+        self.runtime = Runtime(device="cpu", precision="fp32", threads=torch.get_num_threads())
+
+    def __repr__(self) -> str:
+        return f"Bundle({str(self.path)!r}, family={self.spec['family']!r}, task={self.task!r})"
+
+    def _outputs(self, X) -> torch.Tensor:
+        feats = self.pre.transform(self._features(X))
+        return infer(self.model, torch.as_tensor(feats), self.runtime)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """(N, K) class probabilities, columns in the order of `classes_`."""
+        if self.task == "regression":
+            raise BundleError("predict_proba needs a classification model but this one is regression; use predict().")
+        return torch.softmax(self._outputs(X), dim=-1).numpy()
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted class labels (original label values) or regression values in target units."""
+        if self.task == "regression":
+            out = self._outputs(X).squeeze(-1).numpy()
+            return out * self.spec["y_std"] + self.spec["y_mean"]
+        return np.asarray(self.classes_, dtype=object)[self.predict_proba(X).argmax(1)]
+
+    def predict_frame(self, X) -> pd.DataFrame:
+        if self.task == "regression":
+            return pd.DataFrame({"prediction": self.predict(X)})
+        proba = self.predict_proba(X)
+        df = pd.DataFrame({"prediction": np.asarray(self.classes_, dtype=object)[proba.argmax(1)]})
+        for j, c in enumerate(self.classes_):
+            df[f"proba_{c}"] = proba[:, j]
+        return df
+
+    def _features(self, X):
+        """Raw features from a DataFrame, an array, or a path / built-in name (the target is dropped if present)."""
+        if isinstance(X, (str, Path)):
+            X = read_features(str(X), self.spec)
+        if self.spec["modality"] == "tabular":
+            if isinstance(X, np.ndarray):
+                cols = self.spec["columns"]
+                if X.ndim != 2 or X.shape[1] != len(cols):
+                    raise DataError(f"Expected a table with columns {cols[:8]}...; got an array of shape {X.shape}; pass a DataFrame or CSV.")
+                X = pd.DataFrame(X, columns=cols)
+            if not isinstance(X, pd.DataFrame):
+                raise DataError(f"This model takes a table (DataFrame, CSV or Parquet); got {type(X).__name__}.")
+            return X.drop(columns=[c for c in [self.spec["target"]] if c in X.columns])
+        X = np.asarray(X, dtype=np.float32)
+        shape = tuple(self.spec["raw_shape"])
+        if X.ndim == len(shape) and self.spec["modality"] == "sequence" and len(shape) == 2:
+            X = X[:, None, :] if X.shape[1:] == shape[1:] else X
+        if tuple(X.shape[1:]) != shape:
+            raise DataError(f"Expected samples of shape {shape}; got {tuple(X.shape[1:])}; pass data shaped like the training data.")
+        return X
+
+
+def read_features(source: str, spec: dict):
+    """Features of new data: a table file, an .npz with X, an image folder, or a built-in name."""
+    from cotune.data import sources
+    p = Path(source)
+    if not p.exists() and ":" not in source and source != "mnist1d":
+        raise DataError(f"Data {source!r} not found; check the path.")
+    try:
+        if p.suffix.lower() == ".csv":
+            return pd.read_csv(p)
+        if p.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(p)
+        if p.suffix.lower() == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                if "X" not in z:
+                    raise DataError(f"{source!r} has no array named 'X'; save features with np.savez(path, X=...).")
+                return z["X"]
+    except CotuneError:
+        raise
+    except Exception as err:
+        raise DataError(f"Could not read {source!r} ({type(err).__name__}: {' '.join(str(err).split())[:120]}); check the file.") from None
+    if p.is_dir():
+        return sources.read_images(p, spec["meta"].get("image_size", 32), spec["meta"].get("image_mode", "rgb"))[0]
+    ds = sources.load(source, target=spec["target"] if spec["modality"] == "tabular" else None,
+                      **{k: v for k, v in spec["meta"].items() if k in ("n_samples", "generator_seed")})
+    return ds.X
+
+
+def load(path: str | Path) -> Bundle:
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"Run directory {str(path)!r} not found; pass the --out directory of a finished run.")
+    missing = [f for f in REQUIRED if not (path / f).is_file()]
+    if missing:
+        raise BundleError(f"Run directory {str(path)!r} has no {missing[0]}; it is not a finished run (resume it with --resume).")
+    try:
+        spec = read_json(path / SPEC)
+        model = create_model(spec["family"], tuple(spec["in_shape"]), spec["out_dim"], **spec["kwargs"])
+        model.load_state_dict(load_file(str(path / WEIGHTS)))
+        pre = Preprocessor.load(path)
+    except CotuneError:
+        raise
+    except Exception as err:
+        raise BundleError(f"Run directory {str(path)!r} could not be loaded ({type(err).__name__}: {' '.join(str(err).split())[:150]}); "
+                          "its files are damaged: retrain it.") from None
+    model.eval()
+    return Bundle(path, spec, model, pre)

@@ -1,0 +1,130 @@
+"""The `cotune` command: parses, calls one API function, prints where the results went.
+
+Bad input (a CotuneError) prints one line to stderr and exits with code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cotune.errors import EXIT_INTERRUPTED, CotuneError, one_line
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Co-optimize a dataset and the training of a neural network on it.")
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+def friendly(fn):
+    """Turn a CotuneError into 'error: <message>' and exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CotuneError as err:
+            err_console.print(f"[bold red]error:[/] {one_line(err)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(err.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: a run can be continued with --resume")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+    return wrapper
+
+
+def print_metrics(result) -> None:
+    keys = [k for k in ("accuracy", "f1_macro", "roc_auc", "log_loss", "ece", "rmse", "mae", "r2")
+            if any(k in (result.metrics.get(p) or {}) for p in ("val", "test"))]
+    table = Table(title=f"{result.config.model.family}, {result.n_params:,} parameters, best epoch "
+                        f"{result.train.best_epoch}/{result.train.epochs_run}")
+    table.add_column("split")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for part in ("val", "test"):
+        m = result.metrics.get(part)
+        if m:
+            table.add_row(part, *[("-" if m.get(k) is None else f"{m[k]:.4f}") for k in keys])
+    out_console.print(table)
+    out_console.print(f"run directory: [bold]{result.path}[/]")
+
+
+SET_HELP = "Override one config key, e.g. --set train.lr=1e-3 (repeatable). Keys: see `cotune knobs`."
+
+
+@app.command()
+@friendly
+def train(config: Optional[Path] = typer.Argument(None, help="YAML config; every key has a default."),
+          set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+          out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<data>-<time>)."),
+          resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out from its last checkpoint."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")):
+    """Train one model with fixed knobs and write a run directory (model, metrics, history)."""
+    from cotune import api
+    if resume and (config is not None or set_):
+        raise CotuneError("--resume continues the run in --out with its saved config; drop the CONFIG and --set arguments.")
+    result = api.train(config, overrides=set_, out=out, resume=resume, progress=False if quiet else None)
+    print_metrics(result)
+
+
+@app.command()
+@friendly
+def predict(run: Path = typer.Argument(..., help="Run directory of a finished run."),
+            data: str = typer.Argument(..., help="CSV / Parquet / .npz (X) / image folder / built-in name."),
+            out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write predictions here as CSV (default: print the first rows).")):
+    """Predict classes and probabilities (or values) for new data with a trained run."""
+    from cotune import api
+    frame = api.predict(run, data, out=out)
+    if out is None:
+        out_console.print(frame.head(20).to_string(index=False))
+        if len(frame) > 20:
+            out_console.print(f"... {len(frame)} rows; pass --out FILE.csv for all of them")
+    else:
+        out_console.print(f"{len(frame)} predictions written to [bold]{out}[/]")
+
+
+@app.command()
+@friendly
+def demo(out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/digits-<time>)."),
+         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")):
+    """End to end on built-in data (sklearn digits): train, evaluate on the test split, save a bundle."""
+    from cotune import api
+    result = api.demo(out=out, progress=False if quiet else None)
+    print_metrics(result)
+    out_console.print(f"predict with: cotune predict {result.path} sklearn:digits")
+
+
+@app.command()
+@friendly
+def models(pattern: str = typer.Argument("*", help="Filter, e.g. 'cnn*'.")):
+    """List the registered model families and sized variants."""
+    from cotune.models import list_models, model_info
+    table = Table("name", "family", "inputs", "description")
+    for name in list_models(pattern):
+        info = model_info(name)
+        table.add_row(name, str(info.get("family", "")), ", ".join(info.get("modalities", ())), str(info.get("doc", "")))
+    out_console.print(table)
+
+
+@app.command()
+@friendly
+def knobs(stage: Optional[str] = typer.Argument(None, help="Only this stage: data, model, train, runtime.")):
+    """List every config key with its default, valid values and help."""
+    from cotune.config import expected
+    from cotune.knobs import KNOBS
+    table = Table("key", "default", "valid", "searched", "help")
+    for k in KNOBS:
+        if stage is None or k.stage == stage:
+            table.add_row(k.name, repr(k.default), _expected(k), "yes" if k.search is not None else "", k.help)
+    out_console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

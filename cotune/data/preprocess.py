@@ -1,0 +1,307 @@
+"""Feature preprocessing fitted on the training rows only, saved as plain JSON (never pickle).
+
+Tabular data
+    numeric columns: impute the train median (0 for a column that is all missing in train; +-inf
+    counts as missing), then standardize with the train mean / std (std 0 -> 1).
+    categorical columns: missing -> '__missing__', values compared as strings (an integral float
+    such as 3.0 reads as '3'), one-hot over the categories seen in train. At most
+    `max_categories` (50) categories per column are kept: the most frequent ones; when train has
+    more, the rest share one '__other__' column. At transform time a value outside the kept
+    categories gives all zeros for that column, or the '__other__' column when the column has one
+    (such a value is rarer than every kept category).
+Image / sequence arrays
+    per-channel mean / std over the train samples; x -> (x - mean) / std (std 0 -> 1).
+
+Learned state: `in_shape_`, `feature_names_`, `mean_` / `std_` (per numeric column or per channel),
+and for tables `median_`, `categories_` ({column: kept categories}), `columns_`.
+
+Usage::
+
+    pre = Preprocessor().fit(ds, train_idx)
+    X_train = pre.transform_rows(ds, train_idx)   # or pre.transform(df_or_array)
+    pre.save(run_dir); pre = Preprocessor.load(run_dir)
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cotune.data.dataset import MODALITIES, Dataset
+from cotune.errors import BundleError, DataError, invalid
+
+MAX_CATEGORIES = 50
+MISSING = "__missing__"
+OTHER = "__other__"
+FILENAME = "preprocess.json"
+FORMAT_VERSION = 1
+_CHUNK = 4096  # samples per chunk when computing array statistics
+
+
+def _category_strings(s: pd.Series) -> np.ndarray:
+    """Values of a categorical column as strings, missing -> '__missing__', 3.0 -> '3'."""
+    def one(v):
+        if isinstance(v, (float, np.floating)) and float(v).is_integer():
+            return str(int(v))
+        return str(v)
+    codes, uniques = pd.factorize(pd.Series(s).astype(object), use_na_sentinel=True)
+    names = np.array([one(v) for v in uniques] + [MISSING], dtype=object)
+    return names[codes]  # code -1 (missing) picks the trailing MISSING
+
+
+class Preprocessor:
+    """sklearn-style: `fit(ds, train_idx)` learns state (attributes ending in `_`), `transform(X)`."""
+
+    def __init__(self, max_categories: int = MAX_CATEGORIES):
+        if isinstance(max_categories, bool) or not isinstance(max_categories, (int, np.integer)) or max_categories < 1:
+            raise ValueError(f"max_categories must be an integer >= 1, got {max_categories!r}")
+        self.max_categories = int(max_categories)
+
+    # ------------------------------------------------------------------------------------------
+    def fit(self, ds: Dataset, train_idx) -> "Preprocessor":
+        idx = np.asarray(train_idx)
+        if idx.ndim != 1 or idx.dtype.kind not in "iu":
+            raise ValueError("train_idx must be a 1-D integer index array")
+        if len(idx) == 0:
+            raise DataError(f"No training rows to fit the preprocessing of {ds.name!r} on; lower data.val / data.test "
+                            "or add rows.")
+        if ds.modality not in MODALITIES:
+            raise ValueError(f"unknown modality {ds.modality!r}")
+        self.modality_ = ds.modality
+        if ds.modality == "tabular":
+            self._fit_table(ds.X.iloc[idx], ds)
+        else:
+            self._fit_array(ds.X, idx)
+        return self
+
+    def _fit_table(self, df: pd.DataFrame, ds: Dataset) -> None:
+        self.columns_ = [str(c) for c in ds.X.columns]
+        self.numeric_ = []
+        for col in ds.numeric:
+            v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            v = np.where(np.isfinite(v), v, np.nan)
+            present = v[~np.isnan(v)]
+            median = float(np.median(present)) if len(present) else 0.0
+            filled = np.where(np.isnan(v), median, v)
+            mean, std = float(filled.mean()), float(filled.std())
+            if not np.isfinite(std) or std <= 1e-12:
+                std = 1.0
+            self.numeric_.append({"name": str(col), "median": median, "mean": mean, "std": std})
+        self.categorical_ = []
+        for col in ds.categorical:
+            values, counts = np.unique(_category_strings(df[col]), return_counts=True)
+            order = sorted(range(len(values)), key=lambda i: (-counts[i], values[i]))  # most frequent, then by name
+            kept = sorted(str(values[i]) for i in order[:self.max_categories])
+            other = len(values) > self.max_categories
+            self.categorical_.append({"name": str(col), "categories": kept + ([OTHER] if other else []), "other": other})
+        self._finish()
+
+    def _fit_array(self, X: np.ndarray, idx: np.ndarray) -> None:
+        C = X.shape[1]
+        axes = (0,) + tuple(range(2, X.ndim))
+        total, count = np.zeros(C), 0
+        for start in range(0, len(idx), _CHUNK):
+            x = np.asarray(X[idx[start:start + _CHUNK]], dtype=np.float64)
+            total += x.sum(axis=axes)
+            count += x.size // C
+        mean = total / count
+        sq = np.zeros(C)
+        shape = (1, C) + (1,) * (X.ndim - 2)
+        for start in range(0, len(idx), _CHUNK):
+            x = np.asarray(X[idx[start:start + _CHUNK]], dtype=np.float64)
+            sq += ((x - mean.reshape(shape)) ** 2).sum(axis=axes)
+        std = np.sqrt(sq / count)
+        std[~(std > 1e-12)] = 1.0
+        self.mean_ = [float(m) for m in mean]
+        self.std_ = [float(s) for s in std]
+        self.sample_shape_ = [int(s) for s in X.shape[1:]]
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.modality_ == "tabular":
+            names = [c["name"] for c in self.numeric_]
+            for c in self.categorical_:
+                names += [f"{c['name']}={v}" for v in c["categories"]]
+            self.feature_names_ = names
+            self.in_shape_ = (len(names),)
+            self.median_ = [c["median"] for c in self.numeric_]
+            self.mean_ = [c["mean"] for c in self.numeric_]
+            self.std_ = [c["std"] for c in self.numeric_]
+            self.categories_ = {c["name"]: list(c["categories"]) for c in self.categorical_}
+            self._num_stats = (np.array([c["median"] for c in self.numeric_], dtype=np.float64),
+                               np.array([c["mean"] for c in self.numeric_], dtype=np.float64),
+                               np.array([c["std"] for c in self.numeric_], dtype=np.float64))
+        else:
+            self.in_shape_ = tuple(self.sample_shape_)
+            self.feature_names_ = [f"channel{c}" for c in range(self.in_shape_[0])]
+
+    # ------------------------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "modality_"):
+            raise RuntimeError("Preprocessor is not fitted: call fit(ds, train_idx) or Preprocessor.load(dir) first")
+
+    def transform_rows(self, ds: Dataset, idx) -> np.ndarray:
+        """Transform the rows `idx` of `ds` (a convenience over `transform`)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return self.transform(ds.X.iloc[idx] if isinstance(ds.X, pd.DataFrame) else ds.X[idx])
+
+    def transform(self, X) -> np.ndarray:
+        """Features as a float32 array of shape (N, *in_shape_)."""
+        self._check_fitted()
+        if self.modality_ == "tabular":
+            return self._transform_table(X)
+        return self._transform_array(X)
+
+    def _transform_table(self, X) -> np.ndarray:
+        if isinstance(X, dict):
+            X = pd.DataFrame(X)
+        elif not isinstance(X, pd.DataFrame):
+            arr = np.asarray(X)
+            if arr.ndim != 2 or arr.shape[1] != len(self.columns_):
+                raise DataError(invalid("The input features", f"a table with columns {self.columns_[:10]}",
+                                        f"an array of shape {arr.shape}", "pass a DataFrame / CSV with those columns"))
+            X = pd.DataFrame(arr, columns=self.columns_)
+        X = X.copy(deep=False)
+        X.columns = [str(c) for c in X.columns]
+        required = [c["name"] for c in self.numeric_] + [c["name"] for c in self.categorical_]
+        missing = [c for c in required if c not in X.columns]
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise DataError(f"The input is missing {len(missing)} column(s) the model was trained on: "
+                            f"{', '.join(repr(c) for c in missing[:5])}{more}; add them (empty cells are fine).")
+        n = len(X)
+        out = np.zeros((n, self.in_shape_[0]), dtype=np.float32)
+        if self.numeric_:
+            median, mean, std = self._num_stats
+            cols = []
+            for j, c in enumerate(self.numeric_):
+                s = X[c["name"]]
+                if s.dtype.kind == "b":
+                    s = s.astype(np.float64)
+                parsed = pd.to_numeric(s, errors="coerce")
+                bad = s.notna().to_numpy() & parsed.isna().to_numpy()
+                if bad.any():
+                    example = s[bad].iloc[0]
+                    raise DataError(f"Column {c['name']!r} must be numeric but has {int(bad.sum())} non-numeric "
+                                    f"value(s) such as {example!r}; clean those cells or leave them empty.")
+                cols.append(parsed.to_numpy(dtype=np.float64, na_value=np.nan))
+            v = np.stack(cols, axis=1) if cols else np.zeros((n, 0))
+            v = np.where(np.isfinite(v), v, median)
+            out[:, :len(self.numeric_)] = (v - mean) / std
+        offset = len(self.numeric_)
+        rows = np.arange(n)
+        for c in self.categorical_:
+            cats = c["categories"]
+            codes = pd.Index(cats, dtype=object).get_indexer(_category_strings(X[c["name"]])).astype(np.int64)
+            if c["other"]:
+                codes[codes < 0] = len(cats) - 1  # the '__other__' column is last
+            hit = codes >= 0
+            out[rows[hit], offset + codes[hit]] = 1.0
+            offset += len(cats)
+        return out
+
+    def _transform_array(self, X) -> np.ndarray:
+        try:
+            x = np.asarray(X, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise DataError(invalid("The input array", f"numeric with samples of shape {self.in_shape_}",
+                                    type(X).__name__)) from None
+        if x.ndim == len(self.in_shape_) and self.in_shape_[0] == 1 and x.shape[1:] == self.in_shape_[1:]:
+            x = x[:, None]  # (N, L) / (N, H, W) for single-channel data
+        if x.ndim != len(self.in_shape_) + 1 or tuple(x.shape[1:]) != self.in_shape_:
+            raise DataError(invalid("The input array", f"of shape (N, {', '.join(map(str, self.in_shape_))})",
+                                    f"shape {x.shape}", "resize or reshape the inputs like the training data"))
+        if not np.isfinite(x).all():
+            raise DataError("The input array holds NaN or infinite values; fill or drop them first.")
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        mean = np.asarray(self.mean_, dtype=np.float32).reshape(shape)
+        std = np.asarray(self.std_, dtype=np.float32).reshape(shape)
+        return ((x - mean) / std).astype(np.float32, copy=False)
+
+    # ------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Fitted state as a JSON-serializable dict."""
+        self._check_fitted()
+        d = {"format": "cotune.preprocess", "version": FORMAT_VERSION, "modality": self.modality_,
+             "max_categories": self.max_categories, "in_shape": list(self.in_shape_),
+             "feature_names": list(self.feature_names_)}
+        if self.modality_ == "tabular":
+            d.update(columns=list(self.columns_), numeric=[dict(c) for c in self.numeric_],
+                     categorical=[{"name": c["name"], "categories": list(c["categories"]), "other": c["other"]}
+                                  for c in self.categorical_])
+        else:
+            d.update(mean=list(self.mean_), std=list(self.std_), sample_shape=list(self.sample_shape_))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessor":
+        try:
+            if d.get("format") != "cotune.preprocess" or d.get("version") != FORMAT_VERSION:
+                raise ValueError(f"format {d.get('format')!r} version {d.get('version')!r}")
+            pre = cls(max_categories=int(d["max_categories"]))
+            pre.modality_ = str(d["modality"])
+            if pre.modality_ == "tabular":
+                pre.columns_ = [str(c) for c in d["columns"]]
+                pre.numeric_ = [{"name": str(c["name"]), "median": float(c["median"]), "mean": float(c["mean"]),
+                                 "std": float(c["std"])} for c in d["numeric"]]
+                pre.categorical_ = [{"name": str(c["name"]), "categories": [str(v) for v in c["categories"]],
+                                     "other": bool(c["other"])} for c in d["categorical"]]
+            elif pre.modality_ in MODALITIES:
+                pre.mean_ = [float(v) for v in d["mean"]]
+                pre.std_ = [float(v) for v in d["std"]]
+                pre.sample_shape_ = [int(v) for v in d["sample_shape"]]
+                if len(pre.mean_) != pre.sample_shape_[0] or len(pre.std_) != pre.sample_shape_[0]:
+                    raise ValueError("channel statistics do not match the sample shape")
+            else:
+                raise ValueError(f"unknown modality {pre.modality_!r}")
+            pre._finish()
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise BundleError(f"The preprocessing state is invalid ({type(e).__name__}: {' '.join(str(e).split())}); "
+                              "re-run training to write a new one.") from None
+        return pre
+
+    def save(self, directory) -> Path:
+        """Write `<directory>/preprocess.json` atomically; returns its path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / FILENAME
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".preprocess-", suffix=".json.tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(self.to_dict(), fh, indent=1, allow_nan=False)
+                fh.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return path
+
+    @classmethod
+    def load(cls, directory) -> "Preprocessor":
+        path = Path(directory) / FILENAME
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise BundleError(f"{str(path)!r} not found; point at a run directory written by training.") from None
+        except OSError as e:
+            raise BundleError(f"Cannot read {str(path)!r} ({' '.join(str(e).split())}); check the run directory.") from None
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BundleError(f"{str(path)!r} is not valid JSON ({e.msg} at line {e.lineno}); re-run training to "
+                              "write a new one.") from None
+        if not isinstance(d, dict):
+            raise BundleError(f"{str(path)!r} does not hold a preprocessing state; re-run training to write a new one.")
+        return cls.from_dict(d)
+
+    def __repr__(self) -> str:
+        if not hasattr(self, "modality_"):
+            return f"Preprocessor(max_categories={self.max_categories})"
+        return f"Preprocessor({self.modality_}, in_shape={self.in_shape_})"

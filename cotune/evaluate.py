@@ -1,0 +1,188 @@
+"""Task metrics as plain JSON-serializable dicts (numpy + scikit-learn only; never torch).
+
+Undefined values are None, never NaN. Bad inputs are upstream bugs, so they raise ValueError.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+from sklearn import metrics as skm
+
+from cotune.errors import fmt_choices, invalid
+
+TASKS = ("binary", "multiclass", "regression")
+
+
+def primary_metric(task: str) -> tuple[str, str]:
+    """Return ``(metric_name, 'max' | 'min')`` used to rank trials for ``task``."""
+    _check_task(task)
+    return ("rmse", "min") if task == "regression" else ("accuracy", "max")
+
+
+def _check_task(task):
+    if task not in TASKS:
+        raise ValueError(invalid("'task'", f"one of {fmt_choices(TASKS)}", task))
+
+
+def _num(x) -> float | None:
+    """Plain float, or None for NaN/inf."""
+    return float(x) if math.isfinite(float(x)) else None
+
+
+def _plain(label):
+    """A JSON-serializable class label (numpy scalars unwrapped, other objects as str)."""
+    label = label.item() if isinstance(label, np.generic) else label
+    return label if isinstance(label, (str, int, float, bool, type(None))) else str(label)
+
+
+def _check_probs(y_true, probs):
+    """Validate ``y_true`` (N,) int codes and ``probs`` (N, K); return them as arrays."""
+    y, p = np.asarray(y_true).reshape(-1), np.asarray(probs, dtype=float)
+    if not np.issubdtype(y.dtype, np.number):
+        raise ValueError(invalid("'y_true'", "integer class codes", f"dtype {y.dtype}"))
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError(invalid("'probs'", "a 2-D (N, K) array with K >= 2", f"shape {p.shape}"))
+    if len(y) != len(p) or len(y) == 0:
+        raise ValueError(f"'y_true' and 'probs' must be non-empty and equally long; got "
+                         f"{len(y)} labels and {len(p)} probability rows.")
+    if not np.all(np.isfinite(p)) or p.min() < 0 or not np.allclose(p.sum(1), 1.0, atol=1e-3):
+        raise ValueError("'probs' must hold finite, non-negative rows summing to 1 (softmax).")
+    if not np.all(np.mod(y, 1) == 0) or y.min() < 0 or y.max() >= p.shape[1]:
+        raise ValueError(f"'y_true' must be integer class codes in 0..{p.shape[1] - 1} (one per "
+                         f"prob column); got values in [{y.min()}, {y.max()}].")
+    return y.astype(int), p
+
+
+def _bin_stats(y, p, n_bins):
+    if int(n_bins) != n_bins or n_bins < 1:
+        raise ValueError(invalid("'n_bins'", "an integer >= 1", n_bins))
+    n_bins = int(n_bins)
+    conf, correct = p.max(1), (p.argmax(1) == y).astype(float)
+    idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)  # bins (lo, hi]
+    count = np.bincount(idx, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(idx, conf, n_bins) / count
+        mean_acc = np.bincount(idx, correct, n_bins) / count
+    return count, mean_conf, mean_acc
+
+
+def calibration_bins(y_true, probs, n_bins: int = 15) -> dict:
+    """Reliability-diagram data over ``n_bins`` equal-width bins of the max probability.
+
+    Parameters
+    ----------
+    y_true : array-like, shape (N,)
+        Integer class codes 0..K-1.
+    probs : array-like, shape (N, K)
+        Class probabilities; rows sum to 1.
+    n_bins : int
+        Number of equal-width bins on [0, 1]; bin ``b`` covers ``(b/n_bins, (b+1)/n_bins]``.
+
+    Returns
+    -------
+    dict
+        Lists of length ``n_bins``: bin_lower, bin_upper, confidence (mean max prob), accuracy
+        (fraction correct), count; empty bins have None confidence and accuracy.
+    """
+    count, conf, acc = _bin_stats(*_check_probs(y_true, probs), n_bins)
+    edges = np.linspace(0.0, 1.0, len(count) + 1)
+    return {"bin_lower": edges[:-1].tolist(), "bin_upper": edges[1:].tolist(),
+            "confidence": [_num(c) for c in conf], "accuracy": [_num(a) for a in acc],
+            "count": [int(c) for c in count]}
+
+
+def ece(y_true, probs, n_bins: int = 15) -> float:
+    """Expected calibration error: count-weighted mean of ``|accuracy - confidence|`` per bin.
+
+    Parameters are as in :func:`calibration_bins`. Returns a float in [0, 1].
+    """
+    count, conf, acc = _bin_stats(*_check_probs(y_true, probs), n_bins)
+    return float(np.sum(count * np.nan_to_num(np.abs(acc - conf))) / count.sum())
+
+
+def _roc_auc(y, p) -> float | None:
+    """Binary: AUC of P(class 1). Multiclass: one-vs-rest macro over the classes present in y
+    (= sklearn's multi_class='ovr' when all are). None if y holds fewer than two classes."""
+    present = np.unique(y)
+    if len(present) < 2:
+        return None
+    if p.shape[1] == 2:
+        return _num(skm.roc_auc_score(y, p[:, 1]))
+    return _num(np.mean([skm.roc_auc_score(y == k, p[:, k]) for k in present]))
+
+
+def _classification(y, p, classes) -> dict:
+    k = p.shape[1]
+    if classes is not None and len(classes) != k:
+        raise ValueError(invalid("'classes'", f"{k} labels (one per prob column)", len(classes)))
+    pred = p.argmax(1)
+    out = {"n": int(len(y)), "accuracy": float(skm.accuracy_score(y, pred))}
+    prfs = skm.precision_recall_fscore_support
+    with warnings.catch_warnings():  # absent / never-predicted classes warn; handled below
+        warnings.simplefilter("ignore")
+        out["balanced_accuracy"] = _num(skm.balanced_accuracy_score(y, pred))
+        for avg in ("macro", "weighted"):  # over labels seen in y or pred, as sklearn's default
+            pr, rc, f1, _ = prfs(y, pred, average=avg, zero_division=0)
+            out.update({f"precision_{avg}": _num(pr), f"recall_{avg}": _num(rc),
+                        f"f1_{avg}": _num(f1)})
+        pr, rc, f1, sup = prfs(y, pred, labels=list(range(k)), zero_division=np.nan)
+    out["log_loss"] = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))))
+    out["roc_auc"] = _roc_auc(y, p)
+    out["ece"] = ece(y, p)
+    names = list(range(k)) if classes is None else list(classes)
+    out["per_class"] = [{"class": _plain(c), "precision": _num(a), "recall": _num(r), "f1": _num(f),
+                         "support": int(n)} for c, a, r, f, n in zip(names, pr, rc, f1, sup)]
+    out["confusion_matrix"] = skm.confusion_matrix(y, pred, labels=list(range(k))).tolist()
+    out["calibration"] = calibration_bins(y, p)
+    return out
+
+
+def _regression(y_true, output) -> dict:
+    y, pred = np.asarray(y_true, dtype=float), np.asarray(output, dtype=float)
+    pred = pred[:, 0] if pred.ndim == 2 and pred.shape[1] == 1 else pred
+    if pred.ndim != 1 or y.ndim != 1 or len(y) != len(pred) or len(y) == 0:
+        raise ValueError("regression 'y_true' (N,) and 'output' (N,) or (N, 1) must be non-empty "
+                         f"and equally long; got shapes {y.shape} and {np.shape(output)}.")
+    if not np.all(np.isfinite(y)) or not np.all(np.isfinite(pred)):
+        raise ValueError("regression 'y_true' and 'output' must be finite (no NaN/inf).")
+    resid = y - pred  # positive = under-prediction
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # r2 is undefined for n < 2 or constant y_true
+        r2 = skm.r2_score(y, pred, force_finite=False) if len(y) > 1 else float("nan")
+    qs = np.percentile(resid, [5, 25, 50, 75, 95])
+    return {"n": int(len(y)), "rmse": float(np.sqrt(np.mean(resid ** 2))),
+            "mae": float(np.mean(np.abs(resid))), "r2": _num(r2),
+            "residual_quantiles": {f"p{q}": float(v) for q, v in zip((5, 25, 50, 75, 95), qs)}}
+
+
+def evaluate(y_true, output, task: str, classes=None) -> dict:
+    """Compute every metric for ``task`` as a JSON-serializable dict.
+
+    Parameters
+    ----------
+    y_true : array-like, shape (N,)
+        Classification: integer class codes 0..K-1. Regression: float targets.
+    output : array-like, shape (N, K) or (N,) / (N, 1)
+        Classification: class probabilities (rows sum to 1, K >= 2 even for binary).
+        Regression: predictions.
+    task : {'binary', 'multiclass', 'regression'}
+    classes : sequence of length K, optional
+        Display labels for ``per_class``; defaults to the codes 0..K-1.
+
+    Returns
+    -------
+    dict
+        Classification: n, accuracy, balanced_accuracy, precision/recall/f1 _macro and _weighted,
+        log_loss, roc_auc, ece, per_class, confusion_matrix (rows true, cols predicted),
+        calibration. Regression: n, rmse, mae, r2, residual_quantiles (p5..p95 of y - pred).
+        Undefined values are None.
+    """
+    _check_task(task)
+    if task == "regression":
+        return _regression(y_true, output)
+    y, p = _check_probs(y_true, output)
+    if task == "binary" and p.shape[1] != 2:
+        raise ValueError(invalid("binary 'output'", "shape (N, 2)", f"shape {p.shape}"))
+    return _classification(y, p, classes)

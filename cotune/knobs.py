@@ -1,0 +1,107 @@
+"""The one declaration of every knob: name, type, default, valid range, search range, help.
+
+The config schema (config.py), the CLI's `--set` overrides, the search space (tune) and the
+report all read this table; nothing else declares a knob. Units go in the help text.
+
+A knob with `search` set is searchable: a (low, high) range for numbers (log-scaled when
+`log=True`) or a tuple of choices. `when` makes it conditional: it is only searched when the
+named knob holds one of the listed values (momentum only for SGD-like optimizers, ...).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str                     # dotted path in the config: 'train.lr'
+    type: type                    # float, int, bool, str, list
+    default: Any
+    help: str
+    choices: tuple | None = None  # allowed values for str knobs
+    low: float | None = None      # valid range (inclusive unless open_low)
+    high: float | None = None
+    open_low: bool = False        # True: value must be > low
+    optional: bool = False        # None is allowed
+    search: tuple | None = None   # searchable range (low, high) or choices
+    log: bool = False             # search on a log scale
+    when: tuple = ()              # ((knob name, (values...)), ...): searched only under these conditions
+
+    @property
+    def stage(self) -> str:
+        return self.name.split(".")[0]
+
+
+def _k(name, type, default, help, **kw) -> Knob:
+    return Knob(name, type, default, help, **kw)
+
+
+SGD_LIKE = ("sgd", "rmsprop")
+ADAM_LIKE = ("adam", "adamw")
+
+KNOBS: tuple[Knob, ...] = (
+    # ---- data: where it comes from and how it is split
+    _k("data.source", str, "sklearn:digits", "CSV / Parquet / .npz file, image folder, or a built-in: sklearn:digits, sklearn:iris, sklearn:wine, sklearn:breast_cancer, sklearn:diabetes, mnist1d"),
+    _k("data.target", str, None, "target column of a table (built-ins know theirs)", optional=True),
+    _k("data.task", str, "auto", "override the inferred task", choices=("auto", "binary", "multiclass", "regression")),
+    _k("data.modality", str, "auto", "override the inferred modality", choices=("auto", "tabular", "image", "sequence")),
+    _k("data.categorical", list, [], "table columns to treat as categorical whatever their dtype"),
+    _k("data.drop", list, [], "table columns to ignore (IDs, free text, ...)"),
+    _k("data.image_size", int, 32, "image folder: images are resized to this many pixels per side", low=4, high=1024),
+    _k("data.image_mode", str, "rgb", "image folder: colour channels", choices=("rgb", "grayscale")),
+    _k("data.n_samples", int, 5000, "mnist1d: samples generated (80% train / 20% test, the paper's split)", low=100, high=10_000_000),
+    _k("data.generator_seed", int, 42, "mnist1d: generator seed (42 = the paper's data)"),
+    _k("data.split.val", float, 0.15, "fraction of rows for validation (early stopping, model choice)", low=0.0, high=0.5),
+    _k("data.split.test", float, 0.15, "fraction of rows held out for the final test (ignored when the source has its own test split)", low=0.0, high=0.5),
+    _k("data.split.seed", int, 0, "seed of the train/val/test split"),
+    _k("data.split.column", str, None, "table column holding 'train' / 'val' / 'test' per row (overrides fractions)", optional=True),
+    _k("data.balance", str, "none", "class imbalance handling: 'class_weights' weights the loss by inverse class frequency", choices=("none", "class_weights"), search=("none", "class_weights")),
+    # ---- model: one family, one size (width x depth)
+    _k("model.family", str, "mlp", "model family from the registry (`cotune models`)", search=("mlp", "cnn1d", "cnn2d", "gru", "lstm", "transformer")),
+    _k("model.width", int, 64, "hidden units / channels per layer: the size knob", low=1, high=8192, search=(16, 256), log=True),
+    _k("model.depth", int, 2, "hidden layers / conv stages / recurrent layers (mlp depth 0 = linear model)", low=0, high=64, search=(1, 4)),
+    _k("model.dropout", float, 0.1, "dropout probability", low=0.0, high=0.95, search=(0.0, 0.5)),
+    _k("model.norm", str, "none", "normalization layers", choices=("none", "batch", "layer"), search=("none", "batch", "layer")),
+    _k("model.activation", str, "relu", "activation function", choices=("relu", "gelu", "tanh", "silu"), search=("relu", "gelu", "silu")),
+    _k("model.kernel_size", int, 5, "cnn1d: kernel of the first convolution", low=1, high=63, search=(3, 9), when=(("model.family", ("cnn1d",)),)),
+    _k("model.pool", str, "auto", "sequence families: how positions are reduced before the head", choices=("auto", "flatten", "mean", "last")),
+    _k("model.bidirectional", bool, False, "gru / lstm: read the sequence both ways", search=(False, True), when=(("model.family", ("gru", "lstm")),)),
+    _k("model.heads", int, 4, "transformer: attention heads (reduced to divide width)", low=1, high=64),
+    # ---- train: optimizer, schedule, loss, regularization, stopping
+    _k("train.optimizer", str, "adamw", "optimizer", choices=("sgd", "rmsprop", "adagrad", "adam", "adamw"), search=("sgd", "rmsprop", "adam", "adamw")),
+    _k("train.lr", float, 3e-3, "peak learning rate", low=0.0, high=10.0, open_low=True, search=(1e-4, 3e-2), log=True),
+    _k("train.momentum", float, 0.9, "sgd / rmsprop momentum (0 = plain SGD)", low=0.0, high=0.999, search=(0.0, 0.99), when=(("train.optimizer", SGD_LIKE),)),
+    _k("train.nesterov", bool, False, "sgd: Nesterov momentum (needs momentum > 0)", search=(False, True), when=(("train.optimizer", ("sgd",)),)),
+    _k("train.beta1", float, 0.9, "adam / adamw: first-moment decay", low=0.0, high=0.9999, search=(0.8, 0.95), when=(("train.optimizer", ADAM_LIKE),)),
+    _k("train.beta2", float, 0.999, "adam / adamw: second-moment decay", low=0.0, high=0.99999, search=(0.95, 0.9999), when=(("train.optimizer", ADAM_LIKE),)),
+    _k("train.weight_decay", float, 1e-4, "weight decay: decoupled for adamw, L2 added to the gradient for the others", low=0.0, high=10.0, search=(1e-6, 1e-1), log=True),
+    _k("train.l1", float, 0.0, "L1 penalty on weights, added to the loss (per weight, not averaged)", low=0.0, high=1.0),
+    _k("train.schedule", str, "cosine", "learning-rate schedule over all steps", choices=("constant", "step", "exponential", "cosine", "onecycle"), search=("constant", "cosine", "onecycle")),
+    _k("train.warmup", float, 0.0, "linear warmup, as a fraction of all steps", low=0.0, high=0.5, search=(0.0, 0.2)),
+    _k("train.step_every", int, 10, "step schedule: epochs between decays", low=1, high=100000),
+    _k("train.gamma", float, 0.1, "step / exponential schedules: decay factor (step: per step_every epochs; exponential: over the whole run)", low=0.0, high=1.0, open_low=True),
+    _k("train.loss", str, "auto", "loss: auto = cross_entropy (classification) or mse (regression)", choices=("auto", "cross_entropy", "focal", "mse", "huber")),
+    _k("train.label_smoothing", float, 0.0, "cross-entropy label smoothing", low=0.0, high=0.5, search=(0.0, 0.2), when=(("train.loss", ("auto", "cross_entropy")),)),
+    _k("train.focal_gamma", float, 2.0, "focal loss: focusing exponent", low=0.0, high=10.0, search=(0.5, 4.0), when=(("train.loss", ("focal",)),)),
+    _k("train.huber_delta", float, 1.0, "huber loss: transition point, in standardized target units", low=0.0, high=100.0, open_low=True),
+    _k("train.grad_clip", float, 0.0, "clip the gradient norm to this (0 = off)", low=0.0, high=1e6),
+    _k("train.epochs", int, 30, "maximum epochs (passes over the training part)", low=1, high=100000),
+    _k("train.batch_size", int, 128, "samples per step", low=1, high=1_000_000, search=(32, 512), log=True),
+    _k("train.patience", int, 10, "early stopping: epochs without validation improvement before stopping (0 = off); best weights are restored", low=0, high=100000),
+    _k("train.monitor", str, "metric", "early stopping watches the validation 'metric' (accuracy / rmse) or 'loss'", choices=("metric", "loss")),
+    # ---- runtime: resolved once, logged in env.json
+    _k("runtime.device", str, "auto", "auto = cuda when available, else cpu", choices=("auto", "cpu", "cuda")),
+    _k("runtime.precision", str, "auto", "auto = bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "fp32", "bf16")),
+    _k("runtime.threads", int, 1, "CPU threads per training process (1 is fastest on small models; parallelism comes from processes)", low=1, high=256),
+    _k("runtime.seed", int, 0, "seed of weights, shuffling and dropout"),
+    _k("runtime.compile", bool, False, "torch.compile the model (CUDA; measure before enabling)"),
+    _k("runtime.progress", bool, True, "show a progress bar"),
+)
+
+BY_NAME: dict[str, Knob] = {k.name: k for k in KNOBS}
+
+
+def searchable(stage: str | None = None) -> list[Knob]:
+    """Knobs with a search range, optionally of one stage ('data', 'model', 'train')."""
+    return [k for k in KNOBS if k.search is not None and (stage is None or k.stage == stage)]

@@ -1,0 +1,9 @@
+"""Model families behind one timm-style registry: `create_model(name, in_shape, out_dim, **knobs)`.
+
+Importing this package registers every family (mlp, cnn1d, cnn2d, gru, lstm, transformer) and its
+sized variants (`<family>_s`, `_m`, `_l`).
+"""
+from cotune.models.registry import FAMILIES, create_model, list_models, model_info, register_model
+from cotune.models import mlp, cnn1d, cnn2d, rnn, transformer  # noqa: F401  (registers the families)
+
+__all__ = ["FAMILIES", "create_model", "list_models", "model_info", "register_model"]

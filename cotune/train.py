@@ -1,0 +1,291 @@
+"""train(): one flat training loop in plain PyTorch.
+
+    result = train(model, train_data, val_data, cfg.train, runtime, task="multiclass", seed=0)
+
+Reads top to bottom: optimizer, then per epoch a reseed (so a resumed run replays the same
+shuffles and dropout masks), index-slice batches, the LR from get_lr(step), forward under
+autocast, loss (+ L1), backward, clip, step; then validation, history, early stopping, a
+checkpoint, on_eval, and the progress bar. Best weights are restored at the end.
+
+`on_eval(epoch, row)` is the one hook: it sees each epoch's metrics and may return True to stop
+or raise (a search uses it to prune). This module never imports optuna.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from cotune.data.batches import TensorData
+from cotune.errors import ConfigError, CotuneError
+from cotune.runtime import Runtime
+from cotune.track import write_json
+
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_STATE = "checkpoint.json"
+EVAL_BATCH = 4096  # samples per forward pass at evaluation
+
+
+class TrainingError(CotuneError):
+    """Training cannot go on (the loss became NaN or infinite)."""
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)  # one row per epoch
+    best_epoch: int = 0            # 1-based epoch whose weights were restored
+    best_score: float = math.nan   # monitored validation value at best_epoch
+    epochs_run: int = 0
+    stopped_early: bool = False
+    steps: int = 0
+    train_time_s: float = 0.0      # training steps only, evaluation excluded
+    samples_per_s: float = 0.0
+
+
+def check_config(cfg, task: str) -> None:
+    """Reject knob combinations that cannot train, before anything is written."""
+    loss = resolve_loss(cfg.loss, task)
+    if task == "regression" and loss in ("cross_entropy", "focal"):
+        raise ConfigError(f"train.loss={cfg.loss!r} needs a classification target but the task is regression; use mse or huber.")
+    if task != "regression" and loss in ("mse", "huber"):
+        raise ConfigError(f"train.loss={cfg.loss!r} is for regression but the task is {task}; use cross_entropy or focal.")
+    if cfg.nesterov and (cfg.optimizer != "sgd" or cfg.momentum <= 0):
+        raise ConfigError("train.nesterov=true needs train.optimizer=sgd and train.momentum > 0; set both or drop nesterov.")
+
+
+def resolve_loss(loss: str, task: str) -> str:
+    return ("mse" if task == "regression" else "cross_entropy") if loss == "auto" else loss
+
+
+def get_lr(step: int, total: int, base: float, schedule: str, warmup: float, gamma: float, decay_every: int) -> float:
+    """Learning rate at `step` of `total`: linear warmup, then the schedule over the remaining steps."""
+    n_warm = int(warmup * total)
+    if step < n_warm:
+        return base * (step + 1) / n_warm
+    t = (step - n_warm) / max(1, total - n_warm)  # progress after warmup, in [0, 1)
+    if schedule == "constant":
+        return base
+    if schedule == "step":
+        return base * gamma ** ((step - n_warm) // max(1, decay_every))
+    if schedule == "exponential":
+        return base * gamma ** t
+    if schedule == "cosine":
+        return base * 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "onecycle":  # rise from base/25 over 30%, then anneal to base/1e4 (as torch's OneCycleLR)
+        lo, hi, end = base / 25, base, base / 1e4
+        if t < 0.3:
+            return lo + (hi - lo) * 0.5 * (1 - math.cos(math.pi * t / 0.3))
+        return end + (hi - end) * 0.5 * (1 + math.cos(math.pi * (t - 0.3) / 0.7))
+    raise ConfigError(f"Unknown train.schedule {schedule!r}")
+
+
+def make_optimizer(model: torch.nn.Module, cfg, fused: bool = False) -> torch.optim.Optimizer:
+    """Weight decay only on matrices and kernels (dim >= 2), not on biases and norm scales."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    name, lr = cfg.optimizer, cfg.lr
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr, momentum=cfg.momentum)
+    if name == "adagrad":
+        return torch.optim.Adagrad(groups, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
+    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
+
+
+def compute_loss(out: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, loss: str, cfg) -> torch.Tensor:
+    """Mean loss over the batch, weighted per sample when w is given. out: (B, K) or (B, 1)."""
+    if loss == "cross_entropy":
+        per = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing, reduction="none")
+    elif loss == "focal":
+        ce = F.cross_entropy(out, y, reduction="none")
+        per = (1 - torch.exp(-ce)) ** cfg.focal_gamma * ce
+    elif loss == "mse":
+        per = F.mse_loss(out.squeeze(-1), y, reduction="none")
+    else:
+        per = F.huber_loss(out.squeeze(-1), y, delta=cfg.huber_delta, reduction="none")
+    return per.mean() if w is None else (per * w).sum() / w.sum()
+
+
+@torch.no_grad()
+def infer(model: torch.nn.Module, X: torch.Tensor, runtime: Runtime, batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """Raw model outputs (B, K) in fp32 for all of X, in eval mode."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    outs = []
+    for i in range(0, X.shape[0], batch_size):
+        with runtime.autocast():
+            outs.append(model(X[i:i + batch_size].to(dev, non_blocking=True)).float())
+    model.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def validate(model, data: TensorData, loss: str, cfg, runtime: Runtime, task: str, y_scale: float) -> dict:
+    out = infer(model, data.X, runtime)
+    y = data.y.to(out.device)
+    row = {"val_loss": compute_loss(out, y, None, "mse" if task == "regression" else "cross_entropy", cfg).item()}
+    if task == "regression":
+        row["val_rmse"] = math.sqrt(F.mse_loss(out.squeeze(-1), y).item()) * y_scale
+    else:
+        row["val_accuracy"] = (out.argmax(-1) == y).float().mean().item()
+    return row
+
+
+def _save_checkpoint(ckpt_dir: Path, model, opt, best_state, state: dict) -> None:
+    """Weights and optimizer tensors as safetensors, everything else as JSON: nothing is pickled."""
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors.update({f"best.{k}": v.contiguous().cpu() for k, v in best_state.items()})
+    opt_sd = opt.state_dict()
+    scalars = {}
+    for pid, st in opt_sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{pid}.{k}"] = v.detach().contiguous().cpu()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    state = dict(state, opt_groups=opt_sd["param_groups"], opt_scalars=scalars)
+    tmp = ckpt_dir / f".{CHECKPOINT}.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(ckpt_dir / CHECKPOINT)
+    write_json(ckpt_dir / CHECKPOINT_STATE, state)  # written last: it marks the checkpoint complete
+
+
+def _load_checkpoint(ckpt_dir: Path, model, opt) -> tuple[dict, dict]:
+    state = json.loads((ckpt_dir / CHECKPOINT_STATE).read_text())
+    tensors = load_file(str(ckpt_dir / CHECKPOINT), device=str(next(model.parameters()).device))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    opt_state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, pid, name = k.split(".", 2)
+            opt_state.setdefault(int(pid), {})[name] = v
+    for k, v in state["opt_scalars"].items():
+        pid, name = k.split(".", 1)
+        opt_state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": opt_state, "param_groups": state["opt_groups"]})
+    return state, best
+
+
+def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData | None, cfg, runtime: Runtime, *,
+          task: str, seed: int = 0, y_scale: float = 1.0, on_eval: Callable[[int, dict], bool | None] | None = None,
+          checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = False) -> TrainResult:
+    """Train `model` in place and return its history; the best validation weights end up loaded.
+
+    cfg: a TrainConfig (optimizer, lr, schedule, loss, epochs, batch_size, patience, ...).
+    y_scale: regression only, multiplies RMSE back into target units for the history.
+    """
+    check_config(cfg, task)
+    dev = torch.device(runtime.device)
+    model.to(dev)
+    net = torch.compile(model) if runtime.compile else model
+    opt = make_optimizer(model, cfg, fused=runtime.is_cuda and cfg.optimizer in ("adam", "adamw"))
+    loss_name = resolve_loss(cfg.loss, task)
+    n, bs = len(train_data), min(cfg.batch_size, len(train_data))
+    steps_per_epoch = max(1, n // bs if n % bs == 1 else math.ceil(n / bs))  # never a lone 1-sample batch (batch norm)
+    total_steps = cfg.epochs * steps_per_epoch
+    has_val = val_data is not None and len(val_data) > 0
+    minimize = not has_val or cfg.monitor == "loss" or task == "regression"
+    key = ("val_loss" if cfg.monitor == "loss" else "val_rmse" if task == "regression" else "val_accuracy") if has_val else "train_loss"
+    weights = [p for p in model.parameters() if p.dim() >= 2] if cfg.l1 > 0 else []
+    X, y, w = train_data.X, train_data.y, train_data.w
+    res = TrainResult()
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    bad_epochs, start_epoch, step = 0, 0, 0
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if resume and ckpt is not None and (ckpt / CHECKPOINT_STATE).exists():
+        state, best_state = _load_checkpoint(ckpt, model, opt)
+        start_epoch, step, bad_epochs = state["epoch"], state["step"], state["bad_epochs"]
+        res.history, res.best_epoch, res.best_score = state["history"], state["best_epoch"], state["best_score"]
+        res.train_time_s = state["train_time_s"]
+    bar = _progress_bar(cfg.epochs, start_epoch) if progress else None
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            torch.manual_seed(seed * 1_000_003 + epoch)  # shuffles and dropout depend only on (seed, epoch)
+            t0 = time.perf_counter()
+            net.train()
+            perm = torch.randperm(n, device=X.device)
+            running = torch.zeros((), device=dev)
+            for i in range(steps_per_epoch):
+                idx = perm[i * bs:(i + 1) * bs]
+                lr = get_lr(step, total_steps, cfg.lr, cfg.schedule, cfg.warmup, cfg.gamma, cfg.step_every * steps_per_epoch)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                xb, yb = X[idx].to(dev, non_blocking=True), y[idx].to(dev, non_blocking=True)  # no-op when resident
+                wb = None if w is None else w[idx].to(dev, non_blocking=True)
+                with runtime.autocast():
+                    out = net(xb)  # (B, K)
+                loss = compute_loss(out.float(), yb, wb, loss_name, cfg)
+                if weights:
+                    loss = loss + cfg.l1 * sum(p.abs().sum() for p in weights)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                running += loss.detach()
+                step += 1
+            train_loss = running.item() / steps_per_epoch  # the epoch's one host sync
+            res.train_time_s += time.perf_counter() - t0
+            if not math.isfinite(train_loss):
+                raise TrainingError(f"Training diverged: the loss became {train_loss} in epoch {epoch + 1}; "
+                                    "lower train.lr or set train.grad_clip (e.g. 1.0).")
+            row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr}
+            if has_val:
+                row.update(validate(net, val_data, loss_name, cfg, runtime, task, y_scale))
+            score = row[key]
+            better = res.best_epoch == 0 or (score < res.best_score if minimize else score > res.best_score)
+            if better:
+                res.best_epoch, res.best_score, bad_epochs = epoch + 1, score, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad_epochs += 1
+            res.history.append(row)
+            stop = cfg.patience > 0 and bad_epochs >= cfg.patience
+            if ckpt is not None:
+                _save_checkpoint(ckpt, model, opt, best_state, {
+                    "epoch": epoch + 1, "step": step, "bad_epochs": bad_epochs, "history": res.history,
+                    "best_epoch": res.best_epoch, "best_score": res.best_score, "train_time_s": res.train_time_s})
+            if bar is not None:
+                bar[0].update(bar[1], advance=1, loss=train_loss, val=_fmt_val(row))
+            if on_eval is not None and on_eval(epoch + 1, row):
+                stop = True
+            if stop:
+                res.stopped_early = epoch + 1 < cfg.epochs
+                break
+    finally:
+        if bar is not None:
+            bar[0].stop()
+    model.load_state_dict(best_state)
+    res.epochs_run, res.steps = len(res.history), step
+    res.samples_per_s = res.steps * bs / res.train_time_s if res.train_time_s > 0 else 0.0
+    return res
+
+
+def _fmt_val(row: dict) -> str:
+    for k in ("val_accuracy", "val_rmse", "val_loss"):
+        if k in row:
+            return f"{k[4:]} {row[k]:.4f}"
+    return ""
+
+
+def _progress_bar(epochs: int, done: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
+                 TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[val]}"), TimeRemainingColumn(),
+                 transient=False)
+    task = p.add_task("train", total=epochs, completed=done, loss=float("nan"), val="")
+    p.start()
+    return p, task

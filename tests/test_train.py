@@ -1,0 +1,134 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import cotune
+from cotune.config import TrainConfig
+from cotune.data.batches import TensorData
+from cotune.errors import ConfigError
+from cotune.models import create_model
+from cotune.runtime import Runtime
+from cotune.train import TrainingError, compute_loss, get_lr, train
+
+RT = Runtime.resolve("cpu", "fp32", 1)
+
+
+def blobs(n=240, k=3, d=6, seed=0):
+    g = np.random.default_rng(seed)
+    centers = g.normal(0, 3, (k, d))
+    y = g.integers(0, k, n)
+    X = (centers[y] + g.normal(0, 1, (n, d))).astype(np.float32)
+    return TensorData.from_numpy(X[:180], y[:180]), TensorData.from_numpy(X[180:], y[180:])
+
+
+def test_get_lr_schedules():
+    kw = dict(total=100, base=1.0, warmup=0.0, gamma=0.1, decay_every=30)
+    assert get_lr(50, schedule="constant", **kw) == 1.0
+    assert get_lr(0, schedule="cosine", **kw) == pytest.approx(1.0)
+    assert get_lr(99, schedule="cosine", **kw) < 0.01
+    assert get_lr(29, schedule="step", **kw) == 1.0 and get_lr(30, schedule="step", **kw) == pytest.approx(0.1)
+    assert get_lr(99, schedule="exponential", **kw) == pytest.approx(0.1, rel=0.05)
+    one = [get_lr(s, schedule="onecycle", **kw) for s in range(100)]
+    assert one[0] < 0.1 and max(one) == pytest.approx(1.0, rel=0.02) and 25 <= int(np.argmax(one)) <= 35 and one[-1] < 0.01
+    warm = [get_lr(s, schedule="constant", **{**kw, "warmup": 0.1}) for s in range(12)]
+    assert warm[0] == pytest.approx(0.1) and warm[9] == pytest.approx(1.0) and warm == sorted(warm)
+
+
+def test_focal_with_gamma_zero_is_cross_entropy_and_weights_apply():
+    g = torch.Generator().manual_seed(0)
+    out, y = torch.randn(16, 4, generator=g), torch.randint(0, 4, (16,), generator=g)
+    cfg = TrainConfig(focal_gamma=0.0)
+    assert compute_loss(out, y, None, "focal", cfg) == pytest.approx(compute_loss(out, y, None, "cross_entropy", cfg).item())
+    w = torch.zeros(16)
+    w[0] = 1.0
+    assert compute_loss(out, y, w, "cross_entropy", cfg) == pytest.approx(torch.nn.functional.cross_entropy(out[:1], y[:1]).item())
+
+
+@pytest.mark.parametrize("opt", ["sgd", "rmsprop", "adagrad", "adam", "adamw"])
+def test_every_optimizer_learns(opt):
+    tr, va = blobs()
+    torch.manual_seed(0)
+    model = create_model("mlp", (6,), 3, width=32, depth=1, dropout=0.0)
+    lr = {"sgd": 0.05, "adagrad": 0.05}.get(opt, 3e-3)
+    cfg = TrainConfig(optimizer=opt, lr=lr, epochs=15, batch_size=32, patience=0, momentum=0.9)
+    res = train(model, tr, va, cfg, RT, task="multiclass")
+    assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+    assert res.history[res.best_epoch - 1]["val_accuracy"] > 0.8
+
+
+def test_regularizers_and_losses_run():
+    tr, va = blobs()
+    cfg = TrainConfig(optimizer="sgd", momentum=0.9, nesterov=True, lr=0.05, l1=1e-4, grad_clip=1.0, epochs=3,
+                      loss="focal", label_smoothing=0.1, schedule="onecycle", warmup=0.1)
+    res = train(create_model("mlp", (6,), 3, norm="batch"), tr, va, cfg, RT, task="multiclass")
+    assert res.epochs_run == 3 and all(math.isfinite(r["train_loss"]) for r in res.history)
+    g = np.random.default_rng(0)
+    X = g.normal(size=(200, 4)).astype(np.float32)
+    yr = (X @ np.array([1.0, -2.0, 0.5, 0.0]) + 0.1 * g.normal(size=200)).astype(np.float32)
+    for loss in ("mse", "huber"):
+        res = train(create_model("mlp", (4,), 1, dropout=0.0), TensorData.from_numpy(X[:150], yr[:150]),
+                    TensorData.from_numpy(X[150:], yr[150:]), TrainConfig(loss=loss, epochs=30, lr=1e-2, patience=0),
+                    RT, task="regression")
+        assert res.history[res.best_epoch - 1]["val_rmse"] < 0.6
+
+
+def test_early_stopping_restores_best_weights():
+    tr, va = blobs()
+    cfg = TrainConfig(lr=0.5, optimizer="sgd", momentum=0.0, epochs=40, patience=3, schedule="constant", monitor="loss")
+    model = create_model("mlp", (6,), 3, width=64, depth=2, dropout=0.0)
+    res = train(model, tr, va, cfg, RT, task="multiclass")
+    best = min(r["val_loss"] for r in res.history)
+    assert res.best_score == pytest.approx(best)
+    assert res.epochs_run - res.best_epoch == 3 or res.epochs_run == 40
+    with torch.no_grad():
+        model.eval()
+        now = torch.nn.functional.cross_entropy(model(va.X), va.y).item()
+    assert now == pytest.approx(best, rel=1e-5)
+
+
+def test_divergence_is_a_clear_error():
+    tr, va = blobs()
+    X = tr.X.clone()
+    X[0, 0] = float("nan")
+    with pytest.raises(TrainingError, match="lower train.lr"):
+        train(create_model("mlp", (6,), 3), TensorData(X, tr.y), va, TrainConfig(epochs=2), RT, task="multiclass")
+
+
+def test_incompatible_knobs_rejected():
+    tr, va = blobs()
+    with pytest.raises(ConfigError, match="regression"):
+        train(create_model("mlp", (6,), 3), tr, va, TrainConfig(loss="mse"), RT, task="multiclass")
+    with pytest.raises(ConfigError, match="nesterov"):
+        train(create_model("mlp", (6,), 3), tr, va, TrainConfig(optimizer="adam", nesterov=True), RT, task="multiclass")
+
+
+class Kill(Exception):
+    pass
+
+
+def test_resume_after_kill_gives_identical_weights(tmp_path):
+    """A run stopped after epoch 2 and resumed ends with the same weights as an uninterrupted one."""
+    cfg = {"data": {"source": "sklearn:wine"}, "model": {"family": "mlp", "width": 32, "dropout": 0.3, "norm": "batch"},
+           "train": {"epochs": 5, "batch_size": 16, "patience": 0, "optimizer": "adamw", "schedule": "cosine"},
+           "runtime": {"seed": 3, "progress": False}}
+    full = cotune.train(cfg, out=tmp_path / "full")
+
+    def die_after_2(epoch, row):
+        if epoch == 2:
+            raise Kill()
+
+    with pytest.raises(Kill):
+        cotune.train(cfg, out=tmp_path / "cut", on_eval=die_after_2)
+    assert (tmp_path / "cut" / "checkpoint.json").exists() and not (tmp_path / "cut" / "metrics.json").exists()
+    with pytest.raises(ConfigError, match="--resume"):
+        cotune.train(cfg, out=tmp_path / "cut")
+    resumed = cotune.train(out=tmp_path / "cut", resume=True)
+    a, b = load_file(str(full.path / "model.safetensors")), load_file(str(resumed.path / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["train_loss"] for r in full.train.history] == [r["train_loss"] for r in resumed.train.history]
+    assert not (tmp_path / "cut" / "checkpoint.json").exists()
