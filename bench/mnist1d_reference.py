@@ -55,7 +55,7 @@ def main():
         rows.append({"model": name, "params": params, "acc_mean": round(mean, 2), "acc_std": round(std, 2),
                      "accs": [round(a, 1) for a in accs], "paper": f"{p_mean} +/- {p_std}",
                      "within_or_better": mean >= p_mean - p_std, "wall_s_mean": round(statistics.mean(times), 1)})
-    print("\n| model | params | cotune test acc % (mean +/- std, n=%d) | paper | within spread or better | wall s per run |" % len(args.seeds))
+    print(f"\n| model | params | cotune test acc % (mean +/- std, n={len(args.seeds)}) | paper | within spread or better | wall s per run |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['model']} | {r['params']:,} | {r['acc_mean']:.1f} +/- {r['acc_std']:.1f} ({', '.join(map(str, r['accs']))}) | "

@@ -120,8 +120,9 @@ def read_features(source: str, spec: dict):
         raise DataError(f"Could not read {source!r} ({type(err).__name__}: {' '.join(str(err).split())[:120]}); check the file.") from None
     if p.is_dir():
         return sources.read_images(p, spec["meta"].get("image_size", 32), spec["meta"].get("image_mode", "rgb"))[0]
-    ds = sources.load(source, target=spec["target"] if spec["modality"] == "tabular" else None,
-                      **{k: v for k, v in spec["meta"].items() if k in ("n_samples", "generator_seed")})
+    gen = spec["meta"].get("generator") or {}  # mnist1d: regenerate the data the run was trained on
+    kw = {"n_samples": gen["num_samples"], "generator_seed": gen["seed"]} if "num_samples" in gen else {}
+    ds = sources.load(source, target=spec["target"] if spec["modality"] == "tabular" else None, **kw)
     return ds.X
 
 

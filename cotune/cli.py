@@ -105,7 +105,7 @@ def models(pattern: str = typer.Argument("*", help="Filter, e.g. 'cnn*'.")):
     table = Table("name", "family", "inputs", "description")
     for name in list_models(pattern):
         info = model_info(name)
-        table.add_row(name, str(info.get("family", "")), ", ".join(info.get("modalities", ())), str(info.get("doc", "")))
+        table.add_row(name, str(info.get("family", "")), ", ".join(info.get("modalities", ())), str(info.get("summary", "")))
     out_console.print(table)
 
 
@@ -114,11 +114,14 @@ def models(pattern: str = typer.Argument("*", help="Filter, e.g. 'cnn*'.")):
 def knobs(stage: Optional[str] = typer.Argument(None, help="Only this stage: data, model, train, runtime.")):
     """List every config key with its default, valid values and help."""
     from cotune.config import expected
+    from cotune.config import STAGES
     from cotune.knobs import KNOBS
+    if stage is not None and stage not in STAGES:
+        raise CotuneError(f"Unknown stage {stage!r}; choose one of {', '.join(STAGES)} or none for all keys.")
     table = Table("key", "default", "valid", "searched", "help")
     for k in KNOBS:
         if stage is None or k.stage == stage:
-            table.add_row(k.name, repr(k.default), _expected(k), "yes" if k.search is not None else "", k.help)
+            table.add_row(k.name, repr(k.default), expected(k), "yes" if k.search is not None else "", k.help)
     out_console.print(table)
 
 

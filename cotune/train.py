@@ -180,12 +180,15 @@ def _load_checkpoint(ckpt_dir: Path, model, opt) -> tuple[dict, dict]:
 
 
 def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData | None, cfg, runtime: Runtime, *,
-          task: str, seed: int = 0, y_scale: float = 1.0, on_eval: Callable[[int, dict], bool | None] | None = None,
+          task: str, seed: int = 0, y_scale: float = 1.0, augment: Callable | None = None,
+          sampling_weights: torch.Tensor | None = None, on_eval: Callable[[int, dict], bool | None] | None = None,
           checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = False) -> TrainResult:
     """Train `model` in place and return its history; the best validation weights end up loaded.
 
     cfg: a TrainConfig (optimizer, lr, schedule, loss, epochs, batch_size, patience, ...).
     y_scale: regression only, multiplies RMSE back into target units for the history.
+    augment: `aug(x, y) -> (x, y_b, lam)` applied to training batches only (y_b: mixing partner labels or None).
+    sampling_weights: (N,) draw each epoch's samples with replacement in proportion to these (balanced batches).
     """
     check_config(cfg, task)
     dev = torch.device(runtime.device)
@@ -216,7 +219,8 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
             torch.manual_seed(seed * 1_000_003 + epoch)  # shuffles and dropout depend only on (seed, epoch)
             t0 = time.perf_counter()
             net.train()
-            perm = torch.randperm(n, device=X.device)
+            perm = (torch.randperm(n, device=X.device) if sampling_weights is None else
+                    torch.multinomial(sampling_weights.to(X.device), n, replacement=True))
             running = torch.zeros((), device=dev)
             for i in range(steps_per_epoch):
                 idx = perm[i * bs:(i + 1) * bs]
@@ -225,9 +229,14 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
                     g["lr"] = lr
                 xb, yb = X[idx].to(dev, non_blocking=True), y[idx].to(dev, non_blocking=True)  # no-op when resident
                 wb = None if w is None else w[idx].to(dev, non_blocking=True)
+                yb2, lam = None, 1.0
+                if augment is not None:
+                    xb, yb2, lam = augment(xb, yb)
                 with runtime.autocast():
-                    out = net(xb)  # (B, K)
-                loss = compute_loss(out.float(), yb, wb, loss_name, cfg)
+                    out = net(xb).float()  # (B, K)
+                loss = compute_loss(out, yb, wb, loss_name, cfg)
+                if yb2 is not None:  # mixup / cutmix: the loss mixes both label sets
+                    loss = lam * loss + (1 - lam) * compute_loss(out, yb2, wb, loss_name, cfg)
                 if weights:
                     loss = loss + cfg.l1 * sum(p.abs().sum() for p in weights)
                 opt.zero_grad(set_to_none=True)

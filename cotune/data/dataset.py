@@ -173,3 +173,32 @@ def infer_column_types(df: pd.DataFrame, categorical=None) -> tuple[tuple, tuple
             else:
                 cats.append(col)
     return tuple(numeric), tuple(cats)
+
+
+def describe(ds: Dataset) -> dict:
+    """A JSON-serializable summary: rows, features, task, modality, class count and per-class counts."""
+    shape = [int(s) for s in ds.feature_shape]
+    out = {
+        "name": ds.name,
+        "rows": len(ds),
+        "features": int(np.prod(shape)) if shape else 0,
+        "feature_shape": shape,
+        "numeric": len(ds.numeric),
+        "categorical": len(ds.categorical),
+        "task": ds.task,
+        "modality": ds.modality,
+        "target": ds.target,
+        "n_classes": ds.n_classes,
+        "class_counts": {},
+        "split": None,
+    }
+    if ds.task != "regression":
+        counts = np.bincount(ds.y, minlength=ds.n_classes)
+        out["class_counts"] = {str(c): int(n) for c, n in zip(ds.classes, counts)}
+    else:
+        y = ds.y.astype(np.float64)
+        out["target_stats"] = {"mean": float(y.mean()), "std": float(y.std()), "min": float(y.min()), "max": float(y.max())}
+    if ds.split is not None:
+        names, counts = np.unique(ds.split, return_counts=True)
+        out["split"] = {str(k): int(v) for k, v in zip(names, counts)}
+    return out

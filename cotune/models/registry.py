@@ -53,7 +53,7 @@ def _lookup(name: str):
     if name not in _MODELS:
         close = difflib.get_close_matches(str(name), list(_MODELS), n=3, cutoff=0.5)
         hint = f"closest: {', '.join(map(repr, close))}" if close else f"families: {', '.join(FAMILIES)}"
-        raise ModelError(invalid("'model.name'", f"a registered model ({hint})", name,
+        raise ModelError(invalid("'model.family'", f"a registered model ({hint})", name,
                                  "run `cotune models` to list them"))
     return _MODELS[name]
 

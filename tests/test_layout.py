@@ -1,0 +1,101 @@
+"""Code layout: a line budget per module and one-way imports between layers (checked with `ast`)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "cotune"
+MAX_LINES = 400
+
+# a module may import cotune modules of its own layer or a lower one, never a higher one
+LAYERS = {
+    **{m: 0 for m in ("errors", "config", "knobs", "runtime", "track")},
+    **{m: 1 for m in ("data", "models")},  # data/* and models/*
+    **{m: 2 for m in ("train", "evaluate", "bundle")},
+    "pipeline": 3,
+    "api": 4,
+    "cli": 6,
+}
+TOP = 4  # the package facade (cotune/__init__.py) re-exports the API
+
+
+def modules() -> list[Path]:
+    return sorted(PKG.rglob("*.py"))
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def layer(dotted: str) -> int:
+    """Layer of 'cotune.x.y' (by its first component under cotune); the package itself is the top."""
+    parts = dotted.split(".")
+    assert parts[0] == "cotune", dotted
+    if len(parts) == 1:
+        return TOP
+    assert parts[1] in LAYERS, f"{dotted} is in no layer: add it to the layer table in tests/test_layout.py"
+    return LAYERS[parts[1]]
+
+
+def cotune_imports(path: Path, source: str | None = None) -> list[tuple[int, str]]:
+    """(line, module) for every import of a cotune module anywhere in the file, function-level included."""
+    tree = ast.parse(path.read_text() if source is None else source, filename=str(path))
+    here = module_name(path).split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "cotune"]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                base = package[:len(package) - node.level + 1] if node.level > 1 else package
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if mod.split(".")[0] != "cotune":
+                continue
+            # `from cotune import api` / `from cotune.data import sources` import submodules; any other
+            # name (`from cotune import train`, the API function) comes from the package itself
+            for a in node.names:
+                sub = PKG.parent.joinpath(*mod.split("."), a.name)
+                is_module = sub.with_suffix(".py").is_file() or (sub / "__init__.py").is_file()
+                found.append((node.lineno, f"{mod}.{a.name}" if is_module else mod))
+    return found
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PKG)))
+def test_line_budget(path):
+    n = len(path.read_text().splitlines())
+    assert n <= MAX_LINES, f"{path.relative_to(PKG.parent)} has {n} lines (budget {MAX_LINES}); split it"
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PKG)))
+def test_imports_only_point_down(path):
+    me = layer(module_name(path))
+    bad = [f"line {ln}: {mod} (layer {layer(mod)})" for ln, mod in cotune_imports(path) if layer(mod) > me]
+    assert not bad, f"{path.relative_to(PKG.parent)} (layer {me}) imports a higher layer: {bad}"
+
+
+def test_layer_table_covers_every_module():
+    for path in modules():
+        layer(module_name(path))
+
+
+def test_checker_sees_every_kind_of_import():
+    """The walker catches `import cotune.x`, `from cotune import x`, relative and function-level imports."""
+    src = ("import cotune.pipeline\nfrom cotune import bundle\n\ndef f():\n    from cotune.api import train\n"
+           "    from .. import cli\n    from .split import split_indices\n")
+    mods = {m for _, m in cotune_imports(PKG / "data" / "probe.py", src)}
+    assert {"cotune.pipeline", "cotune.bundle", "cotune.api", "cotune.cli", "cotune.data.split"} <= mods
+
+
+def test_evaluate_does_not_import_torch():
+    tree = ast.parse((PKG / "evaluate.py").read_text())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [n for n in names if n.split(".")[0] == "torch"], names
