@@ -35,6 +35,21 @@ def train(config=None, *, overrides=(), out=None, resume: bool = False, progress
     return run(resolve_config(config, overrides, out), progress=progress, on_eval=on_eval)
 
 
+def audit(data=None, *, target=None, config=None, overrides=(), checks=None, out=None):
+    """Audit a dataset (data-quality findings; changes nothing). Returns an AuditReport; writes
+    audit.json, audit.csv and config.json to `out` when given."""
+    from cotune.pipeline import audit_data
+    from cotune.track import write_json
+    extra = [f"data.source={data}"] if data is not None else []
+    extra += [f"data.target={target}"] if target is not None else []
+    cfg = resolve_config(config, [*extra, *overrides])
+    report = audit_data(cfg, checks=list(checks) if checks else None)
+    if out is not None:
+        report.save(out)
+        write_json(Path(out) / "config.json", cfg.to_dict())
+    return report
+
+
 def load(path):
     """Load a finished run directory as a Bundle with predict / predict_proba / predict_frame."""
     from cotune.bundle import load as _load

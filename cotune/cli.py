@@ -72,6 +72,23 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config; every
 
 @app.command()
 @friendly
+def audit(data: str = typer.Argument(..., help="CSV / Parquet / .npz / image folder / built-in name."),
+          target: Optional[str] = typer.Option(None, "--target", "-t", help="Target column of a table."),
+          config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (split, columns, ...)."),
+          set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+          checks: Optional[str] = typer.Option(None, "--checks", help="Comma-separated checks to run (default: all that apply)."),
+          out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write audit.json and audit.csv here.")):
+    """Find data-quality problems (duplicates, leakage, outliers, label issues, ...); changes nothing."""
+    from cotune import api
+    report = api.audit(data, target=target, config=config, overrides=set_, out=out,
+                       checks=[c.strip() for c in checks.split(",") if c.strip()] if checks else None)
+    report.print(out_console)
+    if out is not None:
+        out_console.print(f"audit written to [bold]{out}[/] (audit.json, audit.csv)")
+
+
+@app.command()
+@friendly
 def predict(run: Path = typer.Argument(..., help="Run directory of a finished run."),
             data: str = typer.Argument(..., help="CSV / Parquet / .npz (X) / image folder / built-in name."),
             out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write predictions here as CSV (default: print the first rows).")):

@@ -56,7 +56,20 @@ KNOBS: tuple[Knob, ...] = (
     _k("data.split.test", float, 0.15, "fraction of rows held out for the final test (ignored when the source has its own test split)", low=0.0, high=0.5),
     _k("data.split.seed", int, 0, "seed of the train/val/test split"),
     _k("data.split.column", str, None, "table column holding 'train' / 'val' / 'test' per row (overrides fractions)", optional=True),
-    _k("data.balance", str, "none", "class imbalance handling: 'class_weights' weights the loss by inverse class frequency", choices=("none", "class_weights"), search=("none", "class_weights")),
+    # ---- data: what the training part is made of (applied to the training part only)
+    _k("data.fraction", float, 1.0, "use this seeded, stratified share of the training part (search fidelity, scaling)", low=0.0, high=1.0, open_low=True),
+    _k("data.clean.duplicates", str, "keep", "drop exact duplicate training rows ('drop', also conflicting-label copies) or near duplicates too ('drop_near')", choices=("keep", "drop", "drop_near"), search=("keep", "drop", "drop_near")),
+    _k("data.clean.leakage", str, "keep", "drop training rows that duplicate a validation or test row", choices=("keep", "drop"), search=("keep", "drop")),
+    _k("data.clean.outlier_score", float, 1.0, "drop training rows whose outlier score (0.5 typical, near 1 anomalous) is at least this (1.0 = off)", low=0.5, high=1.0, open_low=True, search=(0.55, 1.0)),
+    _k("data.clean.label_issues", str, "keep", "training rows whose label looks wrong (cleanlab on out-of-fold probabilities): keep, drop or relabel to the proxy's prediction", choices=("keep", "drop", "relabel"), search=("keep", "drop", "relabel")),
+    _k("data.clean.label_threshold", float, 0.0, "act only on flagged rows whose label-issue score (1 - label quality) is at least this", low=0.0, high=0.99, search=(0.0, 0.9), when=(("data.clean.label_issues", ("drop", "relabel")),)),
+    _k("data.balance", str, "none", "class imbalance: loss weights, over/under-sampling, SMOTE (tables), class-balanced batches, or focal loss", choices=("none", "class_weights", "oversample", "undersample", "smote", "balanced_batches", "focal"), search=("none", "class_weights", "oversample", "undersample", "balanced_batches")),
+    _k("data.augment.policy", str, "none", "augmentation: 'auto' turns on the modality's default ops (images flip+crop+cutout; sequences shift+scale+jitter; tables noise)", choices=("none", "auto"), search=("none", "auto")),
+    _k("data.augment.strength", float, 0.5, "magnitude of every 'auto' op, 0..1", low=0.0, high=1.0, search=(0.1, 1.0), when=(("data.augment.policy", ("auto",)),)),
+    *(_k(f"data.augment.{op}", float, None, f"{where}: strength of '{op}' (overrides the policy; 0 = off)", low=0.0, high=1.0, optional=True)
+      for op, where in (("flip", "images"), ("crop", "images"), ("cutout", "images"), ("affine", "images"), ("cutmix", "images"),
+                        ("mixup", "images and tables"), ("shift", "sequences"), ("scale", "sequences"), ("jitter", "sequences"),
+                        ("mask", "sequences"), ("noise", "tables"))),
     # ---- model: one family, one size (width x depth)
     _k("model.family", str, "mlp", "model family from the registry (`cotune models`)", search=("mlp", "cnn1d", "cnn2d", "gru", "lstm", "transformer")),
     _k("model.width", int, 64, "hidden units / channels per layer: the size knob", low=1, high=8192, search=(16, 256), log=True),

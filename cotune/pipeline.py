@@ -1,7 +1,7 @@
 """run(cfg): the only place that knows the order of the stages.
 
-    load -> split -> balance (train part) -> preprocess (fit on train) -> model -> train
-         -> evaluate (val, test) -> bundle
+    load -> split -> fraction -> audit + clean (train part) -> preprocess (fit on train)
+         -> balance (train part) -> augment (in the loop) -> model -> train -> evaluate (val, test) -> bundle
 
 Everything that can reject the input (config, data, model spec) runs before the run directory
 is created, so bad input leaves nothing behind. A run interrupted during training keeps its
@@ -23,7 +23,11 @@ from cotune.config import RunConfig
 from cotune.data import sources
 from cotune.data.batches import TensorData
 from cotune.data.preprocess import Preprocessor
-from cotune.data.split import split_indices
+from cotune.data.audit import audit
+from cotune.data.augment import make_augment, numeric_mask
+from cotune.data.balance import balance_train
+from cotune.data.clean import clean_train, needed_checks
+from cotune.data.split import split_indices, subsample
 from cotune.errors import ConfigError, CotuneError
 from cotune.models import create_model
 from cotune.runtime import Runtime, seed_everything, versions
@@ -67,11 +71,62 @@ def load_data(cfg: RunConfig):
                         n_samples=d.n_samples, generator_seed=d.generator_seed)
 
 
-def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
-    """Inverse class frequency, normalized so the average sample weight is 1."""
-    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    w = np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
-    return w.astype(np.float32)
+@dataclass
+class TrainingSet:
+    """What the model trains on, after split, fraction, cleaning, preprocessing and balancing."""
+    X: np.ndarray                   # (N, *in_shape) float32, preprocessed, for ALL rows of the dataset
+    y: np.ndarray                   # (N,) targets of all rows (standardized for regression)
+    train_X: np.ndarray             # training rows (after clean / balance / SMOTE)
+    train_y: np.ndarray
+    weights: np.ndarray | None      # per training row loss weights
+    sampling: np.ndarray | None     # per training row batch sampling weights
+    val: np.ndarray                 # dataset rows
+    test: np.ndarray
+    pre: Preprocessor
+    y_mean: float
+    y_std: float
+    loss: str | None                # balance='focal' sets the loss
+    report: object | None           # the AuditReport when cleaning needed one
+    summary: dict                   # what was done to the data, for metrics.json and the report
+
+
+def prepare(cfg: RunConfig, ds) -> TrainingSet:
+    """split -> fraction -> audit (only the checks cleaning needs) -> clean -> preprocess -> balance."""
+    d = cfg.data
+    tr, va, te = split_indices(ds, val=d.split.val, test=d.split.test, seed=d.split.seed)
+    n_split = len(tr)
+    if d.fraction < 1.0:
+        tr = subsample(tr, d.fraction, seed=d.split.seed, y=ds.y)
+    opts = d.clean.model_dump()
+    need = needed_checks(**opts)
+    report = audit(ds, tr, va, te, checks=sorted(need), seed=d.split.seed) if need else None
+    cleaned = clean_train(tr, ds.y, report, **opts)
+    pre = Preprocessor().fit(ds, cleaned.idx)
+    X = pre.transform(ds.X)  # (N, *in_shape) float32
+    regression = ds.task == "regression"
+    y_mean = float(cleaned.y_train.mean()) if regression else 0.0
+    y_std = float(cleaned.y_train.std() or 1.0) if regression else 1.0
+    scale = (lambda v: ((v - y_mean) / y_std).astype(np.float32)) if regression else (lambda v: v)  # noqa: E731
+    bal = balance_train(cleaned.idx, cleaned.y_train, d.balance, n_classes=ds.n_classes, seed=d.split.seed,
+                        X_train=X[cleaned.idx], is_tabular=ds.modality == "tabular")
+    train_X, train_y = X[cleaned.idx][bal.pos], bal.y
+    if bal.X_extra is not None and len(bal.X_extra):
+        train_X = np.concatenate([train_X, bal.X_extra.astype(np.float32)])
+        train_y = np.concatenate([train_y, bal.y_extra.astype(train_y.dtype)])
+    summary = {"rows": {"train_split": n_split, "train_fraction": len(tr), "train_clean": len(cleaned.idx),
+                        "train_used": len(train_y), "val": len(va), "test": len(te)},
+               "fraction": d.fraction, "clean": cleaned.to_dict(), "balance": {"method": d.balance, **bal.to_dict()}}
+    return TrainingSet(X=X, y=scale(ds.y), train_X=train_X, train_y=scale(train_y), weights=bal.weights,
+                       sampling=bal.sampling_weights, val=va, test=te, pre=pre, y_mean=y_mean, y_std=y_std,
+                       loss=bal.loss, report=report, summary=summary)
+
+
+def audit_data(cfg: RunConfig, checks=None):
+    """load -> split -> audit: what is wrong with the data, changing nothing. Returns the AuditReport."""
+    ds = load_data(cfg)
+    d = cfg.data
+    tr, va, te = split_indices(ds, val=d.split.val, test=d.split.test, seed=d.split.seed)
+    return audit(ds, tr, va, te, checks=checks, seed=d.split.seed)
 
 
 def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None, progress: bool | None = None,
@@ -88,30 +143,29 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
 
     # ---- data: load, split first, then fit everything on the training part only
     ds = load_data(cfg)
-    tr, va, te = split_indices(ds, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed)
-    pre = Preprocessor().fit(ds, tr)
-    X = pre.transform(ds.X)  # (N, *in_shape) float32
+    data = prepare(cfg, ds)
     regression = ds.task == "regression"
-    y_mean = float(ds.y[tr].mean()) if regression else 0.0
-    y_std = float(ds.y[tr].std() or 1.0) if regression else 1.0
-    y = ((ds.y - y_mean) / y_std).astype(np.float32) if regression else ds.y
-    w = None
-    if cfg.data.balance == "class_weights" and not regression:
-        w = class_weights(ds.y[tr], ds.n_classes)[ds.y[tr]]
+    aug_cfg = cfg.data.augment.model_dump()
+    augment = make_augment(ds.modality, policy=aug_cfg.pop("policy"), strength=aug_cfg.pop("strength"), ops=aug_cfg,
+                           numeric_mask=numeric_mask(data.pre) if ds.modality == "tabular" else None)
+    data.summary["augment"] = augment.describe() if augment is not None else "none"
+    train_cfg = cfg.train.model_copy(update={"loss": data.loss}) if data.loss else cfg.train
 
     # ---- model
     out_dim = 1 if regression else ds.n_classes
     kwargs = cfg.model.model_dump(exclude={"family"})
-    model = create_model(cfg.model.family, pre.in_shape_, out_dim, **kwargs)
-    check_config(cfg.train, ds.task)
+    model = create_model(cfg.model.family, data.pre.in_shape_, out_dim, **kwargs)
+    check_config(train_cfg, ds.task)
 
     # ---- everything is valid: only now does the run directory appear
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_json(out / "config.json", cfg.to_dict())
     write_json(out / "env.json", {"runtime": rt.info(), "versions": versions(), "seed": cfg.runtime.seed,
-                                  "split_seed": cfg.data.split.seed, "rows": {"train": len(tr), "val": len(va), "test": len(te)},
+                                  "split_seed": cfg.data.split.seed, "rows": data.summary["rows"],
                                   "dataset": sources.describe(ds)})
+    if data.report is not None:
+        data.report.save(out)
     tracker = tracker or FileTracker(out)
     tracker.log_params(cfg.flat())
 
@@ -120,12 +174,14 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
         return on_eval(epoch, row) if on_eval is not None else None
 
     dev = rt.device
-    train_data = TensorData.from_numpy(X[tr], y[tr], w, device=dev)
+    X, y, va = data.X, data.y, data.val
+    train_data = TensorData.from_numpy(data.train_X, data.train_y, data.weights, device=dev)
     val_data = TensorData.from_numpy(X[va], y[va], device=dev) if len(va) else None
+    sampling = None if data.sampling is None else torch.as_tensor(data.sampling)
     show = cfg.runtime.progress if progress is None else progress
     try:
-        result = train(model, train_data, val_data, cfg.train, rt, task=ds.task, seed=cfg.runtime.seed, y_scale=y_std,
-                       on_eval=log_and_forward, checkpoint_dir=out, resume=resume, progress=show)
+        result = train(model, train_data, val_data, train_cfg, rt, task=ds.task, seed=cfg.runtime.seed, y_scale=data.y_std,
+                       augment=augment, sampling_weights=sampling, on_eval=log_and_forward, checkpoint_dir=out, resume=resume, progress=show)
     except CotuneError:
         if not resume:
             shutil.rmtree(out, ignore_errors=True)  # a run that cannot train leaves nothing behind
@@ -133,7 +189,8 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
 
     # ---- evaluate once on val and on the untouched test part
     metrics = {}
-    for part, idx in (("val", va), ("test", te)):
+    y_mean, y_std = data.y_mean, data.y_std
+    for part, idx in (("val", va), ("test", data.test)):
         if len(idx) == 0:
             continue
         outp = infer(model, torch.as_tensor(X[idx]), rt).cpu()
@@ -143,15 +200,16 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
         else:
             metrics[part] = evaluate.evaluate(ds.y[idx], torch.softmax(outp, -1).numpy(), ds.task, classes=list(ds.classes))
     n_params = sum(p.numel() for p in model.parameters())
-    spec = {"family": cfg.model.family, "in_shape": list(pre.in_shape_), "out_dim": out_dim, "kwargs": kwargs,
+    spec = {"family": cfg.model.family, "in_shape": list(data.pre.in_shape_), "out_dim": out_dim, "kwargs": kwargs,
             "task": ds.task, "classes": list(ds.classes), "target": ds.target, "modality": ds.modality,
             "columns": list(ds.X.columns) if ds.modality == "tabular" else None, "raw_shape": list(ds.feature_shape),
             "y_mean": y_mean, "y_std": y_std, "meta": ds.meta, "n_params": n_params}
-    bundle.save(out, model, spec, pre)
+    bundle.save(out, model, spec, data.pre)
     write_csv(out / "history.csv", result.history)
     write_json(out / "metrics.json", {**metrics, "train": {
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
-        "train_time_s": result.train_time_s, "samples_per_s": result.samples_per_s, "n_params": n_params}})
+        "train_time_s": result.train_time_s, "samples_per_s": result.samples_per_s, "n_params": n_params},
+        "data": data.summary})
     for f in (CHECKPOINT, CHECKPOINT_STATE):  # finished: the bundle supersedes the checkpoint
         (out / f).unlink(missing_ok=True)
     tracker.close()
