@@ -50,6 +50,28 @@ def audit(data=None, *, target=None, config=None, overrides=(), checks=None, out
     return report
 
 
+def fit(data=None, *, target=None, config=None, overrides=(), budget=None, trials=None, workers=None, sampler=None,
+        objective=None, storage=None, study=None, out=None, resume: bool = False, live: bool = False, console=None):
+    """Search data and model knobs together, refit the best on train+val, test it once. Returns a FitResult.
+
+    Knobs you set (in `config`, `overrides` or these arguments) are fixed; every other searchable knob is searched."""
+    from cotune.config import explicit
+    from cotune.study import fit as _fit
+    extra = [f"data.source={data}"] if data is not None else []
+    extra += [f"data.target={target}"] if target is not None else []
+    for key, value in (("budget", budget), ("trials", trials), ("workers", workers), ("sampler", sampler),
+                       ("objective", objective)):
+        if value is not None:
+            extra.append(f"search.{key}={value}")
+    if resume:
+        if out is None:
+            from cotune.errors import ConfigError
+            raise ConfigError("resume needs the run directory: pass out=... (CLI: --out DIR --resume).")
+        return _fit(RunConfig(out=str(out)), resume=True, live=live, console=console)
+    cfg = resolve_config(config, [*extra, *overrides], out)
+    return _fit(cfg, explicit(cfg), storage=storage, study_name=study, live=live, console=console)
+
+
 def load(path):
     """Load a finished run directory as a Bundle with predict / predict_proba / predict_frame."""
     from cotune.bundle import load as _load

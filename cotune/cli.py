@@ -89,6 +89,50 @@ def audit(data: str = typer.Argument(..., help="CSV / Parquet / .npz / image fol
 
 @app.command()
 @friendly
+def fit(data: Optional[str] = typer.Argument(None, help="CSV / Parquet / .npz / image folder / built-in name."),
+        target: Optional[str] = typer.Option(None, "--target", "-t", help="Target column of a table."),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config; knobs set there are fixed."),
+        set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP + " A knob set here is not searched."),
+        budget: Optional[str] = typer.Option(None, "--budget", "-b", help="Wall time for everything, e.g. 10m."),
+        trials: Optional[int] = typer.Option(None, "--trials", "-n", help="Stop after this many trials."),
+        workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Trials at once (worker processes)."),
+        sampler: Optional[str] = typer.Option(None, "--sampler", help="tpe, random, grid, cmaes, nsga2."),
+        objective: Optional[str] = typer.Option(None, "--objective", help="quality, quality,size or quality,latency."),
+        storage: Optional[str] = typer.Option(None, "--storage", help="Study storage URL (default: SQLite in --out)."),
+        study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the --out folder name)."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the search in --out, keeping finished trials."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table.")):
+    """Search data and model knobs as one space, train the final model, test it once."""
+    from cotune import api
+    if resume and (data is not None or config is not None or set_):
+        raise CotuneError("--resume continues the search in --out with its saved config; drop DATA, --config and --set.")
+    res = api.fit(data, target=target, config=config, overrides=set_, budget=budget, trials=trials, workers=workers,
+                  sampler=sampler, objective=objective, storage=storage, study=study, out=out, resume=resume,
+                  live=not quiet, console=out_console)
+    print_metrics(res.final)
+    c = res.counts
+    out_console.print(f"trials: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed; best #{res.best['number']}")
+    out_console.print(f"search directory: [bold]{res.path}[/] (final model in {res.path / 'final'})")
+
+
+@app.command(hidden=False)
+@friendly
+def worker(storage: str = typer.Option(..., "--storage", help="Study storage URL (sqlite:///... or postgresql://...)."),
+           study: str = typer.Option(..., "--study", help="Study name."),
+           threads: int = typer.Option(1, "--threads", help="CPU threads for this worker."),
+           out: Optional[Path] = typer.Option(None, "--out", help="Where trial directories go (default: the study's)."),
+           deadline: Optional[float] = typer.Option(None, "--deadline", help="Unix time after which no trial starts.")):
+    """Join a search from another process or machine: run its trials until it is done."""
+    from cotune.tune import work
+    import torch
+    torch.set_num_threads(threads)
+    n = work(storage, study, deadline=deadline, threads=threads, out=str(out) if out else None)
+    out_console.print(f"worker ran {n} trial(s)")
+
+
+@app.command()
+@friendly
 def predict(run: Path = typer.Argument(..., help="Run directory of a finished run."),
             data: str = typer.Argument(..., help="CSV / Parquet / .npz (X) / image folder / built-in name."),
             out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write predictions here as CSV (default: print the first rows).")):

@@ -25,7 +25,7 @@ _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
 
 def _annotation(k: Knob):
-    t = Literal[k.choices] if k.choices else (list[str] if k.type is list else k.type)
+    t = Literal[k.choices] if k.choices else {list: list[str], dict: dict[str, list]}.get(k.type, k.type)
     return Optional[t] if k.optional else t
 
 
@@ -35,9 +35,9 @@ def _field(k: Knob):
         kw["gt" if k.open_low else "ge"] = k.low
     if k.high is not None:
         kw["le"] = k.high
-    default = list(k.default) if isinstance(k.default, list) else k.default
-    return (_annotation(k), Field(default_factory=lambda d=default: list(d)) if isinstance(default, list)
-            else Field(default, **kw))
+    if isinstance(k.default, (list, dict)):
+        return (_annotation(k), Field(default_factory=lambda d=k.default: type(d)(d), description=k.help))
+    return (_annotation(k), Field(k.default, **kw))
 
 
 def _build(prefix: str, names: list[str]) -> type[BaseModel]:
@@ -57,10 +57,11 @@ def _build(prefix: str, names: list[str]) -> type[BaseModel]:
     return create_model(cls_name, __config__=_FROZEN, __doc__=f"Knobs under '{prefix}' (see cotune.knobs).", **fields)
 
 
-STAGES = ("data", "model", "train", "runtime")
+STAGES = ("data", "model", "train", "search", "runtime")
 DataConfig = _build("data", [k.name for k in KNOBS if k.stage == "data"])
 ModelConfig = _build("model", [k.name for k in KNOBS if k.stage == "model"])
 TrainConfig = _build("train", [k.name for k in KNOBS if k.stage == "train"])
+SearchConfig = _build("search", [k.name for k in KNOBS if k.stage == "search"])
 RuntimeConfig = _build("runtime", [k.name for k in KNOBS if k.stage == "runtime"])
 
 
@@ -70,6 +71,7 @@ class RunConfig(BaseModel):
     data: DataConfig = Field(default_factory=DataConfig)          # type: ignore[valid-type]
     model: ModelConfig = Field(default_factory=ModelConfig)       # type: ignore[valid-type]
     train: TrainConfig = Field(default_factory=TrainConfig)       # type: ignore[valid-type]
+    search: SearchConfig = Field(default_factory=SearchConfig)    # type: ignore[valid-type]
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)  # type: ignore[valid-type]
     out: Optional[str] = Field(None, description="run directory (default: runs/<data>-<time>)")
 
@@ -89,7 +91,7 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict):
+        if isinstance(v, dict) and key not in BY_NAME:  # a dict-valued knob (search.space) stays whole
             out.update(flatten(v, key + "."))
         else:
             out[key] = v
@@ -101,7 +103,7 @@ def expected(k: Knob | None) -> str:
         return "valid"
     if k.choices:
         return f"one of {fmt_choices(k.choices)}"
-    kind = {float: "a number", int: "an integer", bool: "true or false", list: "a list", str: "a string"}[k.type]
+    kind = {float: "a number", int: "an integer", bool: "true or false", list: "a list", dict: "a mapping", str: "a string"}[k.type]
     lo = None if k.low is None else (f"> {k.low:g}" if k.open_low else f">= {k.low:g}")
     hi = None if k.high is None else f"<= {k.high:g}"
     rng = " and ".join(x for x in (lo, hi) if x)
@@ -180,6 +182,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
 
 def json_schema() -> dict:
     return RunConfig.model_json_schema()
+
+
+def explicit(cfg: BaseModel, prefix: str = "") -> set[str]:
+    """Dotted names of the knobs the user set (in YAML, --set or a dict), as opposed to defaults."""
+    out: set[str] = set()
+    for name in cfg.model_fields_set:
+        v = getattr(cfg, name)
+        key = f"{prefix}{name}"
+        out |= explicit(v, key + ".") if isinstance(v, BaseModel) else {key}
+    return out
 
 
 def knob_value(cfg: RunConfig, name: str) -> Any:

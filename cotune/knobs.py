@@ -16,7 +16,7 @@ from typing import Any
 @dataclass(frozen=True)
 class Knob:
     name: str                     # dotted path in the config: 'train.lr'
-    type: type                    # float, int, bool, str, list
+    type: type                    # float, int, bool, str, list, dict
     default: Any
     help: str
     choices: tuple | None = None  # allowed values for str knobs
@@ -103,6 +103,16 @@ KNOBS: tuple[Knob, ...] = (
     _k("train.batch_size", int, 128, "samples per step", low=1, high=1_000_000, search=(32, 512), log=True),
     _k("train.patience", int, 10, "early stopping: epochs without validation improvement before stopping (0 = off); best weights are restored", low=0, high=100000),
     _k("train.monitor", str, "metric", "early stopping watches the validation 'metric' (accuracy / rmse) or 'loss'", choices=("metric", "loss")),
+    # ---- search: how `cotune fit` explores the knobs above (never searched itself)
+    _k("search.budget", str, None, "wall-clock budget for the whole fit, final training included: '90s', '10m', '1h'", optional=True),
+    _k("search.trials", int, None, "stop after this many finished trials (complete, pruned or failed)", low=1, high=1_000_000, optional=True),
+    _k("search.workers", int, 1, "trials run at once, each in its own worker process (CPU threads are split between them)", low=1, high=256),
+    _k("search.sampler", str, "tpe", "how knobs are proposed: multivariate TPE, random, grid (over choice knobs), CMA-ES, NSGA-II (two objectives)", choices=("tpe", "random", "grid", "cmaes", "nsga2")),
+    _k("search.pruner", str, "hyperband", "stop weak trials early, on epochs: hyperband, successive halving, median, or none", choices=("hyperband", "halving", "median", "none")),
+    _k("search.objective", str, "quality", "'quality' (validation metric), or a second objective: 'quality,size' (parameters) / 'quality,latency' (CPU ms per sample)", choices=("quality", "quality,size", "quality,latency")),
+    _k("search.seed", int, 0, "seed of the sampler"),
+    _k("search.top_k", int, 3, "soft-voting ensemble of the top-k trials, kept when it beats the best single model on validation (1 = off)", low=1, high=20),
+    _k("search.space", dict, {}, "narrow knobs: {knob: [choices...]} or {knob: [low, high]}; knobs you set elsewhere in the config are fixed"),
     # ---- runtime: resolved once, logged in env.json
     _k("runtime.device", str, "auto", "auto = cuda when available, else cpu", choices=("auto", "cpu", "cuda")),
     _k("runtime.precision", str, "auto", "auto = bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "fp32", "bf16")),

@@ -9,6 +9,7 @@ checkpoint and continues with resume=True.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -64,8 +65,22 @@ def prepare_out(out: Path, resume: bool) -> None:
         raise ConfigError(f"Run directory {str(out)!r} already holds {what}; choose another --out.")
 
 
+_DATA_CACHE: dict[str, object] = {}  # one Dataset per source settings, reused by the trials of a worker
+
+
 def load_data(cfg: RunConfig):
+    """Load the source (kept in memory per process: Datasets are immutable, trials share them)."""
     d = cfg.data
+    key = json.dumps(d.model_dump(include={"source", "target", "task", "modality", "categorical", "drop", "image_size",
+                                           "image_mode", "n_samples", "generator_seed"}) | {"column": d.split.column},
+                     sort_keys=True)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = _load(d)
+    return _DATA_CACHE[key]
+
+
+def _load(d):
     return sources.load(d.source, target=d.target, task=d.task, modality=d.modality, categorical=d.categorical,
                         split_column=d.split.column, drop=tuple(d.drop), image_size=d.image_size, image_mode=d.image_mode,
                         n_samples=d.n_samples, generator_seed=d.generator_seed)
@@ -90,10 +105,14 @@ class TrainingSet:
     summary: dict                   # what was done to the data, for metrics.json and the report
 
 
-def prepare(cfg: RunConfig, ds) -> TrainingSet:
-    """split -> fraction -> audit (only the checks cleaning needs) -> clean -> preprocess -> balance."""
+def prepare(cfg: RunConfig, ds, merge_val: bool = False) -> TrainingSet:
+    """split -> fraction -> audit (only the checks cleaning needs) -> clean -> preprocess -> balance.
+
+    merge_val: the validation rows join the training part (the final refit of a search)."""
     d = cfg.data
     tr, va, te = split_indices(ds, val=d.split.val, test=d.split.test, seed=d.split.seed)
+    if merge_val:
+        tr, va = np.sort(np.concatenate([tr, va])), va[:0]
     n_split = len(tr)
     if d.fraction < 1.0:
         tr = subsample(tr, d.fraction, seed=d.split.seed, y=ds.y)
@@ -130,8 +149,11 @@ def audit_data(cfg: RunConfig, checks=None):
 
 
 def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None, progress: bool | None = None,
-        tracker=None) -> RunResult:
-    """Train one model with fixed knobs and write its run directory. Returns metrics and the path."""
+        tracker=None, refit_epochs: int | None = None) -> RunResult:
+    """Train one model with fixed knobs and write its run directory. Returns metrics and the path.
+
+    refit_epochs: train on train+val for exactly this many epochs (no early stopping): the final
+    model of a search, whose epoch count comes from the best trial's early-stopping point."""
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     if resume:
         prepare_out(out, resume=True)
@@ -143,13 +165,15 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
 
     # ---- data: load, split first, then fit everything on the training part only
     ds = load_data(cfg)
-    data = prepare(cfg, ds)
+    data = prepare(cfg, ds, merge_val=refit_epochs is not None)
     regression = ds.task == "regression"
     aug_cfg = cfg.data.augment.model_dump()
     augment = make_augment(ds.modality, policy=aug_cfg.pop("policy"), strength=aug_cfg.pop("strength"), ops=aug_cfg,
                            numeric_mask=numeric_mask(data.pre) if ds.modality == "tabular" else None)
     data.summary["augment"] = augment.describe() if augment is not None else "none"
-    train_cfg = cfg.train.model_copy(update={"loss": data.loss}) if data.loss else cfg.train
+    train_cfg = cfg.train.model_copy(update={"loss": data.loss} if data.loss else {})
+    if refit_epochs is not None:
+        train_cfg = train_cfg.model_copy(update={"epochs": int(refit_epochs), "patience": 0})
 
     # ---- model
     out_dim = 1 if regression else ds.n_classes

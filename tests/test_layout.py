@@ -15,6 +15,8 @@ LAYERS = {
     **{m: 1 for m in ("data", "models")},  # data/* and models/*
     **{m: 2 for m in ("train", "evaluate", "bundle")},
     "pipeline": 3,
+    "tune": 4,
+    "study": 4,
     "api": 4,
     "cli": 6,
 }

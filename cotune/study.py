@@ -1,0 +1,171 @@
+"""The parent side of `cotune fit`: start workers, watch the study, refit the best, write the files.
+
+Files in the search directory: config.json, fit.json (state, for --resume), study.db (the Optuna
+study, unless --storage points elsewhere), trials/NNNNN/ (each trial's run directory, or its
+error.txt), trials.csv (one row per trial), importances.json, workers.log, final/ (the model).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cotune.config import RunConfig, explicit, from_dict
+from cotune.errors import ConfigError, CotuneError, one_line
+from cotune.track import read_json, write_json
+from cotune.tune import _optuna, estimate_final, open_study, parse_budget, search_space, spawn_workers, storage_url
+
+
+@dataclass
+class FitResult:
+    path: Path
+    study_name: str
+    best: dict          # best trial: number, value, params, run_dir
+    final: object       # RunResult of the final model
+    test: dict          # final test metrics
+    counts: dict        # trials per state
+
+
+def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, storage: str | None = None,
+        study_name: str | None = None, live: bool = True, console=None) -> FitResult:
+    """Search, then refit the best config on train+val and evaluate it once on test."""
+    from cotune.pipeline import default_out, load_data, run
+    t0 = time.time()
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    if resume:
+        if not (out / "fit.json").is_file():
+            raise ConfigError(f"Nothing to resume in {str(out)!r} (no fit.json); drop --resume to start a new search there.")
+        state = read_json(out / "fit.json")
+        cfg, storage, study_name = from_dict(state["config"]), state["storage"], state["study"]
+        fixed = set(state["fixed"])
+        elapsed = state.get("elapsed", 0.0)
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise ConfigError(f"Run directory {str(out)!r} already holds a run; choose another --out or pass --resume.")
+        elapsed = 0.0
+    budget = parse_budget(cfg.search.budget)
+    if budget is None and cfg.search.trials is None:
+        raise ConfigError("A search needs a limit: pass --budget (e.g. 10m) and/or --trials (e.g. 50).")
+    if cfg.data.split.val <= 0:
+        raise ConfigError("A search ranks trials on the validation part: set data.split.val > 0 (e.g. 0.15).")
+    ds = load_data(cfg)  # validates the source before anything is written
+    space = search_space(cfg, fixed or explicit(cfg), ds.modality, ds.task)
+    if not space:
+        raise ConfigError("Every searchable knob is fixed by the config; unset some or widen search.space.")
+    deadline = None if budget is None else t0 + budget - elapsed
+    out.mkdir(parents=True, exist_ok=True)
+    url = storage_url(out, storage)
+    name = study_name or out.name
+    state = {"config": cfg.to_dict(), "fixed": sorted(fixed or explicit(cfg)), "storage": url, "study": name,
+             "budget_s": budget, "elapsed": elapsed}
+    write_json(out / "fit.json", state)
+    write_json(out / "config.json", cfg.to_dict())
+    study, _, _ = open_study(url, name, cfg, space, "minimize" if ds.task == "regression" else "maximize")
+    study.set_user_attr("out", str(out.resolve()))
+    study.set_user_attr("stop", False)
+    procs = spawn_workers(url, name, cfg.search.workers, deadline, out)
+    try:
+        _watch(study, procs, deadline, t0, out, state, live, console)
+    except KeyboardInterrupt:
+        study.set_user_attr("stop", True)
+        for p in procs:
+            p.terminate()
+        raise
+    trials = study.get_trials(deepcopy=False)
+    write_trials(out, trials)
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    if not done:
+        raise CotuneError(f"No trial finished in the budget (see {out / 'trials'} and workers.log); "
+                          "raise --budget or --trials, or narrow the space.")
+    best = _best(study, done)
+    importances(study, out)
+    best_cfg = cfg.replace(**best.params)
+    final = run(best_cfg.replace(**{"out": str(out / "final"), "runtime.progress": False}),
+                refit_epochs=max(1, best.user_attrs.get("best_epoch", cfg.train.epochs)))
+    counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    best_d = {"number": best.number, "values": best.values, "params": best.params, "run_dir": best.user_attrs.get("run_dir")}
+    state.update(elapsed=elapsed + time.time() - t0, best=best_d, counts=counts, test=final.test, finished=True)
+    write_json(out / "fit.json", state)
+    return FitResult(path=out, study_name=name, best=best_d, final=final, test=final.test, counts=counts)
+
+
+def _best(study, done):
+    if len(study.directions) == 1:
+        return study.best_trial
+    sign = -1 if study.directions[0].name == "MINIMIZE" else 1
+    return max(study.best_trials, key=lambda t: sign * t.values[0])  # the Pareto front's best quality
+
+
+def _watch(study, procs, deadline, t0, out: Path, state: dict, live: bool, console) -> None:
+    """Poll the study until the workers exit; render the live table; end workers that overrun the budget."""
+    from rich.console import Console
+    from rich.live import Live
+    console = console or Console()
+    grace = 30.0
+    with Live(console=console, refresh_per_second=2, transient=False) if live else _Null() as view:
+        while any(p.poll() is None for p in procs):
+            trials = study.get_trials(deepcopy=False)
+            if live:
+                view.update(trial_table(study, trials, deadline))
+            state["elapsed_now"] = time.time() - t0
+            if deadline is not None and time.time() > deadline + grace:
+                for p in procs:
+                    p.terminate()
+            time.sleep(1.0)
+        if live:
+            view.update(trial_table(study, study.get_trials(deepcopy=False), deadline))
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def trial_table(study, trials, deadline):
+    from rich.table import Table
+    n = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    best = _best(study, done) if done else None
+    left = "" if deadline is None else f", {max(0, deadline - time.time()):.0f} s left"
+    title = (f"trials: {n['COMPLETE']} complete, {n['RUNNING']} running, {n['PRUNED']} pruned, {n['FAIL']} failed{left}"
+             + (f" | best #{best.number}: {best.values[0]:.4f}" if best else ""))
+    table = Table(title=title, title_justify="left")
+    for col in ("#", "state", "value", "family", "width", "lr", "epochs", "s", "note"):
+        table.add_column(col)
+    for t in sorted(trials, key=lambda t: t.number)[-12:]:
+        p, u = t.params, t.user_attrs
+        table.add_row(str(t.number), t.state.name.lower(), "" if t.values is None else f"{t.values[0]:.4f}",
+                      str(p.get("model.family", "")), str(p.get("model.width", "")),
+                      "" if "train.lr" not in p else f"{p['train.lr']:.1e}", str(u.get("epochs_run", "")),
+                      f"{u.get('seconds', 0):.0f}", str(u.get("fail_reason", ""))[:40])
+    return table
+
+
+def write_trials(out: Path, trials) -> None:
+    """trials.csv: one row per trial with its state, value, knobs, time and failure reason."""
+    from cotune.track import write_csv
+    rows = [{"number": t.number, "state": t.state.name, "value": None if t.values is None else t.values[0],
+             "second_objective": None if t.values is None or len(t.values) < 2 else t.values[1],
+             "seconds": t.user_attrs.get("seconds"), "epochs_run": t.user_attrs.get("epochs_run"),
+             "pruned_at": max(t.intermediate_values) if t.state.name == "PRUNED" and t.intermediate_values else None,
+             "fail_reason": t.user_attrs.get("fail_reason"), **t.params} for t in trials]
+    write_csv(out / "trials.csv", rows)
+
+
+def importances(study, out: Path) -> dict:
+    """Parameter importances (fANOVA) over finished trials, each marked as a data, model or train knob."""
+    optuna = _optuna()
+    try:
+        imp = optuna.importance.get_param_importances(study, target=lambda t: t.values[0],
+                                                      evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except Exception as err:  # too few trials, or a single distinct value
+        imp, note = {}, one_line(err)[:200]
+    else:
+        note = None
+    result = {"importances": [{"knob": k, "stage": k.split(".")[0], "importance": float(v)} for k, v in imp.items()],
+              "note": note}
+    write_json(out / "importances.json", result)
+    return result

@@ -1,0 +1,287 @@
+"""Joint search over data and model knobs with Optuna: one space, worker processes, resumable.
+
+    result = fit("mnist1d", budget="10m", workers=2, out="runs/x")
+
+The space comes from knobs.py (every knob with a `search` range that the user did not set),
+conditional where a knob says `when`, narrowed by `search.space`, with model families limited
+to those that fit the data's modality. The study lives in storage (SQLite in the run directory
+by default, PostgreSQL across machines) together with the base config, so `cotune worker
+--storage URL --study NAME` on any machine can join it. Trials never run in the parent: it
+starts worker processes, watches the study, and trains the final model once the budget is spent.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+from cotune.config import RunConfig, from_dict
+from cotune.errors import ConfigError, CotuneError, one_line
+from cotune.knobs import BY_NAME, searchable
+
+
+STUDY_DB = "study.db"
+FAMILIES_FOR = {"tabular": ("mlp", "transformer"), "image": ("mlp", "cnn2d"),
+                "sequence": ("mlp", "cnn1d", "gru", "lstm", "transformer")}
+CLASSIFICATION_ONLY = ("data.balance", "data.clean.label_issues", "data.clean.label_threshold", "train.label_smoothing")
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+
+
+def parse_budget(text) -> float | None:
+    """'90s' / '10m' / '1.5h' / '600' -> seconds."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"search.budget must look like '90s', '10m' or '1h'. Got {text!r} instead; e.g. --budget 10m.")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:  # pragma: no cover - optuna is a dependency
+        raise CotuneError("cotune fit needs optuna: pip install optuna") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+# ---------------------------------------------------------------------------------------------
+# the space
+
+def search_space(cfg: RunConfig, fixed: set[str], modality: str, task: str) -> dict[str, tuple]:
+    """{knob: choices or (low, high)} for every searchable knob not fixed by the user."""
+    space = {}
+    for k in searchable():
+        if k.name in fixed or (task == "regression" and k.name in CLASSIFICATION_ONLY):
+            continue
+        spec = tuple(cfg.search.space.get(k.name, k.search))
+        if k.name == "model.family":
+            spec = tuple(f for f in spec if f in FAMILIES_FOR[modality]) or (cfg.model.family,)
+        if k.name == "data.balance" and modality != "tabular":
+            spec = tuple(b for b in spec if b != "smote")
+        if not (k.choices or k.type in (bool, str)):
+            if len(spec) != 2:
+                raise ConfigError(f"search.space[{k.name!r}] must be [low, high]. Got {list(spec)!r} instead.")
+            spec = tuple(k.type(float(v)) for v in spec)
+        space[k.name] = spec
+    for name in cfg.search.space:
+        if name not in BY_NAME or BY_NAME[name].search is None:
+            raise ConfigError(f"search.space names {name!r}, which is not a searchable knob; see `cotune knobs` (column 'searched').")
+    return space
+
+
+def suggest(trial, cfg: RunConfig, space: dict[str, tuple]) -> RunConfig:
+    """Ask the trial for every knob of the space whose conditions hold; return the trial's config."""
+    values: dict = {}
+    current = cfg.flat()
+    for name, spec in space.items():
+        k = BY_NAME[name]
+        if any(values.get(dep, current[dep]) not in allowed for dep, allowed in k.when):
+            continue
+        if k.choices or k.type in (bool, str):
+            values[name] = trial.suggest_categorical(name, list(spec))
+        elif k.type is int:
+            values[name] = trial.suggest_int(name, int(spec[0]), int(spec[1]), log=k.log)
+        else:
+            values[name] = trial.suggest_float(name, float(spec[0]), float(spec[1]), log=k.log)
+    return cfg.replace(**values)
+
+
+# ---------------------------------------------------------------------------------------------
+# one trial
+
+def _objective(study, cfg: RunConfig, space: dict, out: Path, deadline: float | None, threads: int):
+    from cotune.pipeline import run
+    optuna = _optuna()
+    multi = cfg.search.objective != "quality"
+
+    def objective(trial):
+        tdir = out / "trials" / f"{trial.number:05d}"
+        tcfg = suggest(trial, cfg, space).replace(**{"runtime.threads": threads, "runtime.progress": False,
+                                                       "out": str(tdir)})
+        t0 = time.time()
+
+        def on_eval(epoch: int, row: dict):
+            key = "val_rmse" if "val_rmse" in row else "val_accuracy"
+            if not multi and key in row:
+                trial.report(row[key], epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+            return deadline is not None and time.time() > deadline  # out of budget: stop, keep the best so far
+
+        try:
+            res = run(tcfg, on_eval=on_eval)
+        except optuna.TrialPruned:
+            _trial_note(trial, tdir, "pruned", t0)
+            raise
+        except Exception as err:
+            reason = one_line(err) if isinstance(err, CotuneError) else f"{type(err).__name__}: {one_line(err)}"
+            trial.set_user_attr("fail_reason", reason[:500])
+            tdir.mkdir(parents=True, exist_ok=True)
+            (tdir / "error.txt").write_text(traceback.format_exc())
+            _trial_note(trial, tdir, "failed", t0)
+            raise
+        name = "accuracy" if "accuracy" in res.metrics["val"] else "rmse"
+        value = res.metrics["val"][name]
+        for k, v in (("run_dir", str(tdir)), ("n_params", res.n_params), ("best_epoch", res.train.best_epoch),
+                     ("epochs_run", res.train.epochs_run), ("seconds", time.time() - t0), ("metric", name)):
+            trial.set_user_attr(k, v)
+        if not multi:
+            return value
+        second = res.n_params if cfg.search.objective.endswith("size") else _latency_ms(tdir)
+        trial.set_user_attr("second_objective", second)
+        return value, second
+
+    return objective
+
+
+def _trial_note(trial, tdir: Path, state: str, t0: float) -> None:
+    trial.set_user_attr("seconds", time.time() - t0)
+    for f in ("checkpoint.safetensors", "checkpoint.json"):  # unfinished trials keep only their logs
+        (tdir / f).unlink(missing_ok=True)
+
+
+def _latency_ms(run_dir: Path) -> float:
+    """CPU milliseconds per sample of the trial's model, batch 64, median of 5."""
+    import statistics
+
+    import torch
+
+    from cotune.bundle import load
+    b = load(run_dir)
+    x = torch.zeros(64, *b.spec["in_shape"])
+    times = []
+    with torch.no_grad():
+        for _ in range(6):
+            t = time.perf_counter()
+            b.model(x)
+            times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times[1:]) / 64
+
+
+# ---------------------------------------------------------------------------------------------
+# studies and workers
+
+def storage_url(out: Path, storage: str | None) -> str:
+    return storage or f"sqlite:///{(out / STUDY_DB).resolve()}"
+
+
+def _storage(url: str):
+    _optuna()
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    kw = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return RDBStorage(url, engine_kwargs=kw, heartbeat_interval=10, grace_period=30,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+    except Exception as err:
+        raise ConfigError(f"Cannot open the study storage {url!r} ({one_line(err)[:200]}); check the URL and that "
+                          "the database server is running.") from None
+
+
+def _sampler(cfg: RunConfig, space: dict, worker: int = 0):
+    """Each worker gets its own seed (search.seed + worker index), or identical workers propose identical trials."""
+    optuna = _optuna()
+    s, seed = cfg.search.sampler, cfg.search.seed + 7919 * worker
+    if cfg.search.objective != "quality" and s not in ("nsga2", "random"):
+        s = "nsga2"  # TPE/CMA-ES here rank one objective; two objectives need NSGA-II
+    if s == "tpe":
+        return optuna.samplers.TPESampler(multivariate=True, group=True, seed=seed, constant_liar=True)
+    if s == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s == "grid":
+        grid = {k: list(v) for k, v in space.items() if BY_NAME[k].choices or BY_NAME[k].type in (bool, str)}
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    if s == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.NSGAIISampler(seed=seed)
+
+
+def _pruner(cfg: RunConfig):
+    optuna = _optuna()
+    p, epochs = cfg.search.pruner, cfg.train.epochs
+    if p == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, epochs // 10), max_resource=epochs, reduction_factor=3)
+    if p == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, epochs // 10), reduction_factor=3)
+    if p == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 10))
+    return optuna.pruners.NopPruner()
+
+
+def open_study(url: str, name: str, cfg: RunConfig | None = None, space: dict | None = None, direction: str = "maximize",
+               load_only: bool = False):
+    """Create (or load) a study; the base config, space and direction are stored with it."""
+    optuna = _optuna()
+    storage = _storage(url)
+    if load_only:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            raise ConfigError(f"No study named {name!r} in {url!r}; start it with `cotune fit` first.") from None
+        cfg = from_dict(study.user_attrs["config"])
+        space = {k: tuple(v) for k, v in study.user_attrs["space"].items()}
+        worker = int(os.environ.get("COTUNE_WORKER_INDEX", os.getpid()))
+        study.sampler, study.pruner = _sampler(cfg, space, worker), _pruner(cfg)
+        return study, cfg, space
+    directions = [direction] + (["minimize"] if cfg.search.objective != "quality" else [])
+    study = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True,
+                                sampler=_sampler(cfg, space), pruner=_pruner(cfg))
+    study.set_user_attr("config", cfg.to_dict())
+    study.set_user_attr("space", {k: list(v) for k, v in space.items()})
+    return study, cfg, space
+
+
+def work(url: str, name: str, *, deadline: float | None = None, threads: int = 1, out: str | None = None) -> int:
+    """A worker: run trials of the study until the trial limit, the deadline, or the study's stop flag."""
+    optuna = _optuna()
+    study, cfg, space = open_study(url, name, load_only=True)
+    out_dir = Path(out or study.user_attrs.get("out", "."))
+    deadline = deadline if deadline is not None else study.user_attrs.get("deadline")
+    limit = cfg.search.trials
+    done = 0
+    while True:
+        stop_at = None if deadline is None else deadline - estimate_final(study.get_trials(deepcopy=False), cfg.data.split.val)
+        objective = _objective(study, cfg, space, out_dir, stop_at, threads)
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(t.state.name in FINISHED for t in trials)
+        if limit is not None and finished + sum(t.state.name == "RUNNING" for t in trials) >= limit:
+            break
+        if deadline is not None and time.time() + _reserve(trials) + estimate_final(trials, cfg.data.split.val) >= deadline:
+            break
+        if study.user_attrs.get("stop"):
+            break
+        study.optimize(objective, n_trials=1, catch=(Exception,))
+        done += 1
+    return done
+
+
+def _reserve(trials) -> float:
+    """Seconds a new trial is expected to take: the median of the finished ones (0 before any)."""
+    secs = sorted(t.user_attrs["seconds"] for t in trials if "seconds" in t.user_attrs)
+    return secs[len(secs) // 2] if secs else 0.0
+
+
+def spawn_workers(url: str, name: str, n: int, deadline: float | None, out: Path) -> list[subprocess.Popen]:
+    """N `cotune worker` processes; CPU threads are split so they do not oversubscribe the cores."""
+    threads = max(1, (os.cpu_count() or 1) // n)
+    cmd = [sys.executable, "-m", "cotune.cli", "worker", "--storage", url, "--study", name, "--threads", str(threads),
+           "--out", str(out)] + (["--deadline", repr(deadline)] if deadline else [])
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    log = open(out / "workers.log", "ab")
+    return [subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(env, COTUNE_WORKER_INDEX=str(i)),
+                             start_new_session=True) for i in range(n)]
+
+
+def estimate_final(trials, val_share: float) -> float:
+    """Seconds the final refit is expected to take: the slowest completed trial, on train+val rows."""
+    secs = [t.user_attrs.get("seconds", 0.0) for t in trials if t.state.name == "COMPLETE"]
+    return (max(secs) if secs else 0.0) * (1 + val_share) * 1.1
+
