@@ -51,16 +51,18 @@ def audit(data=None, *, target=None, config=None, overrides=(), checks=None, out
 
 
 def fit(data=None, *, target=None, config=None, overrides=(), budget=None, trials=None, workers=None, sampler=None,
-        objective=None, storage=None, study=None, out=None, resume: bool = False, live: bool = False, console=None):
+        objective=None, storage=None, study=None, mlflow=None, out=None, resume: bool = False, live: bool = False,
+        console=None):
     """Search data and model knobs together, refit the best on train+val, test it once. Returns a FitResult.
 
-    Knobs you set (in `config`, `overrides` or these arguments) are fixed; every other searchable knob is searched."""
+    Knobs you set (in `config`, `overrides` or these arguments) are fixed; every other searchable knob is searched.
+    mlflow: tracking URI (default: SQLite in the search directory; 'none': no tracking)."""
     from cotune.config import explicit
     from cotune.study import fit as _fit
     extra = [f"data.source={data}"] if data is not None else []
     extra += [f"data.target={target}"] if target is not None else []
     for key, value in (("budget", budget), ("trials", trials), ("workers", workers), ("sampler", sampler),
-                       ("objective", objective)):
+                       ("objective", objective), ("mlflow", mlflow)):
         if value is not None:
             extra.append(f"search.{key}={value}")
     if resume:
@@ -87,13 +89,17 @@ def predict(run_dir, data, out=None):
     return frame
 
 
-DEMO_CONFIG = {
-    "data": {"source": "sklearn:digits"},
-    "model": {"family": "cnn2d", "width": 32, "depth": 2, "dropout": 0.1, "norm": "batch"},
-    "train": {"optimizer": "adamw", "lr": 3e-3, "epochs": 30, "batch_size": 64, "schedule": "onecycle", "patience": 10},
-}
+DEMO_BUDGET = "2m"  # the search, final model included; the whole demo stays under 5 minutes here
 
 
-def demo(out=None, progress: bool | None = None):
-    """Train a small CNN on sklearn's digits (built in, no download) and return the RunResult."""
-    return train(DEMO_CONFIG, out=out, progress=progress)
+def demo(out=None, budget: str = DEMO_BUDGET, live: bool = False, console=None):
+    """`fit` on sklearn's digits (built in, no download), then the report. Returns (FitResult, report path)."""
+    from cotune.report import build_report
+    res = fit("sklearn:digits", budget=budget, workers=2, out=out, live=live, console=console)
+    return res, build_report(res.path)
+
+
+def report(path):
+    """Rebuild <path>/report.html from the files of a run or search directory (no torch import)."""
+    from cotune.report import build_report
+    return build_report(path)

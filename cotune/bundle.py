@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cotune.data.preprocess import Preprocessor
-from cotune.errors import BundleError, CotuneError, DataError
+from cotune.errors import BundleError, CotuneError, DataError, one_line
 from cotune.models import create_model
 from cotune.runtime import Runtime
 from cotune.track import read_json, write_json
@@ -126,10 +126,55 @@ def read_features(source: str, spec: dict):
     return ds.X
 
 
+ENSEMBLE = "ensemble.json"
+
+
+class Ensemble(Bundle):
+    """Soft voting over member bundles (the top trials of a search): probabilities (or values) averaged."""
+
+    def __init__(self, path: Path, members: list[Bundle]):
+        first = members[0]
+        super().__init__(path, first.spec, first.model, first.pre)
+        self.members = members
+
+    def __repr__(self) -> str:
+        return f"Ensemble({str(self.path)!r}, members={len(self.members)}, task={self.task!r})"
+
+    def predict_proba(self, X) -> np.ndarray:
+        if isinstance(X, (str, Path)):
+            X = read_features(str(X), self.spec)
+        return np.mean([m.predict_proba(X) for m in self.members], axis=0)
+
+    def predict(self, X) -> np.ndarray:
+        if self.task != "regression":
+            return super().predict(X)
+        if isinstance(X, (str, Path)):
+            X = read_features(str(X), self.spec)
+        return np.mean([m.predict(X) for m in self.members], axis=0)
+
+
+def save_ensemble(out: str | Path, member_dirs: list[str | Path]) -> None:
+    """Copy the member run directories into out/members/<i>/ and write ensemble.json."""
+    import shutil
+    out = Path(out)
+    names = []
+    for i, d in enumerate(member_dirs):
+        name = f"members/{i}"
+        shutil.copytree(d, out / name, ignore=shutil.ignore_patterns("metrics.jsonl", ".*"))
+        names.append(name)
+    write_json(out / ENSEMBLE, {"members": names, "voting": "soft"})
+
+
 def load(path: str | Path) -> Bundle:
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"Run directory {str(path)!r} not found; pass the --out directory of a finished run.")
+    if (path / ENSEMBLE).is_file():
+        try:
+            names = read_json(path / ENSEMBLE)["members"]
+        except Exception as err:
+            raise BundleError(f"{str(path / ENSEMBLE)!r} is damaged ({one_line(err)[:120]}); rerun the search.") from None
+        return Ensemble(path, [load(path / n) for n in names])
     missing = [f for f in REQUIRED if not (path / f).is_file()]
     if missing:
         raise BundleError(f"Run directory {str(path)!r} has no {missing[0]}; it is not a finished run (resume it with --resume).")

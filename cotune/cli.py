@@ -100,6 +100,7 @@ def fit(data: Optional[str] = typer.Argument(None, help="CSV / Parquet / .npz / 
         objective: Optional[str] = typer.Option(None, "--objective", help="quality, quality,size or quality,latency."),
         storage: Optional[str] = typer.Option(None, "--storage", help="Study storage URL (default: SQLite in --out)."),
         study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the --out folder name)."),
+        mlflow: Optional[str] = typer.Option(None, "--mlflow", help="MLflow tracking URI (default: SQLite in --out; 'none': off)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
         resume: bool = typer.Option(False, "--resume", help="Continue the search in --out, keeping finished trials."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table.")):
@@ -108,7 +109,7 @@ def fit(data: Optional[str] = typer.Argument(None, help="CSV / Parquet / .npz / 
     if resume and (data is not None or config is not None or set_):
         raise CotuneError("--resume continues the search in --out with its saved config; drop DATA, --config and --set.")
     res = api.fit(data, target=target, config=config, overrides=set_, budget=budget, trials=trials, workers=workers,
-                  sampler=sampler, objective=objective, storage=storage, study=study, out=out, resume=resume,
+                  sampler=sampler, objective=objective, storage=storage, study=study, mlflow=mlflow, out=out, resume=resume,
                   live=not quiet, console=out_console)
     print_metrics(res.final)
     c = res.counts
@@ -149,13 +150,31 @@ def predict(run: Path = typer.Argument(..., help="Run directory of a finished ru
 
 @app.command()
 @friendly
-def demo(out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/digits-<time>)."),
-         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")):
-    """End to end on built-in data (sklearn digits): train, evaluate on the test split, save a bundle."""
+def demo(out: Optional[Path] = typer.Option(None, "--out", "-o", help="Search directory (default runs/digits-<time>)."),
+         budget: str = typer.Option("2m", "--budget", "-b", help="Wall time of the search, final model included."),
+         quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table.")):
+    """End to end on built-in data (sklearn digits): audit, joint search, final model, report."""
     from cotune import api
-    result = api.demo(out=out, progress=False if quiet else None)
-    print_metrics(result)
-    out_console.print(f"predict with: cotune predict {result.path} sklearn:digits")
+    res, rep = api.demo(out=out, budget=budget, live=not quiet, console=out_console)
+    print_metrics(res.final)
+    c = res.counts
+    out_console.print(f"search: {c['COMPLETE']} trials complete, {c['PRUNED']} pruned, {c['FAIL']} failed; "
+                      f"best trial #{res.best['number']}")
+    for line in rep.problems:
+        out_console.print(f"report problem: {line}", highlight=False, soft_wrap=True)
+    out_console.print(f"report: [bold]{rep}[/] (open it in a browser)")
+    out_console.print(f"predict with: cotune predict {res.path / 'final'} sklearn:digits")
+
+
+@app.command()
+@friendly
+def report(run: Path = typer.Argument(..., help="A run directory (`cotune train`) or search directory (`cotune fit`).")):
+    """Rebuild RUN/report.html from RUN's files only; print its path and each file that could not be used."""
+    from cotune import api
+    out = api.report(run)  # BundleError -> exit 2 when RUN is not a directory
+    out_console.print(f"report: {out} ({out.size / 1e6:.1f} MB)", highlight=False, soft_wrap=True)
+    for line in out.problems:
+        out_console.print(f"problem: {line}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -78,7 +78,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("model.norm", str, "none", "normalization layers", choices=("none", "batch", "layer"), search=("none", "batch", "layer")),
     _k("model.activation", str, "relu", "activation function", choices=("relu", "gelu", "tanh", "silu"), search=("relu", "gelu", "silu")),
     _k("model.kernel_size", int, 5, "cnn1d: kernel of the first convolution", low=1, high=63, search=(3, 9), when=(("model.family", ("cnn1d",)),)),
-    _k("model.pool", str, "auto", "sequence families: how positions are reduced before the head", choices=("auto", "flatten", "mean", "last")),
+    _k("model.pool", str, "auto", "sequence families: how positions are reduced before the head", choices=("auto", "flatten", "mean", "last"), search=("auto", "flatten", "mean"), when=(("model.family", ("cnn1d", "gru", "lstm", "transformer")),)),
     _k("model.bidirectional", bool, False, "gru / lstm: read the sequence both ways", search=(False, True), when=(("model.family", ("gru", "lstm")),)),
     _k("model.heads", int, 4, "transformer: attention heads (reduced to divide width)", low=1, high=64),
     # ---- train: optimizer, schedule, loss, regularization, stopping
@@ -111,6 +111,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("search.pruner", str, "hyperband", "stop weak trials early, on epochs: hyperband, successive halving, median, or none", choices=("hyperband", "halving", "median", "none")),
     _k("search.objective", str, "quality", "'quality' (validation metric), or a second objective: 'quality,size' (parameters) / 'quality,latency' (CPU ms per sample)", choices=("quality", "quality,size", "quality,latency")),
     _k("search.seed", int, 0, "seed of the sampler"),
+    _k("search.mlflow", str, None, "MLflow tracking URI for the search (a run per trial under one parent run): null = SQLite in the search directory (mlflow.db), 'none' = no tracking", optional=True),
     _k("search.top_k", int, 3, "soft-voting ensemble of the top-k trials, kept when it beats the best single model on validation (1 = off)", low=1, high=20),
     _k("search.space", dict, {}, "narrow knobs: {knob: [choices...]} or {knob: [low, high]}; knobs you set elsewhere in the config are fixed"),
     # ---- runtime: resolved once, logged in env.json

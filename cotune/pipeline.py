@@ -24,7 +24,7 @@ from cotune.config import RunConfig
 from cotune.data import sources
 from cotune.data.batches import TensorData
 from cotune.data.preprocess import Preprocessor
-from cotune.data.audit import audit
+from cotune.data.audit import audit, list_checks
 from cotune.data.augment import make_augment, numeric_mask
 from cotune.data.balance import balance_train
 from cotune.data.clean import clean_train, needed_checks
@@ -32,7 +32,7 @@ from cotune.data.split import split_indices, subsample
 from cotune.errors import ConfigError, CotuneError
 from cotune.models import create_model
 from cotune.runtime import Runtime, seed_everything, versions
-from cotune.track import FileTracker, NullTracker, read_json, write_csv, write_json
+from cotune.track import FileTracker, NullTracker, Tee, read_json, write_csv, write_json
 from cotune.train import CHECKPOINT, CHECKPOINT_STATE, TrainResult, check_config, infer, train
 
 
@@ -117,7 +117,7 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False) -> TrainingSet:
     if d.fraction < 1.0:
         tr = subsample(tr, d.fraction, seed=d.split.seed, y=ds.y)
     opts = d.clean.model_dump()
-    need = needed_checks(**opts)
+    need = needed_checks(**opts) & set(list_checks(ds))  # e.g. no conflicting-label check for regression
     report = audit(ds, tr, va, te, checks=sorted(need), seed=d.split.seed) if need else None
     cleaned = clean_train(tr, ds.y, report, **opts)
     pre = Preprocessor().fit(ds, cleaned.idx)
@@ -190,7 +190,7 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
                                   "dataset": sources.describe(ds)})
     if data.report is not None:
         data.report.save(out)
-    tracker = tracker or FileTracker(out)
+    tracker = FileTracker(out) if tracker is None else Tee(FileTracker(out), tracker)  # metrics.jsonl either way
     tracker.log_params(cfg.flat())
 
     def log_and_forward(epoch: int, row: dict):
@@ -236,5 +236,22 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
         "data": data.summary})
     for f in (CHECKPOINT, CHECKPOINT_STATE):  # finished: the bundle supersedes the checkpoint
         (out / f).unlink(missing_ok=True)
+    tracker.log_summary(metrics)
     tracker.close()
     return RunResult(path=out, metrics=metrics, train=result, config=cfg, n_params=n_params)
+
+
+def evaluate_ensemble(cfg: RunConfig, member_dirs: list) -> dict:
+    """Validation and test metrics of soft voting over trained run directories (same split as cfg)."""
+    ds = load_data(cfg)
+    _, va, te = split_indices(ds, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed)
+    members = [bundle.load(d) for d in member_dirs]
+    out = {}
+    for part, idx in (("val", va), ("test", te)):
+        X = ds.X.iloc[idx] if ds.modality == "tabular" else ds.X[idx]
+        if ds.task == "regression":
+            out[part] = evaluate.evaluate(ds.y[idx], np.mean([m.predict(X) for m in members], axis=0), ds.task)
+        else:
+            probs = np.mean([m.predict_proba(X) for m in members], axis=0)
+            out[part] = evaluate.evaluate(ds.y[idx], probs, ds.task, classes=list(ds.classes))
+    return out

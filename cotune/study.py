@@ -2,18 +2,22 @@
 
 Files in the search directory: config.json, fit.json (state, for --resume), study.db (the Optuna
 study, unless --storage points elsewhere), trials/NNNNN/ (each trial's run directory, or its
-error.txt), trials.csv (one row per trial), importances.json, workers.log, final/ (the model).
+error.txt), trials.csv (one row per trial), importances.json, workers.log, final/ (the model),
+mlflow.db + mlartifacts/ (MLflow: a parent run with final/ and its test metrics, a nested run per trial).
 """
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cotune.config import RunConfig, explicit, from_dict
 from cotune.errors import ConfigError, CotuneError, one_line
-from cotune.track import read_json, write_json
-from cotune.tune import _optuna, estimate_final, open_study, parse_budget, search_space, spawn_workers, storage_url
+from cotune.track import read_json, track_study, write_json
+from cotune.tune import (_optuna, estimate_final, open_study, parse_budget, search_space, spawn_workers,
+                         storage_url)
 
 
 @dataclass
@@ -50,6 +54,8 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
         raise ConfigError("A search ranks trials on the validation part: set data.split.val > 0 (e.g. 0.15).")
     ds = load_data(cfg)  # validates the source before anything is written
     space = search_space(cfg, fixed or explicit(cfg), ds.modality, ds.task)
+    if resume and "space" in state:  # the study's own space: other defaults (a new version, no GPU here) would clash
+        space = {k: tuple(v) for k, v in state["space"].items()}
     if not space:
         raise ConfigError("Every searchable knob is fixed by the config; unset some or widen search.space.")
     deadline = None if budget is None else t0 + budget - elapsed
@@ -57,36 +63,126 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
     url = storage_url(out, storage)
     name = study_name or out.name
     state = {"config": cfg.to_dict(), "fixed": sorted(fixed or explicit(cfg)), "storage": url, "study": name,
-             "budget_s": budget, "elapsed": elapsed}
+             "budget_s": budget, "elapsed": elapsed, "space": {k: list(v) for k, v in space.items()}}
     write_json(out / "fit.json", state)
     write_json(out / "config.json", cfg.to_dict())
     study, _, _ = open_study(url, name, cfg, space, "minimize" if ds.task == "regression" else "maximize")
     study.set_user_attr("out", str(out.resolve()))
     study.set_user_attr("stop", False)
-    procs = spawn_workers(url, name, cfg.search.workers, deadline, out)
+    study.set_user_attr("deadline", deadline)  # workers started elsewhere (`cotune worker`) honour it too
+    if resume:
+        requeue_interrupted(study)  # trials the killed search's workers left RUNNING
+    tracker = track_study(study, cfg, out)  # the MLflow parent run of the trials' runs
+    procs = spawn_workers(url, name, cfg.search.workers, deadline, out,
+                          threads=cfg.runtime.threads if "runtime.threads" in state["fixed"] else None)
     try:
+        _warm_up()
         _watch(study, procs, deadline, t0, out, state, live, console)
     except KeyboardInterrupt:
         study.set_user_attr("stop", True)
         for p in procs:
             p.terminate()
+        tracker.close("KILLED")
         raise
     trials = study.get_trials(deepcopy=False)
     write_trials(out, trials)
     done = [t for t in trials if t.state.name == "COMPLETE"]
     if not done:
+        tracker.close("FAILED")
         raise CotuneError(f"No trial finished in the budget (see {out / 'trials'} and workers.log); "
                           "raise --budget or --trials, or narrow the space.")
     best = _best(study, done)
     importances(study, out)
-    best_cfg = cfg.replace(**best.params)
-    final = run(best_cfg.replace(**{"out": str(out / "final"), "runtime.progress": False}),
-                refit_epochs=max(1, best.user_attrs.get("best_epoch", cfg.train.epochs)))
+    ensemble = try_ensemble(cfg, study, done, out)
+    if ensemble is not None and ensemble["kept"]:
+        final = ensemble["result"]
+    else:
+        best_cfg = cfg.replace(**best.params)
+        final = run(best_cfg.replace(**{"out": str(out / "final"), "runtime.progress": False}),
+                    refit_epochs=max(1, best.user_attrs.get("best_epoch", cfg.train.epochs)))
+    state["ensemble"] = None if ensemble is None else {k: v for k, v in ensemble.items() if k != "result"}
     counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
     best_d = {"number": best.number, "values": best.values, "params": best.params, "run_dir": best.user_attrs.get("run_dir")}
     state.update(elapsed=elapsed + time.time() - t0, best=best_d, counts=counts, test=final.test, finished=True)
     write_json(out / "fit.json", state)
+    tracker.set_tags({"best_trial": best.number, **{f"best.{k}": v for k, v in best.params.items()}})
+    tracker.log_summary(final.metrics)
+    tracker.log_artifacts(out / "final")
+    tracker.close()
     return FitResult(path=out, study_name=name, best=best_d, final=final, test=final.test, counts=counts)
+
+
+def try_ensemble(cfg: RunConfig, study, done, out: Path) -> dict | None:
+    """Soft voting over the top-k trials; kept (as final/) only if it beats the best trial on validation."""
+    from cotune.bundle import save_ensemble
+    from cotune.pipeline import RunResult, evaluate_ensemble
+    from cotune.train import TrainResult
+    k = cfg.search.top_k
+    if k < 2 or len(study.directions) > 1 or len(done) < 2:
+        return None
+    maximize = study.directions[0].name == "MAXIMIZE"
+    top = sorted(done, key=lambda t: t.values[0], reverse=maximize)[:k]
+    dirs = [t.user_attrs["run_dir"] for t in top if (Path(t.user_attrs.get("run_dir", "")) / "model.safetensors").exists()]
+    if len(dirs) < 2:
+        return None
+    metrics = evaluate_ensemble(cfg, dirs)
+    name = "accuracy" if "accuracy" in metrics["val"] else "rmse"
+    ens, single = metrics["val"][name], top[0].values[0]
+    kept = ens > single if maximize else ens < single
+    info = {"members": [t.number for t in top[:len(dirs)]], "val": ens, "best_single_val": single, "metric": name, "kept": kept}
+    if kept:
+        final = out / "final"
+        save_ensemble(final, dirs)
+        write_json(final / "metrics.json", {**metrics, "ensemble": info})
+        write_json(final / "config.json", cfg.to_dict())
+        n_params = sum(int(read_json(Path(d) / "model.json").get("n_params", 0)) for d in dirs)
+        info["result"] = RunResult(path=final, metrics=metrics, train=TrainResult(), n_params=n_params,
+                                   config=cfg.replace(**top[0].params))
+    return info
+
+
+def requeue_interrupted(study) -> list[int]:
+    """Trials left RUNNING by workers that are gone (the killed search's): FAIL them and queue each again with its
+    knobs, as optuna's heartbeat does, but now instead of after its grace period. Returns their numbers."""
+    optuna = _optuna()
+    from optuna.trial import TrialState
+    storage, host, done = study._storage, socket.gethostname(), []
+    for t in study.get_trials(deepcopy=True, states=(TrialState.RUNNING,)):
+        where, _, pid = t.user_attrs.get("worker", "").rpartition(":")
+        if where and (where != host or _alive(int(pid))):
+            continue  # a live worker (here, or on another machine) is still on it
+        try:
+            storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted: its worker died; queued again")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it finished meanwhile
+        history = [*t.system_attrs.get("retry_history", []), t.number]
+        if len(history) <= 1:  # max_retry=1, as the heartbeat's RetryHeartbeatStaleTrialCallback
+            study.add_trial(optuna.trial.create_trial(
+                state=TrialState.WAITING, params=t.params, distributions=t.distributions,
+                system_attrs={"failed_trial": t.system_attrs.get("failed_trial", t.number), "retry_history": history}))
+        done.append(t.number)
+    return done
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed worker nobody has reaped yet is a zombie: dead
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _warm_up() -> None:
+    """The first optimizer a process builds imports torch._dynamo (seconds): pay that while the workers search,
+    not in the final refit after them, which the budget has to cover."""
+    import torch
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
 def _best(study, done):

@@ -3,17 +3,25 @@
 A run directory holds: config.json (resolved), env.json (versions, seed, device), history.csv
 (one row per epoch), metrics.jsonl (appended as training goes), metrics.json (final), plus what
 bundle.py writes. A reader never sees a half-written file.
+
+Trackers get a run's params, per-epoch metrics and final metrics: FileTracker (metrics.jsonl),
+MlflowTracker (an MLflow run; `cotune fit` makes one per trial, nested under the study's run).
 """
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
+
+from cotune.errors import ConfigError, one_line
 
 
 _UMASK = os.umask(0)
@@ -91,6 +99,10 @@ class NullTracker:
 
     def log_artifacts(self, path: str | Path) -> None: ...
 
+    def log_summary(self, metrics: dict) -> None: ...  # final metrics: {'val': {...}, 'test': {...}}
+
+    def set_tags(self, tags: dict) -> None: ...
+
     def close(self, status: str = "FINISHED") -> None: ...
 
 
@@ -102,3 +114,236 @@ class FileTracker(NullTracker):
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         append_jsonl(self.path, {"step": step, **metrics})
+
+
+class Tee(NullTracker):
+    """Forwards every call to each tracker in turn (the run directory's FileTracker and MLflow, say)."""
+
+    def __init__(self, *trackers):
+        self.trackers = trackers
+
+    def log_params(self, params: dict) -> None:
+        for t in self.trackers:
+            t.log_params(params)
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        for t in self.trackers:
+            t.log_metrics(metrics, step)
+
+    def log_summary(self, metrics: dict) -> None:
+        for t in self.trackers:
+            t.log_summary(metrics)
+
+    def log_artifacts(self, path: str | Path) -> None:
+        for t in self.trackers:
+            t.log_artifacts(path)
+
+    def set_tags(self, tags: dict) -> None:
+        for t in self.trackers:
+            t.set_tags(tags)
+
+    def close(self, status: str = "FINISHED") -> None:
+        for t in self.trackers:
+            t.close(status)
+
+
+# ---------------------------------------------------------------------------------------------
+# MLflow (optional: pip install 'cotune[track]'); imported on first use only
+
+MLFLOW_DB, MLFLOW_ARTIFACTS = "mlflow.db", "mlartifacts"
+_CLIENTS: dict[str, Any] = {}  # one MlflowClient per tracking URI and process
+
+
+def mlflow_uri(setting: str | None, out: str | Path) -> str | None:
+    """search.mlflow -> tracking URI: None = a SQLite store in the search directory, 'none' = no tracking."""
+    if setting is None:
+        return f"sqlite:///{(Path(out) / MLFLOW_DB).resolve()}"
+    return None if setting.strip().lower() in ("", "none") else setting.strip()
+
+
+def _client(uri: str):
+    if uri not in _CLIENTS:
+        import logging
+
+        from mlflow.tracking import MlflowClient
+        for name in ("mlflow", "alembic"):  # no 'creating tables' chatter on the user's console
+            logging.getLogger(name).setLevel(logging.WARNING)
+        _CLIENTS[uri] = MlflowClient(tracking_uri=uri)  # creates the tables in a new SQLite file
+        if uri.startswith("sqlite:///"):
+            sqlite_wal(uri[len("sqlite:///"):])
+    return _CLIENTS[uri]
+
+
+def sqlite_wal(path: str | Path) -> None:
+    """Write-ahead logging for a SQLite file (persistent): a commit costs a quarter, readers never block the writer."""
+    import sqlite3
+    try:
+        with sqlite3.connect(path, timeout=20) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error:
+        pass  # another process holds it: it is set already, or the next process sets it
+
+
+def _number(v) -> float | None:
+    if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+        v = v.item()
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def _guarded(fn):
+    """A tracking error never stops training: it is reported once on stderr and this run's tracking stops."""
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        if self.broken:
+            return None
+        t0 = time.perf_counter()
+        try:
+            return fn(self, *args, **kwargs)
+        except Exception as err:
+            self.broken = True
+            print(f"warning: MLflow tracking of run {self.run_id} stopped ({type(err).__name__}: {one_line(err)[:200]})",
+                  file=sys.stderr)
+        finally:
+            self.seconds += time.perf_counter() - t0
+    return wrapper
+
+
+class MlflowTracker(NullTracker):
+    """One MLflow run: params in one batch, metrics buffered and sent in batches (every FLUSH_S seconds
+    and at close), final metrics of the `summary` parts as 'final/<part>_<name>'. A new run, nested under
+    parent_run_id when given, or an existing run_id reopened. `seconds`: time spent tracking, creation included."""
+
+    FLUSH_S = 5.0
+
+    def __init__(self, uri: str, *, experiment: str | None = None, experiment_id: str | None = None,
+                 run_id: str | None = None, parent_run_id: str | None = None, run_name: str | None = None,
+                 tags: dict | None = None, artifact_location: str | None = None, summary=("val", "test")):
+        t0 = time.perf_counter()
+        self.uri, self.run_id, self.broken, self.summary = uri, run_id, False, tuple(summary)
+        self._buffer: list = []
+        self._params_done, self._flushed = False, time.time()
+        self.client = _client(uri)
+        if run_id is None:
+            if experiment_id is None:
+                exp = self.client.get_experiment_by_name(experiment or "cotune")
+                experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+                    experiment or "cotune", artifact_location=artifact_location)
+            tags = {**(tags or {}), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+            run = self.client.create_run(experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
+            self.run_id = run.info.run_id
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+            experiment_id = experiment_id or self.client.get_run(run_id).info.experiment_id
+        self.experiment_id = experiment_id
+        self.seconds = time.perf_counter() - t0
+
+    @_guarded
+    def log_params(self, params: dict) -> None:
+        """Once per run (params are immutable in MLflow); later calls do nothing."""
+        if self._params_done:
+            return
+        from mlflow.entities import Param
+        items = [Param(str(k), (v if isinstance(v, str) else json.dumps(_clean(v)))[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow's limit per batch; cotune has fewer knobs than that
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+        self._params_done = True
+
+    @_guarded
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        self._add(metrics, step)
+        if time.time() - self._flushed >= self.FLUSH_S:
+            self._flush()
+
+    @_guarded
+    def log_summary(self, metrics: dict) -> None:
+        self._add({f"final/{part}_{k}": v for part in self.summary for k, v in (metrics.get(part) or {}).items()
+                   if k != "n"}, None)
+
+    @_guarded
+    def log_artifacts(self, path: str | Path) -> None:
+        """The folder's files under <folder name>/ in the run's artifacts."""
+        self.client.log_artifacts(self.run_id, str(path), artifact_path=Path(path).name)
+
+    @_guarded
+    def set_tags(self, tags: dict) -> None:
+        from mlflow.entities import RunTag
+        self.client.log_batch(self.run_id, tags=[RunTag(str(k), str(v)[:5000]) for k, v in tags.items()])
+
+    @_guarded
+    def close(self, status: str = "FINISHED") -> None:
+        self._add({"tracking_s": self.seconds}, None)  # this run's tracking cost so far (creation, params, flushes)
+        self._flush()
+        self.client.set_terminated(self.run_id, status)
+
+    def _add(self, metrics: dict, step: int | None) -> None:
+        from mlflow.entities import Metric
+        ts = int(time.time() * 1000)
+        self._buffer += [Metric(str(k), v, ts, step or 0) for k, v in ((k, _number(v)) for k, v in metrics.items())
+                         if v is not None and k != "epoch"]  # the epoch is the step
+
+    def _flush(self) -> None:
+        while self._buffer:
+            batch, self._buffer = self._buffer[:1000], self._buffer[1000:]
+            self.client.log_batch(self.run_id, metrics=batch)
+        self._flushed = time.time()
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(msg: str) -> None:
+    """'warning: ...' on stderr, once per process (a worker's log does not repeat it every trial)."""
+    if msg not in _WARNED:
+        _WARNED.add(msg)
+        print(f"warning: {msg}", file=sys.stderr)
+
+
+def open_mlflow(uri: str, *, required: bool = False, **kwargs) -> NullTracker:
+    """An MlflowTracker, or a NullTracker (and a warning on stderr) when mlflow is not installed or the
+    store cannot be opened. required=True (a URI the user asked for) makes that a ConfigError instead."""
+    try:
+        return MlflowTracker(uri, **kwargs)
+    except ImportError:
+        msg = "MLflow tracking needs mlflow: pip install 'cotune[track]'"
+    except Exception as err:
+        msg = f"Cannot open the MLflow tracking store {uri!r} ({type(err).__name__}: {one_line(err)[:200]})"
+    if required:
+        raise ConfigError(f"{msg}; or pass --mlflow none to search without tracking.")
+    warn_once(f"{msg}; tracking is off.")
+    return NullTracker()
+
+
+# ---------------------------------------------------------------------------------------------
+# a search: the parent run (`cotune fit`) and a nested run per trial (workers)
+
+def trial_tracker(track: dict | None, study_name: str, number: int):
+    """The trial's MLflow run, nested under the search's parent run; a NullTracker when the search is not
+    tracked, or its SQLite store is not on this machine (a worker elsewhere needs a tracking server)."""
+    if not track:
+        return NullTracker()
+    uri = track["uri"]
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        warn_once(f"MLflow store {uri} is not on this machine, trials here are not tracked; "
+                  "start the search with --mlflow http://<tracking server> to track every machine.")
+        return NullTracker()
+    return open_mlflow(uri, experiment_id=track["experiment_id"], parent_run_id=track["run_id"],
+                       run_name=f"trial-{number:05d}", tags={"optuna.study": study_name, "optuna.trial": number},
+                       summary=("val",))  # a trial's test metrics are not for choosing
+
+
+def track_study(study, cfg, out: Path):
+    """The search's MLflow parent run, created in search.mlflow's store (or reopened when the study already
+    has one there, as on --resume); its id goes to the study's user attrs, where workers find it."""
+    uri, prev = mlflow_uri(cfg.search.mlflow, out), study.user_attrs.get("mlflow")
+    reopen = prev["run_id"] if prev and prev["uri"] == uri else None
+    tracker = NullTracker() if uri is None else open_mlflow(
+        uri, required=cfg.search.mlflow is not None, experiment=study.study_name, run_id=reopen,
+        run_name=study.study_name, tags={"optuna.study": study.study_name, "cotune.out": str(out.resolve())},
+        artifact_location=(out / MLFLOW_ARTIFACTS).resolve().as_uri() if uri.startswith("sqlite") else None)
+    if not hasattr(tracker, "run_id"):
+        study.set_user_attr("mlflow", None)
+        return tracker
+    if reopen is None:
+        tracker.log_params(cfg.flat())
+    study.set_user_attr("mlflow", {"uri": uri, "experiment_id": tracker.experiment_id, "run_id": tracker.run_id})
+    return tracker

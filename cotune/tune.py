@@ -11,9 +11,11 @@ starts worker processes, watches the study, and trains the final model once the 
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -24,11 +26,16 @@ from pathlib import Path
 from cotune.config import RunConfig, from_dict
 from cotune.errors import ConfigError, CotuneError, one_line
 from cotune.knobs import BY_NAME, searchable
+from cotune.track import sqlite_wal, trial_tracker
 
 
 STUDY_DB = "study.db"
 FAMILIES_FOR = {"tabular": ("mlp", "transformer"), "image": ("mlp", "cnn2d"),
                 "sequence": ("mlp", "cnn1d", "gru", "lstm", "transformer")}
+# On CPU the recurrent and attention families cost 10-50x a CNN per epoch on the same data (an LSTM
+# trial on MNIST-1D took 230 s against 20-60 s for a CNN), so the default space leaves them out
+# there; name them in search.space to search them anyway.
+FAMILIES_FOR_CPU = {"tabular": ("mlp",), "image": ("mlp", "cnn2d"), "sequence": ("mlp", "cnn1d")}
 CLASSIFICATION_ONLY = ("data.balance", "data.clean.label_issues", "data.clean.label_threshold", "train.label_smoothing")
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
@@ -56,15 +63,19 @@ def _optuna():
 # ---------------------------------------------------------------------------------------------
 # the space
 
-def search_space(cfg: RunConfig, fixed: set[str], modality: str, task: str) -> dict[str, tuple]:
+def search_space(cfg: RunConfig, fixed: set[str], modality: str, task: str, cpu: bool | None = None) -> dict[str, tuple]:
     """{knob: choices or (low, high)} for every searchable knob not fixed by the user."""
+    if cpu is None:
+        import torch
+        cpu = cfg.runtime.device == "cpu" or (cfg.runtime.device == "auto" and not torch.cuda.is_available())
     space = {}
     for k in searchable():
         if k.name in fixed or (task == "regression" and k.name in CLASSIFICATION_ONLY):
             continue
         spec = tuple(cfg.search.space.get(k.name, k.search))
         if k.name == "model.family":
-            spec = tuple(f for f in spec if f in FAMILIES_FOR[modality]) or (cfg.model.family,)
+            fits = FAMILIES_FOR[modality] if k.name in cfg.search.space or not cpu else FAMILIES_FOR_CPU[modality]
+            spec = tuple(f for f in spec if f in fits) or (cfg.model.family,)
         if k.name == "data.balance" and modality != "tabular":
             spec = tuple(b for b in spec if b != "smote")
         if not (k.choices or k.type in (bool, str)):
@@ -102,12 +113,14 @@ def _objective(study, cfg: RunConfig, space: dict, out: Path, deadline: float | 
     from cotune.pipeline import run
     optuna = _optuna()
     multi = cfg.search.objective != "quality"
+    track = study.user_attrs.get("mlflow")  # the search's MLflow parent run (None: not tracked)
 
     def objective(trial):
         tdir = out / "trials" / f"{trial.number:05d}"
         tcfg = suggest(trial, cfg, space).replace(**{"runtime.threads": threads, "runtime.progress": False,
                                                        "out": str(tdir)})
         t0 = time.time()
+        tracker = trial_tracker(track, study.study_name, trial.number)
 
         def on_eval(epoch: int, row: dict):
             key = "val_rmse" if "val_rmse" in row else "val_accuracy"
@@ -115,16 +128,32 @@ def _objective(study, cfg: RunConfig, space: dict, out: Path, deadline: float | 
                 trial.report(row[key], epoch)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}")
-            return deadline is not None and time.time() > deadline  # out of budget: stop, keep the best so far
+            return out_of_time()  # stop, keeping the best epoch so far
+
+        stop = [0.0, math.inf]  # (last refresh, stop time): the final refit's estimate changes as trials finish
+
+        def out_of_time() -> bool:
+            if deadline is None:
+                return False
+            now = time.time()
+            if now - stop[0] > 5:
+                stop[:] = [now, deadline - estimate_final(study.get_trials(deepcopy=False), cfg.data.split.val)]
+            # this config may win: its refit on train+val (about this trial's time so far) must fit too
+            return now > stop[1] or now + (now - t0) * (1 + cfg.data.split.val) * 1.1 > deadline
 
         try:
-            res = run(tcfg, on_eval=on_eval)
-        except optuna.TrialPruned:
+            res = run(tcfg, on_eval=on_eval, tracker=tracker)
+        except optuna.TrialPruned as err:
+            tracker.set_tags({"pruned": str(err)})
+            tracker.close("KILLED")
             _trial_note(trial, tdir, "pruned", t0)
             raise
         except Exception as err:
             reason = one_line(err) if isinstance(err, CotuneError) else f"{type(err).__name__}: {one_line(err)}"
             trial.set_user_attr("fail_reason", reason[:500])
+            tracker.log_params(tcfg.flat())  # when the run failed before it logged them
+            tracker.set_tags({"fail_reason": reason[:500]})
+            tracker.close("FAILED")
             tdir.mkdir(parents=True, exist_ok=True)
             (tdir / "error.txt").write_text(traceback.format_exc())
             _trial_note(trial, tdir, "failed", t0)
@@ -179,17 +208,21 @@ def _storage(url: str):
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     kw = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        return RDBStorage(url, engine_kwargs=kw, heartbeat_interval=10, grace_period=30,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+        storage = RDBStorage(url, engine_kwargs=kw, heartbeat_interval=10, grace_period=30,
+                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
     except Exception as err:
         raise ConfigError(f"Cannot open the study storage {url!r} ({one_line(err)[:200]}); check the URL and that "
                           "the database server is running.") from None
+    if url.startswith("sqlite:///"):
+        sqlite_wal(url[len("sqlite:///"):])  # a commit costs ~5 ms instead of ~20: a trial makes a dozen
+    return storage
 
 
-def _sampler(cfg: RunConfig, space: dict, worker: int = 0):
-    """Each worker gets its own seed (search.seed + worker index), or identical workers propose identical trials."""
+def _sampler(cfg: RunConfig, space: dict, worker: int = 0, start: int = 0):
+    """Each worker gets its own seed (search.seed + worker index), or identical workers propose identical trials;
+    `start` (trials already in the study) keeps a resumed search from replaying the first run's proposals."""
     optuna = _optuna()
-    s, seed = cfg.search.sampler, cfg.search.seed + 7919 * worker
+    s, seed = cfg.search.sampler, (cfg.search.seed + 7919 * worker + 104729 * start) % 2**32
     if cfg.search.objective != "quality" and s not in ("nsga2", "random"):
         s = "nsga2"  # TPE/CMA-ES here rank one objective; two objectives need NSGA-II
     if s == "tpe":
@@ -229,7 +262,8 @@ def open_study(url: str, name: str, cfg: RunConfig | None = None, space: dict | 
         cfg = from_dict(study.user_attrs["config"])
         space = {k: tuple(v) for k, v in study.user_attrs["space"].items()}
         worker = int(os.environ.get("COTUNE_WORKER_INDEX", os.getpid()))
-        study.sampler, study.pruner = _sampler(cfg, space, worker), _pruner(cfg)
+        start = len(study.get_trials(deepcopy=False))
+        study.sampler, study.pruner = _sampler(cfg, space, worker, start), _pruner(cfg)
         return study, cfg, space
     directions = [direction] + (["minimize"] if cfg.search.objective != "quality" else [])
     study = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True,
@@ -241,24 +275,29 @@ def open_study(url: str, name: str, cfg: RunConfig | None = None, space: dict | 
 
 def work(url: str, name: str, *, deadline: float | None = None, threads: int = 1, out: str | None = None) -> int:
     """A worker: run trials of the study until the trial limit, the deadline, or the study's stop flag."""
-    optuna = _optuna()
     study, cfg, space = open_study(url, name, load_only=True)
     out_dir = Path(out or study.user_attrs.get("out", "."))
     deadline = deadline if deadline is not None else study.user_attrs.get("deadline")
     limit = cfg.search.trials
+    objective = _objective(study, cfg, space, out_dir, deadline, threads)
+    me = f"{socket.gethostname()}:{os.getpid()}"
+
+    def run_trial(trial):
+        trial.set_user_attr("worker", me)  # lets `fit --resume` tell a dead worker's trial from a live one
+        return objective(trial)
+
     done = 0
     while True:
-        stop_at = None if deadline is None else deadline - estimate_final(study.get_trials(deepcopy=False), cfg.data.split.val)
-        objective = _objective(study, cfg, space, out_dir, stop_at, threads)
         trials = study.get_trials(deepcopy=False)
-        finished = sum(t.state.name in FINISHED for t in trials)
+        retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}  # each runs again as a new trial
+        finished = sum(t.state.name in FINISHED and t.number not in retried for t in trials)
         if limit is not None and finished + sum(t.state.name == "RUNNING" for t in trials) >= limit:
             break
         if deadline is not None and time.time() + _reserve(trials) + estimate_final(trials, cfg.data.split.val) >= deadline:
             break
         if study.user_attrs.get("stop"):
             break
-        study.optimize(objective, n_trials=1, catch=(Exception,))
+        study.optimize(run_trial, n_trials=1, catch=(Exception,))
         done += 1
     return done
 
@@ -269,15 +308,30 @@ def _reserve(trials) -> float:
     return secs[len(secs) // 2] if secs else 0.0
 
 
-def spawn_workers(url: str, name: str, n: int, deadline: float | None, out: Path) -> list[subprocess.Popen]:
-    """N `cotune worker` processes; CPU threads are split so they do not oversubscribe the cores."""
-    threads = max(1, (os.cpu_count() or 1) // n)
+def spawn_workers(url: str, name: str, n: int, deadline: float | None, out: Path,
+                  threads: int | None = None) -> list[subprocess.Popen]:
+    """N `cotune worker` processes; CPU threads are split so they do not oversubscribe the cores (unless the user
+    set runtime.threads: `threads`)."""
+    threads = threads or max(1, (os.cpu_count() or 1) // n)
     cmd = [sys.executable, "-m", "cotune.cli", "worker", "--storage", url, "--study", name, "--threads", str(threads),
            "--out", str(out)] + (["--deadline", repr(deadline)] if deadline else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
     log = open(out / "workers.log", "ab")
+    die = functools.partial(_die_with_parent, os.getpid()) if sys.platform.startswith("linux") else None
     return [subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(env, COTUNE_WORKER_INDEX=str(i)),
-                             start_new_session=True) for i in range(n)]
+                             start_new_session=True, preexec_fn=die) for i in range(n)]
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the forked worker (Linux): SIGKILL it when the `cotune fit` that started it dies (kill -9, OOM, a killed
+    process group: the worker has its own session), rather than run on as an orphan beside a --resume."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except Exception:
+        return
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
 
 
 def estimate_final(trials, val_share: float) -> float:

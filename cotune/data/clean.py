@@ -130,7 +130,8 @@ def clean_train(train_idx, y, report, *, duplicates: str = "keep", leakage: str 
         remove("leakage", m)
     if duplicates in ("drop", "drop_near"):
         m = np.asarray(_issue(report, "duplicates", n).mask, dtype=bool) | \
-            np.asarray(_issue(report, "conflicting_duplicates", n).mask, dtype=bool)
+            (np.asarray(_issue(report, "conflicting_duplicates", n).mask, dtype=bool)
+             if "conflicting_duplicates" in report.issues else False)  # classification only
         remove("duplicates", m)
     if duplicates == "drop_near":
         remove("near_duplicates", np.asarray(_issue(report, "near_duplicates", n).mask, dtype=bool))
