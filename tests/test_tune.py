@@ -1,0 +1,518 @@
+"""`cotune fit`: the search space from the knobs, suggest(), the budget, failing trials, resume and bad input.
+
+The space tests run in-process against cotune.tune; the searches go through the real command.
+Every search is tiny (iris / wine / a small .npz, width 16, one torch thread, a handful of trials)
+and MLflow tracking is off (tests/test_track.py covers it), so the file takes about two minutes on
+two cores. What costs the time is process start-up: every worker imports torch, so the parent of a
+search runs in-process (typer's CliRunner) wherever the test does not need the real process (exit
+code, wall time, SIGKILL).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from optuna.trial import FixedTrial
+from typer.testing import CliRunner
+
+from cotune.cli import app
+from cotune.config import explicit, from_dict
+from cotune.errors import ConfigError
+from cotune.knobs import BY_NAME, searchable
+from cotune.tune import CLASSIFICATION_ONLY, FAMILIES_FOR, parse_budget, search_space, suggest
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+ENV = {"OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+NO_TRACK = ("--set", "search.mlflow=none") if "search.mlflow" in BY_NAME else ()  # MLflow is tested elsewhere
+ONE_THREAD = ("--set", "runtime.threads=1")  # tiny models: a second torch thread only costs (a lot, on a busy machine)
+QUICK = ("--set", "train.epochs=3", "--set", "model.width=16", *ONE_THREAD, *NO_TRACK, "-q")
+
+
+def cli(*args):
+    """In-process run of the CLI; returns (exit code, stdout, stderr)."""
+    r = CliRunner().invoke(app, [str(a) for a in args], env=ENV)
+    return r.exit_code, r.stdout, r.stderr
+
+
+def cli_proc(*args, timeout=300):
+    """The real process: `python -m cotune.cli ...`; returns (exit code, stdout, stderr)."""
+    p = subprocess.run([sys.executable, "-m", "cotune.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout, env={**os.environ, **ENV})
+    return p.returncode, p.stdout, p.stderr
+
+
+def ok(res):
+    code, out, err = res
+    assert code == 0, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
+    return out
+
+
+def assert_user_error(res, match: str | None = None) -> str:
+    """Exit code 2, one non-empty stderr line starting with 'error:', no traceback."""
+    code, out, err = res
+    assert "Traceback" not in out + err, out + err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    if match is not None:
+        assert re.search(match, lines[0], re.I), lines[0]
+    return lines[0]
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load_study(out: Path):
+    return optuna.load_study(study_name=out.name, storage=f"sqlite:///{out}/study.db")
+
+
+def space_of(overrides=(), modality="tabular", task="multiclass", cpu=False):
+    """The space `cotune fit sklearn:iris --set ...` would search (knobs the user set are fixed)."""
+    cfg = from_dict({"data": {"source": "sklearn:iris"}}, list(overrides))
+    return cfg, search_space(cfg, explicit(cfg), modality, task, cpu=cpu)
+
+
+def pick(space: dict, **chosen) -> dict:
+    """A value for every knob of the space (the first choice / the low end), with `chosen` overriding."""
+    return {**{k: v[0] for k, v in space.items()}, **chosen}
+
+
+# ------------------------------------------------------------------------------------------ the space
+
+def test_space_holds_every_searchable_knob_the_user_did_not_set():
+    cfg, space = space_of(["train.lr=0.01", "model.norm=layer"])
+    expected = {k.name for k in searchable()} - {"train.lr", "model.norm"}
+    assert set(space) == expected
+    for name, spec in space.items():
+        k = BY_NAME[name]
+        if k.choices or k.type in (bool, str):
+            assert set(spec) <= set(k.search) and spec, name
+        else:
+            assert spec == tuple(k.type(v) for v in k.search), name
+    # the fixed values reach every suggested config, whatever the sampler proposes
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(20):
+        trial = study.ask()
+        tcfg = suggest(trial, cfg, space)
+        assert tcfg.train.lr == 0.01 and tcfg.model.norm == "layer"
+        assert "train.lr" not in trial.params and "model.norm" not in trial.params
+        study.tell(trial, 0.0)
+
+
+def test_search_space_narrows_ranges_and_choices():
+    narrow = ("search.space={train.lr: [0.001, 0.002], model.width: [20, 24], model.norm: [batch], "
+              "data.balance: [none, oversample]}")
+    cfg, space = space_of([narrow])
+    assert space["train.lr"] == (0.001, 0.002) and space["model.width"] == (20, 24)
+    assert space["model.norm"] == ("batch",) and space["data.balance"] == ("none", "oversample")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        tcfg = suggest(trial, cfg, space)
+        assert 0.001 <= tcfg.train.lr <= 0.002 and 20 <= tcfg.model.width <= 24
+        assert tcfg.model.norm == "batch" and tcfg.data.balance in ("none", "oversample")
+        seen.add(tcfg.data.balance)
+        study.tell(trial, 0.0)
+    assert seen == {"none", "oversample"}
+
+
+@pytest.mark.parametrize("modality", ["tabular", "image", "sequence"])
+def test_model_families_fit_the_modality(modality):
+    every = "search.space={model.family: [mlp, cnn1d, cnn2d, gru, lstm, transformer]}"
+    for overrides in ([], [every]):
+        for cpu in (False, True):
+            _, space = space_of(overrides, modality=modality, cpu=cpu)
+            fams = set(space["model.family"])
+            assert fams and fams <= set(FAMILIES_FOR[modality]), (overrides, cpu, fams)
+            if overrides:  # naming the families searches every one that fits
+                assert fams == set(FAMILIES_FOR[modality])
+    _, space = space_of(modality="image")
+    assert not {"gru", "lstm", "transformer", "cnn1d"} & set(space["model.family"])
+    _, space = space_of(modality="tabular")
+    assert set(space["model.family"]) <= {"mlp", "transformer"}
+    _, space = space_of([every], modality="tabular")
+    assert set(space["model.family"]) == {"mlp", "transformer"}
+    assert "smote" not in space_of(modality="image")[1].get("data.balance", ())
+
+
+def test_regression_drops_classification_only_knobs():
+    _, reg = space_of(["data.source=sklearn:diabetes"], task="regression")
+    _, cls = space_of(task="multiclass")
+    assert not set(CLASSIFICATION_ONLY) & set(reg)
+    assert set(CLASSIFICATION_ONLY) <= set(cls)
+    assert set(cls) - set(reg) == set(CLASSIFICATION_ONLY)
+
+
+@pytest.mark.parametrize("space", ["{train.lrr: [0.001, 0.01]}", "{train.epochs: [1, 5]}", "{runtime.seed: [0, 1]}",
+                                   "{train.lr: [0.001]}"])
+def test_bad_search_space_is_one_line_config_error(space):
+    with pytest.raises(ConfigError) as err:
+        space_of([f"search.space={space}"])
+    msg = str(err.value)
+    assert "\n" not in msg and "search.space" in msg
+    assert any(name in msg for name in ("train.lrr", "train.epochs", "runtime.seed", "train.lr"))
+
+
+def test_conditional_knobs_are_asked_only_when_their_condition_holds():
+    cfg, space = space_of()
+    assert {"train.momentum", "train.beta1", "train.beta2", "train.nesterov"} <= set(space)
+    optimizer_knobs = ("train.momentum", "train.nesterov", "train.beta1", "train.beta2")
+    base = {k: v for k, v in pick(space, **{"train.label_smoothing": 0.05}).items() if k not in optimizer_knobs}
+
+    adam = FixedTrial({**base, "train.optimizer": "adam", "train.beta1": 0.85, "train.beta2": 0.99})
+    tcfg = suggest(adam, cfg, space)
+    assert "train.momentum" not in adam.params and "train.nesterov" not in adam.params
+    assert adam.params["train.beta1"] == 0.85 and tcfg.train.beta1 == 0.85 and tcfg.train.beta2 == 0.99
+    assert tcfg.train.momentum == cfg.train.momentum  # not asked: the default stays
+    with pytest.raises(ValueError, match="train.beta1"):
+        suggest(FixedTrial({**base, "train.optimizer": "adamw"}), cfg, space)
+
+    sgd = FixedTrial({**base, "train.optimizer": "sgd", "train.momentum": 0.5, "train.nesterov": True})
+    tcfg = suggest(sgd, cfg, space)
+    assert sgd.params["train.momentum"] == 0.5 and tcfg.train.momentum == 0.5 and tcfg.train.nesterov is True
+    assert "train.beta1" not in sgd.params and "train.beta2" not in sgd.params
+    with pytest.raises(ValueError, match="train.momentum"):
+        suggest(FixedTrial({**base, "train.optimizer": "sgd"}), cfg, space)
+    rms = FixedTrial({**base, "train.optimizer": "rmsprop", "train.momentum": 0.3})
+    suggest(rms, cfg, space)
+    assert "train.momentum" in rms.params and "train.nesterov" not in rms.params  # nesterov is sgd-only
+
+    # a knob the user fixed counts for the condition: optimizer=sgd set -> momentum searched, betas never
+    cfg2, space2 = space_of(["train.optimizer=sgd"])
+    base2 = {k: v for k, v in base.items() if k in space2}
+    t = FixedTrial({**base2, "train.momentum": 0.7, "train.nesterov": False})
+    assert suggest(t, cfg2, space2).train.momentum == 0.7 and "train.beta1" not in t.params
+
+    # label_threshold only when label issues are acted on
+    t = FixedTrial({**base, "train.optimizer": "adam", "train.beta1": 0.9, "train.beta2": 0.99,
+                    "data.clean.label_issues": "drop", "data.clean.label_threshold": 0.4})
+    assert suggest(t, cfg, space).data.clean.label_threshold == 0.4
+
+
+def test_replaying_suggested_params_gives_the_same_config():
+    cfg, space = space_of(["train.epochs=3"])
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(25):
+        trial = study.ask()
+        tcfg = suggest(trial, cfg, space)
+        study.tell(trial, 0.0)
+        replay = FixedTrial(trial.params)
+        assert suggest(replay, cfg, space) == tcfg == cfg.replace(**trial.params)
+        assert replay.params == trial.params  # the replay asks exactly the knobs the trial was asked
+
+
+# ------------------------------------------------------------------------------------------ budget parsing
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("1.5h", 5400), ("600", 600), (" 2m ", 120),
+                                           (None, None)])
+def test_parse_budget(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["ten", "-1m", "0", "0s", "10 min", "1d", "", "m"])
+def test_parse_budget_rejects(text):
+    with pytest.raises(ConfigError, match="budget"):
+        parse_budget(text)
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+@pytest.fixture(scope="module")
+def iris_fit(tmp_path_factory):
+    """One real search: 6 trials in 2 worker processes, width fixed at 16, the ensemble off."""
+    out = tmp_path_factory.mktemp("fit") / "iris"
+    res = cli_proc("fit", "sklearn:iris", "--trials", 6, "--workers", 2, "--set", "search.top_k=1", *QUICK,
+                   "--out", out)
+    return out, res
+
+
+def test_fit_end_to_end(iris_fit):
+    out, res = iris_fit
+    text = ok(res)
+    assert "trials:" in text and "search directory" in text
+    for f in ("config.json", "fit.json", "study.db", "trials.csv", "importances.json", "final/model.safetensors",
+              "final/metrics.json", "workers.log"):
+        assert (out / f).is_file(), f
+
+    rows = read_csv(out / "trials.csv")
+    assert [int(r["number"]) for r in rows] == list(range(6))
+    assert {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"} and "COMPLETE" in {r["state"] for r in rows}
+    assert "model.width" not in rows[0] and "train.lr" in rows[0]  # fixed knobs are not searched
+
+    state = json.loads((out / "fit.json").read_text())
+    assert state["finished"] and state["counts"]["COMPLETE"] + state["counts"]["PRUNED"] == 6
+    assert "model.width" in state["fixed"]
+    final = json.loads((out / "final/metrics.json").read_text())
+    assert 0.0 <= final["test"]["accuracy"] <= 1.0 and "log_loss" in final["test"]
+    assert "val" not in final  # the validation rows were trained on
+    assert state["test"] == final["test"]
+
+    # every trial trained what the study says, with the fixed knob's value
+    study = load_study(out)
+    assert len(study.trials) == 6 and "model.width" not in study.user_attrs["space"]
+    for t in study.trials:
+        tcfg = json.loads((out / "trials" / f"{t.number:05d}" / "config.json").read_text())
+        assert tcfg["model"]["width"] == 16 and tcfg["train"]["epochs"] == 3
+        assert tcfg["runtime"]["threads"] == 1 and tcfg["runtime"]["progress"] is False
+        for k, v in t.params.items():
+            node = tcfg
+            for part in k.split("."):
+                node = node[part]
+            assert node == pytest.approx(v), k
+
+    # workers with their own seeds never propose the same knobs
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(params)) == len(params)
+    assert study.trials[0].params != study.trials[1].params
+
+    # the final model: the best trial's knobs, trained on train+val, for the best trial's epochs
+    best = study.best_trial
+    assert state["best"]["number"] == best.number
+    fcfg = json.loads((out / "final/config.json").read_text())
+    assert fcfg["model"]["width"] == 16
+    base = from_dict(study.user_attrs["config"])
+    assert from_dict(fcfg).replace(out=None) == base.replace(**best.params, out=None, **{"runtime.progress": False})
+    rows_final = json.loads((out / "final/env.json").read_text())["rows"]
+    rows_best = json.loads((Path(best.user_attrs["run_dir"]) / "env.json").read_text())["rows"]
+    assert rows_final["val"] == 0 and rows_best["val"] > 0
+    assert rows_final["train_split"] == rows_best["train_split"] + rows_best["val"]
+    assert rows_final["test"] == rows_best["test"]
+    assert rows_final["train_used"] > rows_best["train_used"]
+    assert final["train"]["epochs_run"] == max(1, best.user_attrs["best_epoch"])
+
+    imp = json.loads((out / "importances.json").read_text())
+    assert set(imp) == {"importances", "note"}
+    for row in imp["importances"]:
+        assert row["knob"] in study.user_attrs["space"] and row["stage"] in ("data", "model", "train")
+
+    code, stdout, err = cli("predict", out / "final", "sklearn:iris")
+    assert code == 0, err
+    assert "prediction" in stdout and "150 rows" in stdout
+
+
+def test_replaying_the_best_trial_reproduces_its_config(iris_fit):
+    out, res = iris_fit
+    ok(res)
+    study = load_study(out)
+    cfg = from_dict(study.user_attrs["config"])
+    space = {k: tuple(v) for k, v in study.user_attrs["space"].items()}
+    for t in [study.best_trial, *study.trials]:
+        replay = suggest(FixedTrial(t.params), cfg, space)
+        assert replay == cfg.replace(**t.params)
+        ran = from_dict(json.loads((out / "trials" / f"{t.number:05d}" / "config.json").read_text()))
+        assert ran.replace(out=None) == replay.replace(out=None, **{"runtime.progress": False})
+
+
+# ------------------------------------------------------------------------------------------ failing trials
+
+def test_every_trial_failing_ends_the_fit_with_one_line(tmp_path):
+    out = tmp_path / "allfail"
+    # cnn1d takes sequences only: every trial on a table fails in create_model with a ModelError
+    res = cli("fit", "sklearn:iris", "--trials", 2, "--workers", 1, "--set", "model.family=cnn1d", *QUICK, "--out", out)
+    assert_user_error(res, match="no trial finished")
+    rows = read_csv(out / "trials.csv")
+    assert len(rows) == 2 and {r["state"] for r in rows} == {"FAIL"}
+    for r in rows:
+        assert "cnn1d" in r["fail_reason"] and "\n" not in r["fail_reason"]
+        err = (out / "trials" / f"{int(r['number']):05d}" / "error.txt").read_text()
+        assert err.startswith("Traceback") and "ModelError" in err
+        assert not (out / "trials" / f"{int(r['number']):05d}" / "checkpoint.safetensors").exists()
+    assert not (out / "final").exists()
+    assert not json.loads((out / "fit.json").read_text()).get("finished")
+
+
+def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path):
+    # sequences of length 12: cnn1d with a kernel of 63 cannot be built, mlp trains
+    g = np.random.default_rng(0)
+    X = g.normal(size=(120, 1, 12)).astype(np.float32)
+    np.savez(tmp_path / "seq.npz", X=X, y=(X.mean(axis=(1, 2)) > 0).astype(np.int64))
+    out = tmp_path / "mixed"
+    ok(cli("fit", tmp_path / "seq.npz", "--trials", 4, "--workers", 1, "--sampler", "random",
+           "--set", "model.kernel_size=63", "--set", "search.space={model.family: [mlp, cnn1d]}",
+           "--set", "search.pruner=none", *QUICK, "--out", out))
+    rows = read_csv(out / "trials.csv")
+    assert len(rows) == 4
+    fams = {r["model.family"] for r in rows}
+    assert fams == {"mlp", "cnn1d"}, "the seed should give both families; pick another search.seed"
+    for r in rows:
+        tdir = out / "trials" / f"{int(r['number']):05d}"
+        if r["model.family"] == "cnn1d":
+            assert r["state"] == "FAIL" and "kernel_size" in r["fail_reason"], r
+            assert "ModelError" in (tdir / "error.txt").read_text()
+        else:
+            assert r["state"] == "COMPLETE" and not r["fail_reason"], r
+            assert (tdir / "model.safetensors").is_file() and not (tdir / "error.txt").exists()
+    state = json.loads((out / "fit.json").read_text())
+    assert state["counts"]["FAIL"] == sum(r["model.family"] == "cnn1d" for r in rows)
+    assert state["best"]["params"]["model.family"] == "mlp"
+    assert (out / "final/model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------------------ budget
+
+def test_budget_bounds_the_wall_time(tmp_path):
+    out = tmp_path / "budget"
+    t0 = time.time()
+    # 500 epochs without early stopping, the best epoch by validation loss (late): left alone, the first trial
+    # would train until the deadline, and the final model as long again after it
+    text = ok(cli_proc("fit", "sklearn:wine", "--budget", "20s", "--set", "train.epochs=500", "--set", "train.patience=0",
+                       "--set", "train.monitor=loss", *ONE_THREAD, *NO_TRACK, "-q", "--out", out))
+    wall = time.time() - t0
+    assert "trials:" in text
+    state = json.loads((out / "fit.json").read_text())
+    assert state["budget_s"] == 20 and state["finished"] and (out / "final/metrics.json").is_file()
+    # the budget covers the search and the final training, measured by the search itself ...
+    assert state["elapsed"] <= 20 * 1.05 + 1, state["elapsed"]
+    # ... and by the clock: from the search's first file to the end of the process. Before that the
+    # interpreter imports torch & co., ~6 s on an idle machine, much more on a loaded one.
+    startup = (out / "config.json").stat().st_mtime - t0
+    assert wall - startup <= 20 * 1.05 + 2, f"a 20 s budget took {wall:.1f} s, {startup:.1f} s of it start-up"
+    assert wall <= 20 * 1.05 + max(8.0, startup + 2), f"a 20 s budget took {wall:.1f} s"
+
+
+# ------------------------------------------------------------------------------------------ resume
+
+def _pids_with(text: str) -> list[int]:
+    """Live processes whose command line mentions `text` (Linux /proc; zombies excluded)."""
+    pids = []
+    for p in Path("/proc").glob("[0-9]*"):
+        try:
+            if text in (p / "cmdline").read_bytes().decode(errors="replace") and \
+                    (p / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                pids.append(int(p.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_resume_after_kill_keeps_finished_trials(tmp_path):
+    out = tmp_path / "wine"
+    p = subprocess.Popen([sys.executable, "-m", "cotune.cli", "fit", "sklearn:wine", "--trials", "12", "--workers", "1",
+                          "--set", "train.epochs=10", "--set", "model.width=16",
+                          "--set", "data.clean.label_issues=keep",
+                          *ONE_THREAD, *NO_TRACK, "--out", str(out), "-q"], start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **ENV})
+
+    def training():  # a RUNNING trial past suggest() (its run directory exists), while two are COMPLETE
+        if not (out / "trials").is_dir():  # the study exists once workers run
+            return False
+        trials = load_study(out).get_trials(deepcopy=False)
+        return sum(t.state.name == "COMPLETE" for t in trials) >= 2 and any(
+            t.state.name == "RUNNING" and (out / "trials" / f"{t.number:05d}" / "config.json").exists() for t in trials)
+
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline:
+            assert p.poll() is None, "the search ended before it could be killed"
+            if training():
+                workers = [pid for pid in _pids_with(str(out)) if pid != p.pid]
+                for pid in workers:  # freeze the worker: the trial cannot finish between this check and the kill
+                    os.kill(pid, signal.SIGSTOP)
+                if training():
+                    break
+                for pid in workers:
+                    os.kill(pid, signal.SIGCONT)
+            time.sleep(0.1)
+        else:
+            pytest.fail("no two trials finished in time")
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)  # the parent's group; its workers have their own sessions
+        p.wait()
+    assert not (out / "trials.csv").exists()
+    # the workers die with their parent: nothing keeps writing to the study
+    for _ in range(50):
+        survivors = _pids_with(str(out))
+        if not survivors:
+            break
+        time.sleep(0.1)
+    for pid in survivors:  # never leave a frozen orphan behind
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, "orphaned workers survive a killed `cotune fit`"
+
+    before = {t.number: t for t in load_study(out).trials}
+    complete = {n: t for n, t in before.items() if t.state.name == "COMPLETE"}
+    running = {n: t for n, t in before.items() if t.state.name == "RUNNING"}
+    assert len(complete) >= 2 and running and all(t.params for t in running.values())
+
+    out_text = ok(cli("fit", "--out", out, "--resume", "-q"))
+    assert "trials:" in out_text
+    after = {t.number: t for t in load_study(out).trials}
+    for n, t in complete.items():  # nothing finished is lost or changed
+        assert after[n].state.name == "COMPLETE" and after[n].params == t.params and after[n].values == t.values
+    assert not [t for t in after.values() if t.state.name in ("RUNNING", "WAITING")]
+
+    retries = {t.system_attrs["failed_trial"]: t for t in after.values() if "failed_trial" in t.system_attrs}
+    for n, t in running.items():  # the killed trial is failed and run again with its knobs
+        assert after[n].state.name == "FAIL" and n in retries, n
+        assert t.params == retries[n].params and retries[n].state.name != "FAIL"
+    finished = [t for t in after.values() if t.state.name in ("COMPLETE", "PRUNED", "FAIL")]
+    assert len(finished) == 12 + len(retries)
+
+    # the resumed sampler does not replay the proposals of the first run
+    distinct = [tuple(sorted(t.params.items())) for t in after.values() if t.number not in retries]
+    assert len(set(distinct)) == len(distinct)
+
+    rows = read_csv(out / "trials.csv")
+    assert len(rows) == len(after)
+    # runtime.threads=1 was set: the one worker on this machine trained with one thread, not os.cpu_count()
+    assert json.loads((out / "trials" / f"{max(after):05d}" / "config.json").read_text())["runtime"]["threads"] == 1
+    assert all(r["fail_reason"] for r in rows if int(r["number"]) in running)
+    state = json.loads((out / "fit.json").read_text())
+    assert state["finished"] and (out / "final/metrics.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+@pytest.mark.parametrize("args, match", [
+    (("sklearn:iris",), "--budget.*--trials|limit"),
+    (("sklearn:iris", "--budget", "ten"), "budget"),
+    (("sklearn:iris", "--budget=-1m"), "budget"),
+    (("sklearn:iris", "--trials", 2, "--set", "data.split.val=0"), "data.split.val"),
+    (("sklearn:iris", "--trials", 2, "--set", "search.space={train.epochs: [1, 5]}"), "train.epochs"),
+    (("sklearn:iris", "--trials", 2, "--set", "search.spacee={}"), "search.space"),
+    (("no_such_file.csv", "--trials", 2), "no_such_file"),
+])
+def test_fit_bad_input_leaves_nothing(tmp_path, args, match):
+    out = tmp_path / "run"
+    assert_user_error(cli("fit", *args, *NO_TRACK, "--out", out), match=match)
+    assert not out.exists()
+
+
+def test_resume_with_nothing_to_resume(tmp_path):
+    assert_user_error(cli("fit", "--out", tmp_path / "missing", "--resume"), match="resume")
+    assert not (tmp_path / "missing").exists()
+    (tmp_path / "empty").mkdir()
+    assert_user_error(cli("fit", "--out", tmp_path / "empty", "--resume"), match="resume")
+    assert list((tmp_path / "empty").iterdir()) == []
+    assert_user_error(cli("fit", "sklearn:iris", "--out", tmp_path / "x", "--resume"), match="drop")
+
+
+def test_fit_refuses_a_finished_search_without_resume(iris_fit):
+    out, res = iris_fit
+    ok(res)
+    listing = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    stamp = (out / "fit.json").stat().st_mtime_ns
+    assert_user_error(cli("fit", "sklearn:iris", "--trials", 2, *NO_TRACK, "--out", out), match="already holds")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == listing
+    assert (out / "fit.json").stat().st_mtime_ns == stamp
+
+
+def test_worker_with_a_bad_storage_is_one_line(tmp_path):
+    res = cli_proc("worker", "--storage", "sqlite:///nonexistent/x.db", "--study", "nope", timeout=120)
+    assert_user_error(res, match="storage")
+    assert not Path("nonexistent").exists()
+    assert_user_error(cli("worker", "--storage", f"sqlite:///{tmp_path}/x.db", "--study", "nope"), match="nope")
