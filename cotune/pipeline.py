@@ -32,7 +32,7 @@ from cotune.data.split import split_indices, subsample
 from cotune.errors import ConfigError, CotuneError
 from cotune.models import create_model
 from cotune.runtime import Runtime, seed_everything, versions
-from cotune.track import FileTracker, NullTracker, Tee, read_json, write_csv, write_json
+from cotune.track import FileTracker, Tee, read_json, write_csv, write_json
 from cotune.train import CHECKPOINT, CHECKPOINT_STATE, TrainResult, check_config, infer, train
 
 

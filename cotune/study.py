@@ -16,7 +16,7 @@ from pathlib import Path
 from cotune.config import RunConfig, explicit, from_dict
 from cotune.errors import ConfigError, CotuneError, one_line
 from cotune.track import read_json, track_study, write_json
-from cotune.tune import (_optuna, estimate_final, open_study, parse_budget, search_space, spawn_workers,
+from cotune.tune import (_optuna, open_study, parse_budget, search_space, spawn_workers,
                          storage_url)
 
 

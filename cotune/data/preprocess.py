@@ -24,8 +24,6 @@ Usage::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +31,7 @@ import pandas as pd
 
 from cotune.data.dataset import MODALITIES, Dataset
 from cotune.errors import BundleError, DataError, invalid
+from cotune.track import atomic_write_bytes
 
 MAX_CATEGORIES = 50
 MISSING = "__missing__"
@@ -269,18 +268,7 @@ class Preprocessor:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / FILENAME
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".preprocess-", suffix=".json.tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.to_dict(), fh, indent=1, allow_nan=False)
-                fh.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write_bytes(path, (json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n").encode("utf-8"))
         return path
 
     @classmethod

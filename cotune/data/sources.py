@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import io
 import json
 import os
 import random
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import pandas as pd
 
 from cotune.data.dataset import Dataset, describe, make_dataset  # noqa: F401  (describe: re-exported)
 from cotune.errors import ConfigError, DataError, fmt_choices, invalid, one_line
+from cotune.track import atomic_write_bytes
 
 SKLEARN_BUILTINS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
 BUILTINS = tuple(f"sklearn:{n}" for n in SKLEARN_BUILTINS) + ("mnist1d",)
@@ -368,18 +369,9 @@ def _mnist1d_arrays(args: dict):
     out = (data["x"].astype(np.float32), data["x_test"].astype(np.float32),
            data["y"].astype(np.int64), data["y_test"].astype(np.int64))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, x=out[0], x_test=out[1], y=out[2], y_test=out[3])
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        buf = io.BytesIO()
+        np.savez(buf, x=out[0], x_test=out[1], y=out[2], y_test=out[3])
+        atomic_write_bytes(path, buf.getvalue())
     except OSError:
         pass  # a read-only or full cache only costs regeneration time next run
     return out
