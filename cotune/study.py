@@ -16,7 +16,7 @@ from pathlib import Path
 from cotune.config import RunConfig, explicit, from_dict
 from cotune.errors import ConfigError, CotuneError, one_line
 from cotune.track import read_json, track_study, write_json
-from cotune.tune import (_optuna, open_study, parse_budget, search_space, spawn_workers,
+from cotune.tune import (_optuna, open_study, parse_budget, search_space, spawn_workers, start_params,
                          storage_url)
 
 
@@ -70,6 +70,8 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
     study.set_user_attr("out", str(out.resolve()))
     study.set_user_attr("stop", False)
     study.set_user_attr("deadline", deadline)  # workers started elsewhere (`cotune worker`) honour it too
+    if cfg.search.warm_start and cfg.search.sampler != "grid" and not study.get_trials(deepcopy=False):
+        study.enqueue_trial(start_params(cfg, space, ds.modality))
     if resume:
         requeue_interrupted(study)  # trials the killed search's workers left RUNNING
     tracker = track_study(study, cfg, out)  # the MLflow parent run of the trials' runs
@@ -197,13 +199,15 @@ def _watch(study, procs, deadline, t0, out: Path, state: dict, live: bool, conso
     from rich.console import Console
     from rich.live import Live
     console = console or Console()
-    grace = 30.0
+    grace, saved = 30.0, time.time()
     with Live(console=console, refresh_per_second=2, transient=False) if live else _Null() as view:
         while any(p.poll() is None for p in procs):
             trials = study.get_trials(deepcopy=False)
             if live:
                 view.update(trial_table(study, trials, deadline))
-            state["elapsed_now"] = time.time() - t0
+            if time.time() - saved > 2:  # a killed search resumes with the budget it had left
+                write_json(out / "fit.json", {**state, "elapsed": state["elapsed"] + time.time() - t0})
+                saved = time.time()
             if deadline is not None and time.time() > deadline + grace:
                 for p in procs:
                     p.terminate()
@@ -247,6 +251,7 @@ def write_trials(out: Path, trials) -> None:
              "second_objective": None if t.values is None or len(t.values) < 2 else t.values[1],
              "seconds": t.user_attrs.get("seconds"), "epochs_run": t.user_attrs.get("epochs_run"),
              "pruned_at": max(t.intermediate_values) if t.state.name == "PRUNED" and t.intermediate_values else None,
+             "pruned_fraction": t.user_attrs.get("pruned_fraction"),
              "fail_reason": t.user_attrs.get("fail_reason"), **t.params} for t in trials]
     write_csv(out / "trials.csv", rows)
 

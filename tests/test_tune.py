@@ -29,7 +29,7 @@ from cotune.cli import app
 from cotune.config import explicit, from_dict
 from cotune.errors import ConfigError
 from cotune.knobs import BY_NAME, searchable
-from cotune.tune import CLASSIFICATION_ONLY, FAMILIES_FOR, parse_budget, search_space, suggest
+from cotune.tune import CLASSIFICATION_ONLY, FAMILIES_FOR, START, parse_budget, rungs, search_space, start_params, suggest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -203,6 +203,45 @@ def test_conditional_knobs_are_asked_only_when_their_condition_holds():
     assert suggest(t, cfg, space).data.clean.label_threshold == 0.4
 
 
+def test_focal_gamma_is_searched_only_with_focal_balance():
+    cfg, space = space_of()
+    assert "focal" in space["data.balance"] and "train.focal_gamma" in space and "train.l1" in space
+    base = pick(space, **{"train.optimizer": "adam", "train.beta1": 0.9, "train.beta2": 0.99})
+    base = {k: v for k, v in base.items() if k not in ("train.momentum", "train.nesterov", "train.focal_gamma",
+                                                       "data.clean.label_threshold")}
+    t = FixedTrial({**base, "data.balance": "focal", "train.focal_gamma": 3.0})
+    assert suggest(t, cfg, space).train.focal_gamma == 3.0
+    t = FixedTrial({**base, "data.balance": "none"})
+    suggest(t, cfg, space)
+    assert "train.focal_gamma" not in t.params
+
+
+@pytest.mark.parametrize("modality", ["tabular", "image", "sequence"])
+def test_warm_start_trial_is_the_modality_start_over_the_defaults(modality):
+    cfg, space = space_of(modality=modality)
+    params = start_params(cfg, space, modality)
+    assert set(params) == set(space)  # every knob of the space, so the sampler adds nothing random to it
+    flat = cfg.flat()
+    for k, v in params.items():
+        if k == "train.l1":  # off by default; the range's low end is off in effect
+            assert v == BY_NAME[k].search[0] and flat[k] == 0.0
+        else:
+            assert v == START[modality].get(k, flat[k]), k
+    # what the user fixed or narrowed the start away from is left to the space
+    cfg, space = space_of(["model.depth=1", "search.space={model.family: [mlp], train.lr: [0.01, 0.02]}"],
+                          modality="sequence")
+    params = start_params(cfg, space, "sequence")
+    assert "model.depth" not in params and params["model.family"] == "mlp"
+    assert params["train.lr"] == 0.01  # the default 3e-3 is outside [0.01, 0.02]: the nearest end
+    assert params["data.augment.policy"] == "auto"
+
+
+def test_data_fidelity_rungs():
+    cfg = from_dict({"data": {"source": "sklearn:iris", "fraction": 0.9}, "search": {"fidelity": "data"}})
+    assert rungs(cfg) == pytest.approx([0.1, 0.3, 0.9])
+    assert rungs(cfg.replace(**{"search.fidelity": "epochs"})) == [0.9]
+
+
 def test_replaying_suggested_params_gives_the_same_config():
     cfg, space = space_of(["train.epochs=3"])
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
@@ -274,6 +313,11 @@ def test_fit_end_to_end(iris_fit):
                 node = node[part]
             assert node == pytest.approx(v), k
 
+    # the first trial is the warm start: the tabular start over the defaults, width fixed by the user
+    start = start_params(base_cfg := from_dict(study.user_attrs["config"]), study.user_attrs["space"], "tabular")
+    first = study.trials[0].params  # the knobs asked (conditional ones only where their condition holds)
+    assert first and first == {k: start[k] for k in first}
+    assert study.trials[0].params["model.family"] == "mlp" and base_cfg.model.width == 16
     # workers with their own seeds never propose the same knobs
     params = [tuple(sorted(t.params.items())) for t in study.trials]
     assert len(set(params)) == len(params)
@@ -317,12 +361,40 @@ def test_replaying_the_best_trial_reproduces_its_config(iris_fit):
         assert ran.replace(out=None) == replay.replace(out=None, **{"runtime.progress": False})
 
 
+def test_data_fraction_as_fidelity(tmp_path):
+    out = tmp_path / "fid"
+    ok(cli("fit", "sklearn:digits", "--trials", 8, "--workers", 1, "--sampler", "random", "--set", "search.fidelity=data",
+           "--set", "search.pruner=halving", "--set", "search.warm_start=false", *QUICK, "--out", out))
+    study = load_study(out)
+    rows = {int(r["number"]): r for r in read_csv(out / "trials.csv")}
+    full = json.loads((out / "fit.json").read_text())
+    assert full["counts"]["PRUNED"] >= 1, "successive halving over 8 trials prunes at the 1/9 rung"
+    for t in study.trials:
+        tdir = out / "trials" / f"{t.number:05d}"
+        steps = sorted(t.intermediate_values)
+        fracs = [json.loads((tdir.with_name(f"{tdir.name}.rung{i}") / "config.json").read_text())["data"]["fraction"]
+                 for i in range(len(steps))]
+        assert fracs == pytest.approx([1 / 9, 1 / 3][:len(steps)])
+        used = [json.loads((tdir.with_name(f"{tdir.name}.rung{i}") / "env.json").read_text())["rows"]["train_used"]
+                for i in range(len(steps))]
+        assert used == sorted(used)
+        if t.state.name == "PRUNED":  # judged on a share of the rows, reported with it
+            assert steps in ([1], [1, 3]) and float(rows[t.number]["pruned_fraction"]) == pytest.approx(fracs[-1])
+            assert not (tdir / "model.safetensors").exists()
+        else:
+            assert t.state.name == "COMPLETE" and steps == [1, 3]
+            cfg_t = json.loads((tdir / "config.json").read_text())
+            assert cfg_t["data"]["fraction"] == 1.0 and (tdir / "model.safetensors").is_file()
+            assert not rows[t.number]["pruned_fraction"]
+
+
 # ------------------------------------------------------------------------------------------ failing trials
 
 def test_every_trial_failing_ends_the_fit_with_one_line(tmp_path):
     out = tmp_path / "allfail"
-    # cnn1d takes sequences only: every trial on a table fails in create_model with a ModelError
-    res = cli("fit", "sklearn:iris", "--trials", 2, "--workers", 1, "--set", "model.family=cnn1d", *QUICK, "--out", out)
+    # a cnn1d with a first kernel of 9 cannot read iris's 4 features: every trial fails in create_model (ModelError)
+    res = cli("fit", "sklearn:iris", "--trials", 2, "--workers", 1, "--set", "model.family=cnn1d",
+              "--set", "model.kernel_size=9", *QUICK, "--out", out)
     assert_user_error(res, match="no trial finished")
     rows = read_csv(out / "trials.csv")
     assert len(rows) == 2 and {r["state"] for r in rows} == {"FAIL"}
@@ -443,6 +515,8 @@ def test_resume_after_kill_keeps_finished_trials(tmp_path):
         os.kill(pid, signal.SIGKILL)
     assert not survivors, "orphaned workers survive a killed `cotune fit`"
 
+    killed = json.loads((out / "fit.json").read_text())
+    assert killed["elapsed"] > 0 and not killed.get("finished")  # saved during the search: --resume gets the rest
     before = {t.number: t for t in load_study(out).trials}
     complete = {n: t for n, t in before.items() if t.state.name == "COMPLETE"}
     running = {n: t for n, t in before.items() if t.state.name == "RUNNING"}
