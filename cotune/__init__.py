@@ -11,21 +11,21 @@ import types as _types
 
 __version__ = "0.1.0"
 
-from cotune.api import audit, demo, fit, load, predict, train  # noqa: E402
+from cotune.api import audit, demo, fit, load, predict, scale, train  # noqa: E402
 from cotune.config import RunConfig, load_config  # noqa: E402
 from cotune.errors import BundleError, ConfigError, CotuneError, DataError, ModelError  # noqa: E402
 
-__all__ = ["RunConfig", "load_config", "train", "audit", "fit", "load", "predict", "demo",
+__all__ = ["RunConfig", "load_config", "train", "audit", "fit", "scale", "load", "predict", "demo",
            "CotuneError", "ConfigError", "DataError", "ModelError", "BundleError", "__version__"]
 
 
 class _Package(_types.ModuleType):
-    """Keeps `cotune.train` the API function after the training-loop module `cotune/train.py` is imported
-    (Python binds an imported submodule as an attribute of its package). Import the loop itself with
-    `from cotune.train import train`."""
+    """Keeps `cotune.train` and `cotune.scale` the API functions after the modules `cotune/train.py` and
+    `cotune/scale/` are imported (Python binds an imported submodule as an attribute of its package). Import
+    those with `from cotune.train import train`, `from cotune.scale.study import scale`."""
 
     def __setattr__(self, name, value):
-        if name == "train" and isinstance(value, _types.ModuleType):
+        if name in ("train", "scale") and isinstance(value, _types.ModuleType):
             return
         super().__setattr__(name, value)
 

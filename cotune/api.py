@@ -74,6 +74,17 @@ def fit(data=None, *, target=None, config=None, overrides=(), budget=None, trial
     return _fit(cfg, explicit(cfg), storage=storage, study_name=study, live=live, console=console)
 
 
+def scale(run, *, overrides=(), sizes=None, fractions=None, seeds=None, workers=None, compute=None,
+          extrapolate=None, out=None, live: bool = False, console=None):
+    """Train the best configuration of a search (or a run's) over model sizes x training-set sizes, fit
+    L(N, D) = E + A/N^alpha + B/D^beta, and advise: more data, a bigger model or longer training. Returns a
+    ScaleResult; files go to `out` (default <run>/scale): scale.csv (one row per run), scale.json (fits, advice)."""
+    from cotune.scale.study import scale as _scale
+    extra = [f"scale.{k}={v}" for k, v in (("sizes", sizes), ("fractions", fractions), ("seeds", seeds),
+                                            ("compute", compute), ("extrapolate", extrapolate)) if v is not None]
+    return _scale(run, [*extra, *overrides], out=out, workers=workers, live=live, console=console)
+
+
 def load(path):
     """Load a finished run directory as a Bundle with predict / predict_proba / predict_frame."""
     from cotune.bundle import load as _load

@@ -150,6 +150,30 @@ def predict(run: Path = typer.Argument(..., help="Run directory of a finished ru
 
 @app.command()
 @friendly
+def scale(run: Path = typer.Argument(..., help="A finished search (`cotune fit`) or run (`cotune train`) directory."),
+          set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+          sizes: Optional[int] = typer.Option(None, "--sizes", help="Model sizes in the grid (scale.sizes)."),
+          fractions: Optional[int] = typer.Option(None, "--fractions", help="Training-set sizes (scale.fractions)."),
+          seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per point (scale.seeds)."),
+          workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Runs at once (worker processes)."),
+          compute: Optional[float] = typer.Option(None, "--compute", help="Training FLOPs to plan the compute-optimal size for."),
+          extrapolate: bool = typer.Option(False, "--extrapolate", help="mnist1d: also train on 2x and 4x generated rows."),
+          out: Optional[Path] = typer.Option(None, "--out", "-o", help="Study directory (default RUN/scale); rerun to resume."),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress line.")):
+    """More data or a bigger model? Train RUN's configuration over sizes x data, fit the scaling law, advise."""
+    from cotune import api
+    res = api.scale(run, overrides=set_, sizes=sizes, fractions=fractions, seeds=seeds, workers=workers,
+                    compute=compute, extrapolate=extrapolate or None, out=out, live=not quiet, console=out_console)
+    law = res.summary["law"]
+    out_console.print(f"fit over {res.summary['points']} runs: L(N, D) = {law['E']:.3g} + {law['A']:.3g} / N^{law['alpha']:.3f}"
+                      f" + {law['B']:.3g} / D^{law['beta']:.3f}", highlight=False, soft_wrap=True)
+    for line in res.summary["text"]:
+        out_console.print(line, highlight=False, soft_wrap=True)
+    out_console.print(f"scaling study: [bold]{res.path}[/] (scale.csv, scale.json; {res.ran} runs trained now)")
+
+
+@app.command()
+@friendly
 def demo(out: Optional[Path] = typer.Option(None, "--out", "-o", help="Search directory (default runs/digits-<time>)."),
          budget: str = typer.Option("2m", "--budget", "-b", help="Wall time of the search, final model included."),
          quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table.")):

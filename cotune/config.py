@@ -57,11 +57,12 @@ def _build(prefix: str, names: list[str]) -> type[BaseModel]:
     return create_model(cls_name, __config__=_FROZEN, __doc__=f"Knobs under '{prefix}' (see cotune.knobs).", **fields)
 
 
-STAGES = ("data", "model", "train", "search", "runtime")
+STAGES = ("data", "model", "train", "search", "scale", "runtime")
 DataConfig = _build("data", [k.name for k in KNOBS if k.stage == "data"])
 ModelConfig = _build("model", [k.name for k in KNOBS if k.stage == "model"])
 TrainConfig = _build("train", [k.name for k in KNOBS if k.stage == "train"])
 SearchConfig = _build("search", [k.name for k in KNOBS if k.stage == "search"])
+ScaleConfig = _build("scale", [k.name for k in KNOBS if k.stage == "scale"])
 RuntimeConfig = _build("runtime", [k.name for k in KNOBS if k.stage == "runtime"])
 
 
@@ -72,6 +73,7 @@ class RunConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)       # type: ignore[valid-type]
     train: TrainConfig = Field(default_factory=TrainConfig)       # type: ignore[valid-type]
     search: SearchConfig = Field(default_factory=SearchConfig)    # type: ignore[valid-type]
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)       # type: ignore[valid-type]
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)  # type: ignore[valid-type]
     out: Optional[str] = Field(None, description="run directory (default: runs/<data>-<time>)")
 

@@ -116,6 +116,15 @@ KNOBS: tuple[Knob, ...] = (
     _k("search.mlflow", str, None, "MLflow tracking URI for the search (a run per trial under one parent run): null = SQLite in the search directory (mlflow.db), 'none' = no tracking", optional=True),
     _k("search.top_k", int, 3, "soft-voting ensemble of the top-k trials, kept when it beats the best single model on validation (1 = off)", low=1, high=20),
     _k("search.space", dict, {}, "narrow knobs: {knob: [choices...]} or {knob: [low, high]}; knobs you set elsewhere in the config are fixed"),
+    # ---- scale: `cotune scale`, the model-size x data-size study on a search's best configuration
+    _k("scale.sizes", int, 4, "model sizes in the grid (widths chosen so parameter counts are evenly spaced on a log scale)", low=2, high=32),
+    _k("scale.size_span", float, 16.0, "largest / smallest parameter count of the grid; the largest is the configuration's own size", low=2.0, high=1e6),
+    _k("scale.fractions", int, 4, "training-set sizes in the grid (shares of the training part, evenly spaced on a log scale)", low=2, high=32),
+    _k("scale.fraction_span", float, 8.0, "largest / smallest training-set size of the grid", low=2.0, high=1e6),
+    _k("scale.max_fraction", float, 1.0, "the grid's largest share of the training part (below 1 keeps data back to check the advice on)", low=0.0, high=1.0, open_low=True),
+    _k("scale.seeds", int, 2, "seeds per grid point", low=1, high=100),
+    _k("scale.compute", float, None, "training FLOPs to plan the compute-optimal model and data size for (null = 10x the current point's)", low=0.0, open_low=True, optional=True),
+    _k("scale.extrapolate", bool, False, "sources that generate their data (mnist1d): also train the largest model on 2x and 4x the rows and compare with the fit's prediction"),
     # ---- runtime: resolved once, logged in env.json
     _k("runtime.device", str, "auto", "auto = cuda when available, else cpu", choices=("auto", "cpu", "cuda")),
     _k("runtime.precision", str, "auto", "auto = bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "fp32", "bf16")),

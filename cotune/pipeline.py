@@ -140,6 +140,13 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False) -> TrainingSet:
                        loss=bal.loss, report=report, summary=summary)
 
 
+def model_shapes(cfg: RunConfig) -> tuple[tuple, int]:
+    """(in_shape, out_dim) of the model `run(cfg)` builds: to size models without training them."""
+    ds = load_data(cfg)
+    tr, _, _ = split_indices(ds, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed)
+    return tuple(Preprocessor().fit(ds, tr).in_shape_), 1 if ds.task == "regression" else ds.n_classes
+
+
 def audit_data(cfg: RunConfig, checks=None):
     """load -> split -> audit: what is wrong with the data, changing nothing. Returns the AuditReport."""
     ds = load_data(cfg)

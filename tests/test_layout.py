@@ -17,6 +17,7 @@ LAYERS = {
     "pipeline": 3,
     "tune": 4,
     "study": 4,
+    "scale": 4,  # scale/* (law.py and advice.py stay torch-free: the report reads them)
     "report": 5,
     "api": 5,  # the API sits right under the CLI: it may call the search and the report
     "cli": 6,

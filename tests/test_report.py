@@ -58,6 +58,8 @@ def made(tmp_path_factory):
     try:
         r = CliRunner().invoke(app, [str(a) for a in ("fit", "sklearn:wine", "--trials", 4, "--workers", 1, "--set",
                                                       "search.mlflow=none", "--set", "search.top_k=1", *QUICK,
+                                                      # trials long enough to differ: importances need variance
+                                                      "--set", "train.epochs=4", "--set", "model.width=16",
                                                       "--out", search)], env=ENV)
         assert r.exit_code == 0, f"cotune fit exited {r.exit_code}\n{r.stdout}\n{r.stderr}"
         wait_ok(train, "cotune train")
@@ -214,7 +216,7 @@ def synthetic_trials(header: list[str], n: int, seed: int = 0) -> list[dict]:
         state = rng.choices(["COMPLETE", "PRUNED", "FAIL"], [6, 3, 1])[0]
         row = {"number": i, "state": state, "value": "" if state == "FAIL" else rng.random(), "second_objective": "",
                "seconds": rng.uniform(1, 60), "epochs_run": 2 if state == "COMPLETE" else "",
-               "pruned_at": 1 if state == "PRUNED" else "",
+               "pruned_at": 1 if state == "PRUNED" else "", "pruned_fraction": "",
                "fail_reason": rng.choice(REASONS) if state == "FAIL" else ""}
         for k in header[len(row):]:
             spec = BY_NAME[k].search

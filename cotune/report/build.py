@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from cotune.errors import BundleError
-from cotune.report import advice, search, sections
+from cotune.report import advice, scaling, search, sections
 from cotune.report.files import get
 from cotune.report.load import Loaded, load_dir
 from cotune.report.page import Page, Section
@@ -32,10 +32,11 @@ TEMPLATE = Path(__file__).with_name("template.html.j2")
 PLOT_CONFIG = {"displaylogo": False, "responsive": True, "showLink": False}
 
 # Optional sections, each drawn only when its file exists in the directory: filename -> (title, builder).
-# A builder is `fn(section, loaded, path)`; scaling and compression results plug in here once their
-# files exist. A file found with no builder registered is listed under "Other results" by name.
+# A builder is `fn(section, loaded, path)`. A file found with no builder registered is listed under
+# "Other results" by name. `cotune scale` writes into <run>/scale/; the scale directory itself works too.
 EXTRA_SECTIONS: dict[str, tuple[str, Callable[[Section, Loaded, Path], None] | None]] = {
-    "scale.csv": ("Scaling", None),
+    "scale/scale.csv": ("More data or a bigger model? (scaling study)", scaling.scale_section),
+    "scale.csv": ("More data or a bigger model? (scaling study)", scaling.scale_section),
     "compress.json": ("Compression", None),
 }
 

@@ -1,0 +1,1 @@
+"""Scaling study: how validation loss falls with model size and training-set size."""

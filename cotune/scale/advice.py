@@ -1,0 +1,173 @@
+"""From scale.csv to scale.json: the fitted laws, the held-out check, and what to do next.
+
+- Per-axis laws: loss against parameters at the largest training set, and against training rows at the
+  largest model. The joint law L(N, D) = E + A / N^alpha + B / D^beta over every fitted run (law.py).
+- Held-out check: the largest (N, D) corner (the configuration as it is) is left out of a second fit
+  and predicted; its relative error says how far to trust the advice.
+- Advice at the current point: the predicted gain from 2x rows, 2x parameters (the joint law) and 2x
+  epochs (a law over the epochs of the current point's own learning curves; none when validation
+  loss had already stopped improving), in loss and in the metric; which limit dominates (data or
+  capacity); the cost of each in training FLOPs; the compute-optimal N and D for scale.compute.
+No torch here: the report reads scale.json, and this module only needs numpy and the law fit.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from cotune.config import RunConfig
+from cotune.errors import ConfigError, one_line
+from cotune.scale.law import check_points, compute_optimal, fit_axis, fit_joint
+
+
+def _mean_by(rows: list[dict], *keys) -> dict:
+    """{(key values): mean val_loss} over seeds."""
+    acc: dict = {}
+    for r in rows:
+        acc.setdefault(tuple(r[k] for k in keys), []).append(r["val_loss"])
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+def _arrays(rows):
+    """N (params), D (mean samples of the share), L (val loss) of each run."""
+    return (np.array([r["params"] for r in rows], float), np.array([r["samples"] for r in rows], float),
+            np.array([r["val_loss"] for r in rows], float))
+
+
+def _metric_of_loss(rows):
+    """metric ~ a + b log(loss) across the runs: turns a predicted loss into a predicted metric."""
+    L = np.log([r["val_loss"] for r in rows])
+    m = np.array([r["val_metric"] for r in rows], float)
+    if len(set(L)) < 2:
+        return None
+    b, a = np.polyfit(L, m, 1)
+    return lambda loss: float(a + b * np.log(loss))
+
+
+def _epochs_gain(corner: list[dict]) -> dict:
+    """What 2x epochs would do at the current point, from the learning curves of its runs."""
+    stopped, curves = [], []
+    for r in corner:
+        path = Path(r["run_dir"]) / "history.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="") as f:
+            hist = [row for row in csv.DictReader(f) if row.get("val_loss")]
+        vl = np.minimum.accumulate([float(h["val_loss"]) for h in hist])  # best so far: what early stopping keeps
+        curves.append(vl)
+        best = int(np.argmin([float(h["val_loss"]) for h in hist])) + 1
+        stopped.append(best < len(hist) - 1)  # the loss turned up before the last epochs
+    if not curves:
+        return {"ratio": None, "note": "no learning curves in the runs' directories"}
+    n = min(len(c) for c in curves)
+    curve = np.mean([c[:n] for c in curves], axis=0)
+    if all(stopped):
+        return {"ratio": 1.0, "note": f"validation loss stopped improving before the last of {n} epochs: "
+                                      "more epochs do not help at this size"}
+    t = np.arange(1, n + 1)
+    keep = t >= max(2, n // 4)
+    try:
+        law = fit_axis(t[keep], curve[keep], n_boot=0)
+    except ConfigError as err:
+        return {"ratio": None, "note": one_line(err)}
+    ratio = float(law(2 * n) / law(n))
+    return {"ratio": min(ratio, 1.0), "note": f"from the learning curve over {n} epochs", "law": law.to_dict()}
+
+
+def summarize(rows: list[dict], cfg: RunConfig, widths: list[tuple]) -> dict:
+    """Fits, the held-out check and the advice, as scale.json holds them."""
+    fitted = [r for r in rows if not r["extrapolated"]]
+    N, D, L = _arrays(fitted)
+    check_points(N, D, L)
+    n_max, d_max = N.max(), D.max()
+    corner = [r for r in fitted if r["params"] == n_max and r["samples"] == d_max]
+    rest = [r for r in fitted if not (r["params"] == n_max and r["samples"] == d_max)]
+    law = fit_joint(N, D, L, seed=cfg.runtime.seed)
+    out: dict = {"metric": fitted[0]["metric"], "law": law.to_dict(), "points": len(fitted)}
+
+    by_n, by_d = _mean_by([r for r in fitted if r["samples"] == d_max], "params"), \
+        _mean_by([r for r in fitted if r["params"] == n_max], "samples")
+    out["axes"] = {}
+    for axis, pts in (("params", by_n), ("samples", by_d)):
+        try:
+            out["axes"][axis] = fit_axis([k[0] for k in pts], list(pts.values()), seed=cfg.runtime.seed).to_dict()
+        except ConfigError as err:
+            out["axes"][axis] = {"error": one_line(err)}
+
+    actual = float(np.mean([r["val_loss"] for r in corner]))
+    try:
+        held = fit_joint(*_arrays(rest), seed=cfg.runtime.seed)
+        pred = float(held.predict(n_max, d_max))
+        out["holdout"] = {"params": n_max, "samples": d_max, "actual": actual, "predicted": pred,
+                          "rel_error": abs(pred - actual) / actual, "law": held.to_dict()}
+    except ConfigError as err:
+        out["holdout"] = {"params": n_max, "samples": d_max, "actual": actual, "error": one_line(err)}
+
+    # ---- advice at the current point
+    to_metric = _metric_of_loss(fitted)
+    here = float(law.predict(n_max, d_max))
+    flops_here = float(np.mean([r["flops"] for r in corner]))
+    epochs = _epochs_gain(corner)
+    options = {"2x data": float(law.predict(n_max, 2 * d_max)), "2x params": float(law.predict(2 * n_max, d_max))}
+    if epochs["ratio"] is not None:
+        options["2x epochs"] = here * epochs["ratio"]
+    higher_better = out["metric"] != "rmse"
+    advice = []
+    for name, loss in options.items():
+        gain = None if to_metric is None else (to_metric(loss) - to_metric(here)) * (1 if higher_better else -1)
+        advice.append({"option": name, "loss": loss, "loss_gain": here - loss, "metric_gain": gain,
+                       "extra_flops": flops_here,  # each option doubles the training compute of the current point
+                       "flops_per_point": None if not gain or gain <= 0 else flops_here / (100 * gain if higher_better else gain)})
+    advice.sort(key=lambda a: -a["loss_gain"])
+    data_term, model_term = law.B * d_max ** -law.beta, law.A * n_max ** -law.alpha
+    out["current"] = {"params": n_max, "samples": d_max, "loss_measured": actual, "loss_fit": here,
+                      "width": int(widths[-1][0]), "flops": flops_here, "E": law.E, "model_term": model_term,
+                      "data_term": data_term, "limited_by": "data" if data_term > model_term else "capacity"}
+    out["advice"], out["epochs"] = advice, {k: v for k, v in epochs.items() if k != "law"}
+
+    k = float(np.median([r["flops"] / (r["params"] * r["samples"]) for r in fitted]))
+    compute = cfg.scale.compute or 10 * flops_here
+    try:
+        opt = compute_optimal(law, compute, k)
+        w = np.log([w for w, _, _ in widths]), np.log([p for _, p, _ in widths])
+        slope, icpt = np.polyfit(w[1], w[0], 1)  # log width ~ log params, to name a width for N_opt
+        opt.update(compute=compute, flops_per_param_sample=k, width=float(np.exp(icpt + slope * np.log(opt["N"]))),
+                   data_ratio=opt["D"] / d_max)
+    except ConfigError as err:
+        opt = {"compute": compute, "error": one_line(err)}
+    out["compute_optimal"] = opt
+
+    extra = [r for r in rows if r["extrapolated"]]
+    out["extrapolation"] = [{"params": r["params"], "samples": r["samples"], "n_samples": r["n_samples"], "seed": r["seed"],
+                             "actual": r["val_loss"], "predicted": float(law.predict(r["params"], r["samples"])),
+                             "rel_error": abs(float(law.predict(r["params"], r["samples"])) - r["val_loss"]) / r["val_loss"]}
+                            for r in extra]
+    out["text"] = advice_text(out)
+    return out
+
+
+def advice_text(s: dict) -> list[str]:
+    """The advice in plain sentences, best option first."""
+    cur, lines = s["current"], []
+    metric = s["metric"]
+    for a in s["advice"]:
+        g = "" if a["metric_gain"] is None else (f", about {100 * a['metric_gain']:+.2f} points of {metric}" if metric != "rmse"
+                                                 else f", {metric} {-a['metric_gain']:+.4g}")
+        lines.append(f"{a['option']}: validation loss {cur['loss_fit']:.4g} -> {a['loss']:.4g}{g}.")
+    best = s["advice"][0]
+    lines.insert(0, f"Most promising: {best['option']} (the model is {cur['limited_by']}-limited here: the data term "
+                    f"of the fit is {cur['data_term']:.3g}, the model term {cur['model_term']:.3g}, the floor {cur['E']:.3g}).")
+    h = s.get("holdout", {})
+    if "rel_error" in h:
+        lines.append(f"Trust: fitted without it, the largest run's loss was predicted at {h['predicted']:.4g} against "
+                     f"{h['actual']:.4g} measured ({100 * h['rel_error']:.1f}% off).")
+    if s["epochs"].get("note"):
+        lines.append(f"Epochs: {s['epochs']['note']}.")
+    opt = s["compute_optimal"]
+    if "N" in opt:
+        lines.append(f"For {opt['compute']:.3g} training FLOPs the fit's best split is {opt['N']:,.0f} parameters "
+                     f"(width about {opt['width']:.0f}) on {opt['D']:,.0f} rows ({opt['data_ratio']:.2g}x the rows used "
+                     f"now), predicted loss {opt['loss']:.4g}.")
+    return lines

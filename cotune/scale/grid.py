@@ -1,0 +1,132 @@
+"""The grid of a scaling study and its results file.
+
+Model sizes come from the width knob: widths whose parameter counts are evenly spaced on a log scale
+from the configuration's own size down by `scale.size_span`. Training-set sizes are shares of the
+training part, evenly spaced on a log scale from `scale.max_fraction` down by `scale.fraction_span`.
+Each (size, share, seed) is one training run and one row of scale.csv, written as soon as the run ends.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cotune.config import RunConfig
+from cotune.errors import ConfigError
+from cotune.track import write_csv
+
+COLUMNS = ("size", "width", "fraction", "n_samples", "seed", "params", "samples", "epochs", "flops", "val_loss",
+           "val_metric", "metric", "seconds", "extrapolated", "run_dir")
+
+
+@dataclass(frozen=True)
+class Point:
+    size: int            # 0 = smallest model
+    width: int
+    fraction: float      # share of the training part
+    seed: int
+    n_samples: int       # rows the source generates (mnist1d; the configuration's own elsewhere)
+    epochs: int          # at most; early stopping on validation loss usually ends a run sooner
+    extrapolated: bool = False  # beyond the data the user has: checked against the fit, not fitted
+
+    @property
+    def key(self) -> tuple:
+        return (self.width, round(self.fraction, 6), self.seed, self.n_samples)
+
+    def params(self) -> dict:
+        """The knobs this run sets over the base configuration (the study's enqueued trial)."""
+        return {"model.width": self.width, "data.fraction": self.fraction, "runtime.seed": self.seed,
+                "data.n_samples": self.n_samples, "train.epochs": self.epochs}
+
+
+def model_cost(cfg: RunConfig, width: int, shapes: tuple) -> tuple[int, float]:
+    """(parameters, forward FLOPs per sample) of the configuration's model at this width."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cotune.models import create_model
+    in_shape, out_dim = shapes
+    model = create_model(cfg.model.family, in_shape, out_dim, **{**cfg.model.model_dump(exclude={"family"}), "width": width})
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *in_shape))
+    return sum(p.numel() for p in model.parameters()), float(counter.get_total_flops())
+
+
+def widths_for(cfg: RunConfig, shapes: tuple) -> list[tuple[int, int, float]]:
+    """[(width, params, forward FLOPs per sample)], smallest first; the last is the configuration's own width."""
+    s, top = cfg.scale, cfg.model.width
+    cache: dict[int, tuple[int, float]] = {}
+
+    def cost(w):
+        if w not in cache:
+            cache[w] = model_cost(cfg, w, shapes)
+        return cache[w]
+
+    p_top = cost(top)[0]
+    chosen = [top]
+    for j in range(1, s.sizes):
+        target = p_top / s.size_span ** (j / (s.sizes - 1))
+        lo, hi = 1, chosen[-1]  # parameters grow with width: bisect for the width nearest the target (log scale)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if cost(mid)[0] < target else (lo, mid)
+        w = min((lo, hi), key=lambda w: abs(np.log(cost(w)[0] / target)))
+        if w >= chosen[-1] or abs(np.log(cost(w)[0] / target)) > np.log(2):
+            raise ConfigError(f"Width alone cannot shrink this {cfg.model.family} to 1/{s.size_span:g} of its "
+                              f"{p_top:,} parameters (width {w} has {cost(w)[0]:,}); lower scale.size_span or "
+                              "scale.sizes, or start from a larger model.width.")
+        chosen.append(w)
+    return [(w, *cost(w)) for w in reversed(chosen)]
+
+
+def fractions_for(cfg: RunConfig) -> list[float]:
+    """Shares of the training part, smallest first."""
+    s = cfg.scale
+    top = s.max_fraction * cfg.data.fraction
+    return [top / s.fraction_span ** (j / (s.fractions - 1)) for j in reversed(range(s.fractions))]
+
+
+def grid(cfg: RunConfig, widths: list[tuple], extrapolate: bool = False) -> list[Point]:
+    """Every run of the study: sizes x shares x seeds (plus the largest model on 2x and 4x generated rows).
+
+    A run on 1/k of the rows may train k times the epochs: as many steps as the largest share, so a small
+    share is not under-trained; early stopping on validation loss ends it once it stops improving."""
+    seeds = [cfg.runtime.seed + i for i in range(cfg.scale.seeds)]
+    n, fracs = cfg.data.n_samples, fractions_for(cfg)
+    epochs = {f: math.ceil(cfg.train.epochs * fracs[-1] / f - 1e-9) for f in fracs}
+    points = [Point(i, w, f, s, n, epochs[f]) for i, (w, _, _) in enumerate(widths) for f in fracs for s in seeds]
+    if extrapolate:
+        top = len(widths) - 1
+        points += [Point(top, widths[-1][0], fracs[-1], s, n * k, cfg.train.epochs, True) for k in (2, 4) for s in seeds]
+    return points
+
+
+def read_rows(path: Path) -> list[dict]:
+    """scale.csv as dicts with numbers parsed ([] when there is no file yet)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not set(COLUMNS) <= set(rows[0]):
+        raise ConfigError(f"{path} is not a scale.csv of this version (columns {sorted(rows[0])}); move it away "
+                          "or choose another --out.")
+    ints, floats = ("size", "width", "n_samples", "seed", "params", "samples", "epochs"), \
+        ("fraction", "flops", "val_loss", "val_metric", "seconds")
+    for r in rows:
+        r.update({k: int(float(r[k])) for k in ints}, **{k: float(r[k]) for k in floats})
+        r["extrapolated"] = r["extrapolated"] in ("True", "true", "1")
+    return rows
+
+
+def row_key(row: dict) -> tuple:
+    return (row["width"], round(row["fraction"], 6), row["seed"], row["n_samples"])
+
+
+def append_row(path: Path, rows: list[dict], row: dict) -> None:
+    """Add one run's row; the file is rewritten atomically, so a kill never leaves half a row."""
+    rows.append({k: row[k] for k in COLUMNS})
+    write_csv(path, rows)

@@ -1,0 +1,187 @@
+"""`cotune scale`: the grid, scale.csv, resume, the fit and advice in scale.json, and bad input.
+
+One real study (sklearn digits, an MLP, 3 sizes x 3 shares x 1 seed, 2 workers; about a minute) is shared
+by the tests; the fit itself is tested on synthetic points in tests/test_scale_law.py.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import cotune
+from cotune.cli import app
+from cotune.config import from_dict
+from cotune.errors import ConfigError
+from cotune.scale.grid import COLUMNS, fractions_for
+from cotune.scale.law import JointLaw
+from cotune.scale.study import base_config
+from cotune.track import write_json
+
+ENV = {"OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+EPOCHS = 6
+GRID = ("--sizes", "3", "--fractions", "3", "--seeds", "1", "--workers", "2", "-q")
+
+
+def cli_proc(*args):
+    p = subprocess.run([sys.executable, "-m", "cotune.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=600, env={**os.environ, **ENV})
+    return p.returncode, p.stdout, p.stderr
+
+
+def cli(*args):
+    r = CliRunner().invoke(app, [str(a) for a in args], env=ENV)
+    return r.exit_code, r.stdout, r.stderr
+
+
+def user_error(res, match):
+    code, out, err = res
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and "Traceback" not in out + err, (code, out, err)
+    assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], lines
+    return lines[0]
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scale")
+    run = root / "run"
+    code, out, err = cli("train", "--set", "data.source=sklearn:digits", "--set", f"train.epochs={EPOCHS}",
+                         "--set", "model.width=32", "--set", "runtime.threads=1", "--set", "runtime.progress=false",
+                         "--out", run)
+    assert code == 0, err
+    res = cli_proc("scale", run, *GRID)
+    return run, res
+
+
+def test_scale_end_to_end(study):
+    run, (code, stdout, err) = study
+    assert code == 0, stdout + err
+    out = run / "scale"
+    assert "L(N, D) =" in stdout and "Most promising:" in stdout and "9 runs trained now" in stdout
+    rows = read_csv(out / "scale.csv")
+    assert len(rows) == 9 and list(rows[0]) == list(COLUMNS)
+    params = sorted({int(r["params"]) for r in rows})
+    samples = sorted({int(r["samples"]) for r in rows})
+    assert len(params) == 3 and len(samples) == 3
+    assert 8 <= params[-1] / params[0] <= 32  # scale.size_span 16, through the width knob
+    assert 6 <= samples[-1] / samples[0] <= 10  # scale.fraction_span 8
+    cfg = from_dict(json.loads((out / "config.json").read_text()))
+    assert cfg.train.monitor == "loss" and cfg.model.width == 32
+    top = max(fractions_for(cfg))
+    for r in rows:
+        tcfg = json.loads((Path(r["run_dir"]) / "config.json").read_text())
+        metrics = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())
+        assert tcfg["model"]["width"] == int(r["width"]) and tcfg["data"]["fraction"] == pytest.approx(float(r["fraction"]))
+        # a smaller share trains for as many steps: epochs scale with 1 / share (early stopping may end it sooner)
+        assert tcfg["train"]["epochs"] == math.ceil(EPOCHS * top / float(r["fraction"]) - 1e-9)
+        assert int(r["epochs"]) == metrics["train"]["epochs_run"] <= tcfg["train"]["epochs"]
+        assert float(r["val_loss"]) == pytest.approx(metrics["val"]["log_loss"])
+        assert float(r["val_metric"]) == pytest.approx(metrics["val"]["accuracy"])
+        assert int(r["params"]) == metrics["train"]["n_params"] and float(r["flops"]) > 0
+
+    s = json.loads((out / "scale.json").read_text())
+    assert s["points"] == 9 and {"law", "axes", "holdout", "current", "advice", "compute_optimal", "text"} <= set(s)
+    law = JointLaw.from_dict(s["law"])
+    corner = [r for r in rows if int(r["params"]) == params[-1] and int(r["samples"]) == samples[-1]]
+    h = s["holdout"]
+    assert h["actual"] == pytest.approx(np.mean([float(r["val_loss"]) for r in corner]))
+    held = JointLaw.from_dict(h["law"])
+    assert held.n_points == 8 and law.n_points == 9  # the corner is left out of the checking fit
+    assert h["predicted"] == pytest.approx(float(held.predict(params[-1], samples[-1])))
+    assert h["rel_error"] == pytest.approx(abs(h["predicted"] - h["actual"]) / h["actual"])
+    gains = [a["loss_gain"] for a in s["advice"]]
+    assert gains == sorted(gains, reverse=True) and {a["option"] for a in s["advice"]} >= {"2x data", "2x params"}
+    two_d = next(a for a in s["advice"] if a["option"] == "2x data")
+    assert two_d["loss"] == pytest.approx(float(law.predict(params[-1], 2 * samples[-1])))
+    assert s["current"]["limited_by"] in ("data", "capacity")
+    assert s["text"][0].startswith("Most promising: " + s["advice"][0]["option"])
+    opt = s["compute_optimal"]
+    assert "N" in opt or "error" in opt
+    if "N" in opt:
+        assert opt["N"] * opt["D"] * opt["flops_per_param_sample"] == pytest.approx(opt["compute"], rel=1e-6)
+
+
+def test_scale_resumes_skipping_finished_rows(study):
+    run, (code, _, err) = study
+    assert code == 0, err
+    out = run / "scale"
+    before = (out / "scale.csv").read_bytes()
+    res = cotune.scale(run, sizes=3, fractions=3, seeds=1, workers=2)  # the Python API, same grid
+    assert res.ran == 0 and (out / "scale.csv").read_bytes() == before
+    rows = read_csv(out / "scale.csv")
+    kept, dropped = rows[:7], rows[7:]
+    with open(out / "scale.csv", "w", newline="") as f:  # as if the study had been killed two runs short
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(kept)
+    res = cotune.scale(run, sizes=3, fractions=3, seeds=1, workers=2)
+    assert res.ran == 2
+    after = read_csv(out / "scale.csv")
+    assert after[:7] == kept and len(after) == 9
+    key = lambda r: (r["width"], r["fraction"], r["seed"])  # noqa: E731
+    assert sorted(map(key, after[7:])) == sorted(map(key, dropped))
+    assert res.summary["points"] == 9 and (out / "scale.json").is_file()
+
+
+def test_too_few_points_say_what_is_needed(study, tmp_path):
+    run, _ = study
+    msg = user_error(cli("scale", run, "--sizes", "2", "--out", tmp_path / "s"), "at least 3 model sizes")
+    assert "--sizes" in msg
+    assert not (tmp_path / "s").exists()
+
+
+def test_bad_input_is_one_line(study, tmp_path):
+    run, _ = study
+    user_error(cli("scale", tmp_path), "neither a finished search")
+    (tmp_path / "half").mkdir()
+    write_json(tmp_path / "half" / "fit.json", {"config": {}, "best": None})
+    user_error(cli("scale", tmp_path / "half"), "has not finished")
+    user_error(cli("scale", run, "--extrapolate", "--out", tmp_path / "x"), "generates its data")
+    user_error(cli("scale", run, "--set", "train.lr=0.05", *GRID), "another configuration")
+    user_error(cli("scale", run, "--set", "scale.sizes=1", "--out", tmp_path / "y"), "scale.sizes")
+
+
+def test_base_config_is_the_best_trial_of_a_search(tmp_path):
+    cfg = from_dict({"data": {"source": "sklearn:iris"}, "train": {"epochs": 7}})
+    write_json(tmp_path / "fit.json", {"config": cfg.to_dict(), "best": {"params": {"model.width": 48, "train.lr": 0.02}}})
+    base = base_config(tmp_path)
+    assert base.model.width == 48 and base.train.lr == 0.02 and base.train.epochs == 7
+    with pytest.raises(ConfigError, match="neither"):
+        base_config(tmp_path / "nope")
+
+
+def test_report_draws_the_scaling_section(study):
+    from test_report import CHROMIUM_FLAGS, ChartScan, chromium, visible_text
+    from cotune.report import build_report
+    run, (code, _, err) = study
+    assert code == 0, err
+    page = build_report(run)
+    assert not page.problems, page.problems
+    s = json.loads((run / "scale" / "scale.json").read_text())
+    text = visible_text(page.read_text())
+    assert "More data or a bigger model?" in text and s["text"][0] in text
+    assert f"{100 * s['holdout']['rel_error']:.1f}%" in text and f"{s['law']['alpha']:.4g}" in text
+    dom = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={run / 'chromium-profile'}", "--dump-dom",
+                          page.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
+    scan = ChartScan()
+    scan.feed(dom)
+    scaling = [cid for cid in scan.charts if "scale" in cid]
+    assert len(scaling) == 2, sorted(scan.charts)
+    assert all({"plot-container", "main-svg"} <= scan.charts[c] for c in scaling)
+    errors = re.search(r'<pre id="js-errors"[^>]*>(.*?)</pre>', dom, flags=re.S)
+    assert errors is not None and errors.group(1).strip() == ""
