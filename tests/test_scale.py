@@ -185,3 +185,19 @@ def test_report_draws_the_scaling_section(study):
     assert all({"plot-container", "main-svg"} <= scan.charts[c] for c in scaling)
     errors = re.search(r'<pre id="js-errors"[^>]*>(.*?)</pre>', dom, flags=re.S)
     assert errors is not None and errors.group(1).strip() == ""
+
+
+def test_grid_points_shares_epochs_and_extrapolation():
+    from cotune.scale.grid import grid
+    cfg = from_dict({"data": {"source": "mnist1d", "fraction": 0.5}, "train": {"epochs": 10},
+                     "scale": {"fractions": 4, "fraction_span": 8, "seeds": 2}, "runtime": {"seed": 3}})
+    fr = fractions_for(cfg)
+    assert fr == pytest.approx([0.5 / 8, 0.5 / 4, 0.5 / 2, 0.5])  # shares of what the configuration trains on
+    widths = [(8, 100, 1.0), (16, 400, 4.0), (32, 1600, 16.0)]
+    points = grid(cfg, widths)
+    assert len(points) == 3 * 4 * 2 and {p.seed for p in points} == {3, 4}
+    assert {p.epochs for p in points if p.fraction == fr[0]} == {80} and {p.epochs for p in points if p.fraction == fr[-1]} == {10}
+    assert len({p.key for p in points}) == len(points)
+    extra = [p for p in grid(cfg, widths, extrapolate=True) if p.extrapolated]
+    assert sorted((p.n_samples, p.seed) for p in extra) == [(10000, 3), (10000, 4), (20000, 3), (20000, 4)]
+    assert all(p.width == 32 and p.fraction == fr[-1] and p.epochs == 10 for p in extra)
