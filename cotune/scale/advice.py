@@ -13,6 +13,7 @@ No torch here: the report reads scale.json, and this module only needs numpy and
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,8 @@ def _epochs_gain(corner: list[dict]) -> dict:
         vl = np.minimum.accumulate([float(h["val_loss"]) for h in hist])  # best so far: what early stopping keeps
         curves.append(vl)
         best = int(np.argmin([float(h["val_loss"]) for h in hist])) + 1
-        stopped.append(best < len(hist) - 1)  # the loss turned up before the last epochs
+        done = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())["train"].get("stopped_early", False)
+        stopped.append(bool(done) or best < 0.8 * len(hist))  # the loss had turned up well before the end
     if not curves:
         return {"ratio": None, "note": "no learning curves in the runs' directories"}
     n = min(len(c) for c in curves)
