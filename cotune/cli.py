@@ -169,7 +169,8 @@ def scale(run: Path = typer.Argument(..., help="A finished search (`cotune fit`)
                       f" + {law['B']:.3g} / D^{law['beta']:.3f}", highlight=False, soft_wrap=True)
     for line in res.summary["text"]:
         out_console.print(line, highlight=False, soft_wrap=True)
-    out_console.print(f"scaling study: [bold]{res.path}[/] (scale.csv, scale.json; {res.ran} runs trained now)")
+    out_console.print(f"scaling study: [bold]{res.path}[/] (scale.csv, scale.json; {res.ran} runs trained now); "
+                      f"curves and advice in the report: cotune report {run}", highlight=False, soft_wrap=True)
 
 
 @app.command()
