@@ -122,6 +122,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("scale.fractions", int, 4, "training-set sizes in the grid (shares of the training part, evenly spaced on a log scale)", low=2, high=32),
     _k("scale.fraction_span", float, 8.0, "largest / smallest training-set size of the grid", low=2.0, high=1e6),
     _k("scale.max_fraction", float, 1.0, "the grid's largest share of the training part (below 1 keeps data back to check the advice on)", low=0.0, high=1.0, open_low=True),
+    _k("scale.epoch_factor", float, 3.0, "each grid run may train this many times the configuration's epochs (a share of 1/k: k times more, with k times the patience); early stopping on validation loss ends it when it stops improving, so the fit sees trained models, not cut-short ones", low=0.1, high=1000.0),
     _k("scale.seeds", int, 2, "seeds per grid point", low=1, high=100),
     _k("scale.compute", float, None, "training FLOPs to plan the compute-optimal model and data size for (null = 10x the current point's)", low=0.0, open_low=True, optional=True),
     _k("scale.extrapolate", bool, False, "sources that generate their data (mnist1d): also train the largest model on 2x and 4x the rows and compare with the fit's prediction"),

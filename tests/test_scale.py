@@ -87,8 +87,11 @@ def test_scale_end_to_end(study):
         tcfg = json.loads((Path(r["run_dir"]) / "config.json").read_text())
         metrics = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())
         assert tcfg["model"]["width"] == int(r["width"]) and tcfg["data"]["fraction"] == pytest.approx(float(r["fraction"]))
-        # a smaller share trains for as many steps: epochs scale with 1 / share (early stopping may end it sooner)
-        assert tcfg["train"]["epochs"] == math.ceil(EPOCHS * top / float(r["fraction"]) - 1e-9)
+        # up to scale.epoch_factor (3) x the epochs, and a smaller share as many steps: epochs and patience
+        # scale with 1 / share; early stopping on validation loss ends the run when it stops improving
+        k = top / float(r["fraction"])
+        assert tcfg["train"]["epochs"] == math.ceil(EPOCHS * 3 * k - 1e-9)
+        assert tcfg["train"]["patience"] == math.ceil(cfg.train.patience * k - 1e-9)
         assert int(r["epochs"]) == metrics["train"]["epochs_run"] <= tcfg["train"]["epochs"]
         assert float(r["val_loss"]) == pytest.approx(metrics["val"]["log_loss"])
         assert float(r["val_metric"]) == pytest.approx(metrics["val"]["accuracy"])
@@ -196,8 +199,9 @@ def test_grid_points_shares_epochs_and_extrapolation():
     widths = [(8, 100, 1.0), (16, 400, 4.0), (32, 1600, 16.0)]
     points = grid(cfg, widths)
     assert len(points) == 3 * 4 * 2 and {p.seed for p in points} == {3, 4}
-    assert {p.epochs for p in points if p.fraction == fr[0]} == {80} and {p.epochs for p in points if p.fraction == fr[-1]} == {10}
+    assert {(p.epochs, p.patience) for p in points if p.fraction == fr[0]} == {(240, 80)}  # 3 x 10 epochs x 8
+    assert {(p.epochs, p.patience) for p in points if p.fraction == fr[-1]} == {(30, 10)}
     assert len({p.key for p in points}) == len(points)
     extra = [p for p in grid(cfg, widths, extrapolate=True) if p.extrapolated]
     assert sorted((p.n_samples, p.seed) for p in extra) == [(10000, 3), (10000, 4), (20000, 3), (20000, 4)]
-    assert all(p.width == 32 and p.fraction == fr[-1] and p.epochs == 10 for p in extra)
+    assert all(p.width == 32 and p.fraction == fr[-1] and p.epochs == 30 for p in extra)

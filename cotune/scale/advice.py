@@ -126,7 +126,8 @@ def summarize(rows: list[dict], cfg: RunConfig, widths: list[tuple]) -> dict:
     data_term, model_term = law.B * d_max ** -law.beta, law.A * n_max ** -law.alpha
     out["current"] = {"params": n_max, "samples": d_max, "loss_measured": actual, "loss_fit": here,
                       "width": int(widths[-1][0]), "flops": flops_here, "E": law.E, "model_term": model_term,
-                      "data_term": data_term, "limited_by": "data" if data_term > model_term else "capacity"}
+                      "data_term": data_term,  # more rows help more than more parameters: data-limited
+                      "limited_by": "data" if options["2x data"] < options["2x params"] else "capacity"}
     out["advice"], out["epochs"] = advice, {k: v for k, v in epochs.items() if k != "law"}
 
     k = float(np.median([r["flops"] / (r["params"] * r["samples"]) for r in fitted]))
@@ -159,8 +160,10 @@ def advice_text(s: dict) -> list[str]:
                                                  else f", {metric} {-a['metric_gain']:+.4g}")
         lines.append(f"{a['option']}: validation loss {cur['loss_fit']:.4g} -> {a['loss']:.4g}{g}.")
     best = s["advice"][0]
-    lines.insert(0, f"Most promising: {best['option']} (the model is {cur['limited_by']}-limited here: the data term "
-                    f"of the fit is {cur['data_term']:.3g}, the model term {cur['model_term']:.3g}, the floor {cur['E']:.3g}).")
+    other = "2x params" if cur["limited_by"] == "data" else "2x data"
+    lines.insert(0, f"Most promising: {best['option']}. The model is {cur['limited_by']}-limited: "
+                    f"{'2x data' if other == '2x params' else '2x params'} gains more than {other} (the fit's terms here: "
+                    f"data {cur['data_term']:.3g}, model {cur['model_term']:.3g}, floor {cur['E']:.3g}).")
     h = s.get("holdout", {})
     if "rel_error" in h:
         lines.append(f"Trust: fitted without it, the largest run's loss was predicted at {h['predicted']:.4g} against "

@@ -30,6 +30,7 @@ class Point:
     seed: int
     n_samples: int       # rows the source generates (mnist1d; the configuration's own elsewhere)
     epochs: int          # at most; early stopping on validation loss usually ends a run sooner
+    patience: int        # early stopping, in epochs of this share
     extrapolated: bool = False  # beyond the data the user has: checked against the fit, not fitted
 
     @property
@@ -39,7 +40,7 @@ class Point:
     def params(self) -> dict:
         """The knobs this run sets over the base configuration (the study's enqueued trial)."""
         return {"model.width": self.width, "data.fraction": self.fraction, "runtime.seed": self.seed,
-                "data.n_samples": self.n_samples, "train.epochs": self.epochs}
+                "data.n_samples": self.n_samples, "train.epochs": self.epochs, "train.patience": self.patience}
 
 
 def model_cost(cfg: RunConfig, width: int, shapes: tuple) -> tuple[int, float]:
@@ -90,18 +91,25 @@ def fractions_for(cfg: RunConfig) -> list[float]:
     return [top / s.fraction_span ** (j / (s.fractions - 1)) for j in reversed(range(s.fractions))]
 
 
-def grid(cfg: RunConfig, widths: list[tuple], extrapolate: bool = False) -> list[Point]:
-    """Every run of the study: sizes x shares x seeds (plus the largest model on 2x and 4x generated rows).
+def schedule(cfg: RunConfig, fraction: float) -> tuple[int, int]:
+    """(epochs cap, patience) of a run on `fraction` of the training part.
 
-    A run on 1/k of the rows may train k times the epochs: as many steps as the largest share, so a small
-    share is not under-trained; early stopping on validation loss ends it once it stops improving."""
+    Runs train until validation loss stops improving: the cap is scale.epoch_factor x the configuration's
+    epochs, and a share of 1/k gets k times the epochs and the patience (as many steps as the largest
+    share), so a small share is neither cut short nor stopped on a few noisy steps."""
+    k = fractions_for(cfg)[-1] / fraction
+    return math.ceil(cfg.train.epochs * cfg.scale.epoch_factor * k - 1e-9), math.ceil(cfg.train.patience * k - 1e-9)
+
+
+def grid(cfg: RunConfig, widths: list[tuple], extrapolate: bool = False) -> list[Point]:
+    """Every run of the study: sizes x shares x seeds (plus the largest model on 2x and 4x generated rows)."""
     seeds = [cfg.runtime.seed + i for i in range(cfg.scale.seeds)]
     n, fracs = cfg.data.n_samples, fractions_for(cfg)
-    epochs = {f: math.ceil(cfg.train.epochs * fracs[-1] / f - 1e-9) for f in fracs}
-    points = [Point(i, w, f, s, n, epochs[f]) for i, (w, _, _) in enumerate(widths) for f in fracs for s in seeds]
+    points = [Point(i, w, f, s, n, *schedule(cfg, f)) for i, (w, _, _) in enumerate(widths) for f in fracs for s in seeds]
     if extrapolate:
         top = len(widths) - 1
-        points += [Point(top, widths[-1][0], fracs[-1], s, n * k, cfg.train.epochs, True) for k in (2, 4) for s in seeds]
+        points += [Point(top, widths[-1][0], fracs[-1], s, n * k, *schedule(cfg, fracs[-1]), True)
+                   for k in (2, 4) for s in seeds]
     return points
 
 

@@ -97,7 +97,8 @@ def scale(run, overrides=(), *, out=None, workers: int | None = None, live: bool
         space = {"model.width": (1, max(p.width for p in todo)), "data.fraction": (min(p.fraction for p in todo), 1.0),
                  "runtime.seed": (0, max(p.seed for p in todo)),
                  "data.n_samples": (min(p.n_samples for p in todo), max(p.n_samples for p in todo)),
-                 "train.epochs": (min(p.epochs for p in todo), max(p.epochs for p in todo))}
+                 "train.epochs": (min(p.epochs for p in todo), max(p.epochs for p in todo)),
+                 "train.patience": (min(p.patience for p in todo), max(p.patience for p in todo))}
         work_dir = out / "runs" / name
         work_dir.mkdir(parents=True)
         url = storage_url(out, f"sqlite:///{(out / SCALE_DB).resolve()}")
