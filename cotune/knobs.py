@@ -111,7 +111,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("search.pruner", str, "hyperband", "stop weak trials early, on epochs: hyperband, successive halving, median, or none", choices=("hyperband", "halving", "median", "none")),
     _k("search.objective", str, "quality", "'quality' (validation metric), or a second objective: 'quality,size' (parameters) / 'quality,latency' (CPU ms per sample)", choices=("quality", "quality,size", "quality,latency")),
     _k("search.fidelity", str, "epochs", "what a weak trial is stopped early on: 'epochs' (the pruner watches each epoch) or 'data' (each trial trains on 1/9, then 1/3, then all of its training rows, and the pruner judges each step)", choices=("epochs", "data")),
-    _k("search.warm_start", bool, True, "start with one configuration known to do well on the data's modality (the knob defaults otherwise), then let the sampler propose"),
+    _k("search.warm_start", bool, True, "start with one configuration chosen for the data's modality (the knob defaults otherwise), then let the sampler propose"),
     _k("search.seed", int, 0, "seed of the sampler"),
     _k("search.mlflow", str, None, "MLflow tracking URI for the search (a run per trial under one parent run): null = SQLite in the search directory (mlflow.db), 'none' = no tracking", optional=True),
     _k("search.top_k", int, 3, "soft-voting ensemble of the top-k trials, kept when it beats the best single model on validation (1 = off)", low=1, high=20),

@@ -6,6 +6,7 @@ by the tests; the fit itself is tested on synthetic points in tests/test_scale_l
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 import os
@@ -176,7 +177,7 @@ def test_report_draws_the_scaling_section(study):
     page = build_report(run)
     assert not page.problems, page.problems
     s = json.loads((run / "scale" / "scale.json").read_text())
-    text = visible_text(page.read_text())
+    text = html.unescape(visible_text(page.read_text()))
     assert "More data or a bigger model?" in text and s["text"][0] in text
     assert f"{100 * s['holdout']['rel_error']:.1f}%" in text and f"{s['law']['alpha']:.4g}" in text
     dom = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={run / 'chromium-profile'}", "--dump-dom",
