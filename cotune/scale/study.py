@@ -110,7 +110,8 @@ def scale(run, overrides=(), *, out=None, workers: int | None = None, live: bool
             study.enqueue_trial(p.params(), user_attrs={"point": list(p.key), "size": p.size,
                                                         "extrapolated": p.extrapolated})
         procs = spawn_workers(url, name, workers, None, work_dir,
-                              threads=cfg.runtime.threads if "runtime.threads" in overrides_keys(overrides) else None)
+                              threads=cfg.runtime.threads if any(o.split("=")[0].strip() == "runtime.threads" for o in overrides)
+                              else None)
         try:
             _watch(study, procs, rows, have, csv_path, flops, len(points), live, console)
         except KeyboardInterrupt:
@@ -128,10 +129,6 @@ def scale(run, overrides=(), *, out=None, workers: int | None = None, live: bool
     summary = summarize(rows, cfg, widths)
     write_json(out / "scale.json", summary)
     return ScaleResult(path=out, rows=rows, summary=summary, ran=len(todo))
-
-
-def overrides_keys(overrides) -> set[str]:
-    return {o.split("=", 1)[0].strip() for o in overrides}
 
 
 def _row(t, flops: dict) -> dict:
