@@ -124,6 +124,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("scale.max_fraction", float, 1.0, "the grid's largest share of the training part (below 1 keeps data back to check the advice on)", low=0.0, high=1.0, open_low=True),
     _k("scale.epoch_factor", float, 3.0, "each grid run may train this many times the configuration's epochs (a share of 1/k: k times more, with k times the patience); early stopping on validation loss ends it when it stops improving, so the fit sees trained models, not cut-short ones", low=0.1, high=1000.0),
     _k("scale.seeds", int, 2, "seeds per grid point", low=1, high=100),
+    _k("scale.law", str, "auto", "the joint law's form: additive E + A/N^alpha + B/D^beta, its interaction form (q != 1), or auto: the one that better predicts the largest corners of the smaller grids (fitted without them; the study's own corner never takes part)", choices=("auto", "additive", "interaction")),
     _k("scale.compute", float, None, "training FLOPs to plan the compute-optimal model and data size for (null = 10x the current point's)", low=0.0, open_low=True, optional=True),
     _k("scale.extrapolate", bool, False, "sources that generate their data (mnist1d): also train the largest model on 2x and 4x the rows and compare with the fit's prediction"),
     # ---- runtime: resolved once, logged in env.json

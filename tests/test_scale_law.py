@@ -152,3 +152,50 @@ def test_laws_round_trip_through_json(noisy_fit):
     assert AxisLaw.from_dict(json.loads(json.dumps(axis.to_dict()))) == axis
     with pytest.raises(ConfigError, match="lacks beta"):
         JointLaw.from_dict({k: v for k, v in noisy_fit.to_dict().items() if k != "beta"})
+
+
+# ---------------------------------------------------------------- the interaction form
+# near max(A/N^alpha, B/D^beta): a bigger model gains little while data limits it. A is larger than in
+# TRUE so that both terms matter across the grid (otherwise q is hardly identified).
+TRUE_Q = {**TRUE, "A": 150.0, "q": 0.3}
+TRUE_Q_LAW = JointLaw(**TRUE_Q)
+
+
+def test_interaction_form_reduces_to_the_additive_law_at_q_1():
+    N, D = grid()
+    assert np.allclose(JointLaw(**{**TRUE, "q": 1.0 + 1e-12}).predict(N, D), TRUE_LAW.predict(N, D), rtol=1e-9)
+    tn, td = TRUE_Q_LAW.terms(N, D)
+    assert np.all(TRUE_Q_LAW.predict(N, D) < TRUE["E"] + tn + td)               # q < 1: below the sum of the terms
+    assert np.all(TRUE_Q_LAW.predict(N, D) > TRUE["E"] + np.maximum(tn, td))    # and above the larger term
+    assert TRUE_LAW.form == "additive" and TRUE_Q_LAW.form == "interaction"
+
+
+def test_fit_joint_recovers_a_known_interaction_law_from_noisy_points():
+    N, D = grid()
+    L = TRUE_Q_LAW.predict(N, D) * (1 + 0.02 * np.random.default_rng(0).standard_normal(N.shape))
+    law = fit_joint(N, D, L, n_boot=100, seed=0, form="interaction")
+    assert law.form == "interaction" and set(law.ci) == set(TRUE_Q)
+    assert abs(law.q - TRUE_Q["q"]) < 0.1
+    lo, hi = law.ci["q"]
+    assert lo - 0.02 <= TRUE_Q["q"] <= hi + 0.02
+    assert law.rmse_log < 0.04                                                   # the 2% noise put in
+    additive = fit_joint(N, D, L, n_boot=0)
+    assert additive.rmse_log > 3 * law.rmse_log                                 # the additive form cannot follow it
+    assert float(law.predict(3.2e4, 1.6e4)) == pytest.approx(float(TRUE_Q_LAW.predict(3.2e4, 1.6e4)), rel=0.05)
+    assert JointLaw.from_dict(json.loads(json.dumps(law.to_dict()))) == law
+
+
+def test_fit_joint_refuses_an_unknown_form():
+    N, D = grid()
+    with pytest.raises(ConfigError, match="additive, interaction"):
+        fit_joint(N, D, TRUE_LAW.predict(N, D), form="kaplan")
+
+
+def test_compute_optimal_of_the_interaction_form_is_the_minimum_along_the_constraint():
+    C, k = 1e15, 6.0
+    opt = compute_optimal(TRUE_Q_LAW, C, k)
+    Ns = np.geomspace(opt["N"] * 1e-6, opt["N"] * 1e6, 200_001)
+    losses = TRUE_Q_LAW.predict(Ns, C / (k * Ns))
+    assert Ns[np.argmin(losses)] == pytest.approx(opt["N"], rel=1e-3)
+    assert opt["loss"] <= losses.min() + 1e-9
+    assert k * opt["N"] * opt["D"] == pytest.approx(C, rel=1e-12)

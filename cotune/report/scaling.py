@@ -14,6 +14,7 @@ import numpy as np
 
 from cotune.report.charts import _axis, _layout, figure
 from cotune.report.page import Section
+from cotune.scale.law import JointLaw
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
@@ -47,7 +48,7 @@ def _curve_chart(rows, law: dict | None, x: str, group: str, title: str, xlabel:
         if law:
             grid = np.geomspace(min(xs), max(xs) * 2, 40)
             N, D = (grid, g) if x == "params" else (g, grid)
-            pred = law["E"] + law["A"] * np.asarray(N, float) ** -law["alpha"] + law["B"] * np.asarray(D, float) ** -law["beta"]
+            pred = JointLaw.from_dict(law).predict(N, D)
             data.append({"type": "scatter", "mode": "lines", "name": f"fit, {glabel(g)}", "x": list(grid),
                          "y": list(np.broadcast_to(pred, grid.shape)), "line": {"color": color, "dash": "dash"},
                          "showlegend": False})
@@ -75,12 +76,13 @@ def scale_section(sec: Section, L, path: Path) -> None:
              lambda g: f"{g:,.0f} rows")
     if s is None:
         return
-    ci = law.get("ci", {})
+    ci, interaction = law.get("ci", {}), law.get("form") == "interaction"
+    form = ("E + ((A / N^alpha)^(1/q) + (B / D^beta)^(1/q))^q" if interaction else "E + A / N^alpha + B / D^beta")
     sec.table(["parameter", "value", "90% interval"],
               [[k, f"{law[k]:.4g}", "" if k not in ci else f"{ci[k][0]:.3g} to {ci[k][1]:.3g}"]
-               for k in ("E", "A", "alpha", "B", "beta")],
-              caption=f"L(N, D) = E + A / N^alpha + B / D^beta over {s.get('points')} runs "
-                      f"(RMS log residual {law.get('rmse_log', float('nan')):.3g})")
+               for k in ("E", "A", "alpha", "B", "beta", "q")[:6 if interaction else 5]],
+              caption=f"L(N, D) = {form} over {s.get('points')} runs "
+                      f"(RMS log residual {law.get('rmse_log', float('nan')):.3g}; {s.get('form', {}).get('note', '')})")
     metric = s.get("metric", "accuracy")
     sec.table(["option", "predicted val loss", "loss gain", f"{metric} gain", "extra training FLOPs"],
               [[a["option"], f"{a['loss']:.4g}", f"{a['loss_gain']:.4g}",

@@ -1,7 +1,10 @@
 """From scale.csv to scale.json: the fitted laws, the held-out check, and what to do next.
 
 - Per-axis laws: loss against parameters at the largest training set, and against training rows at the
-  largest model. The joint law L(N, D) = E + A / N^alpha + B / D^beta over every fitted run (law.py).
+  largest model. The joint law L(N, D) = E + A / N^alpha + B / D^beta over every fitted run (law.py), or
+  its interaction form: scale.law=auto takes the form that better predicts the largest corner of the grid
+  without its largest size, and of the grid without its largest share, each fitted without that corner.
+  Only runs other than the study's own corner take part, so the held-out check stays a fair test.
 - Held-out check: the largest (N, D) corner (the configuration as it is) is left out of a second fit
   and predicted; its relative error says how far to trust the advice.
 - Advice at the current point: the predicted gain from 2x rows, 2x parameters (the joint law) and 2x
@@ -20,7 +23,7 @@ import numpy as np
 
 from cotune.config import RunConfig
 from cotune.errors import ConfigError, one_line
-from cotune.scale.law import check_points, compute_optimal, fit_axis, fit_joint
+from cotune.scale.law import FORMS, check_points, compute_optimal, fit_axis, fit_joint
 
 
 def _mean_by(rows: list[dict], *keys) -> dict:
@@ -78,6 +81,32 @@ def _epochs_gain(corner: list[dict]) -> dict:
     return {"ratio": min(ratio, 1.0), "note": f"from the learning curve over {n} epochs", "law": law.to_dict()}
 
 
+def choose_form(N, D, L, setting: str, seed: int) -> dict:
+    """{"form", "errors", "note"}: the joint law's form for these runs (scale.law; auto decides by the
+    log error of each form's prediction of two inner corners, each left out of its fit)."""
+    if setting != "auto":
+        return {"form": setting, "errors": {}, "note": f"set by scale.law={setting}"}
+    ns, ds = np.unique(N), np.unique(D)
+    errors: dict = {f: [] for f in FORMS}
+    for n_top, d_top in ((ns[-2], ds[-1]), (ns[-1], ds[-2])) if len(ns) > 1 and len(ds) > 1 else ():
+        at = (N == n_top) & (D == d_top)
+        inner = (N <= n_top) & (D <= d_top) & ~at
+        if not at.any():
+            continue
+        for form in FORMS:
+            try:
+                law = fit_joint(N[inner], D[inner], L[inner], n_boot=0, seed=seed, form=form)
+            except ConfigError:
+                break
+            errors[form].append(abs(float(np.log(law.predict(n_top, d_top) / L[at].mean()))))
+    if not errors["additive"] or len(errors["interaction"]) != len(errors["additive"]):
+        return {"form": "additive", "errors": {}, "note": "too few sizes and shares to compare the forms: additive"}
+    mean = {f: float(np.mean(e)) for f, e in errors.items()}
+    form = "interaction" if mean["interaction"] < mean["additive"] else "additive"
+    return {"form": form, "errors": mean, "note": f"{form}: inner corners predicted {100 * mean[form]:.1f}% off on "
+                                                   f"average, against {100 * max(mean.values()):.1f}% for the other form"}
+
+
 def summarize(rows: list[dict], cfg: RunConfig, widths: list[tuple]) -> dict:
     """Fits, the held-out check and the advice, as scale.json holds them."""
     fitted = [r for r in rows if not r["extrapolated"]]
@@ -86,8 +115,10 @@ def summarize(rows: list[dict], cfg: RunConfig, widths: list[tuple]) -> dict:
     n_max, d_max = N.max(), D.max()
     corner = [r for r in fitted if r["params"] == n_max and r["samples"] == d_max]
     rest = [r for r in fitted if not (r["params"] == n_max and r["samples"] == d_max)]
-    law = fit_joint(N, D, L, seed=cfg.runtime.seed)
-    out: dict = {"metric": fitted[0]["metric"], "law": law.to_dict(), "points": len(fitted)}
+    choice = choose_form(*_arrays(rest), cfg.scale.law, cfg.runtime.seed) if rest else \
+        {"form": "additive", "errors": {}, "note": "no runs besides the corner"}
+    law = fit_joint(N, D, L, seed=cfg.runtime.seed, form=choice["form"])
+    out: dict = {"metric": fitted[0]["metric"], "law": law.to_dict(), "points": len(fitted), "form": choice}
 
     by_n, by_d = _mean_by([r for r in fitted if r["samples"] == d_max], "params"), \
         _mean_by([r for r in fitted if r["params"] == n_max], "samples")
@@ -100,7 +131,7 @@ def summarize(rows: list[dict], cfg: RunConfig, widths: list[tuple]) -> dict:
 
     actual = float(np.mean([r["val_loss"] for r in corner]))
     try:
-        held = fit_joint(*_arrays(rest), seed=cfg.runtime.seed)
+        held = fit_joint(*_arrays(rest), seed=cfg.runtime.seed, form=choice["form"])
         pred = float(held.predict(n_max, d_max))
         out["holdout"] = {"params": n_max, "samples": d_max, "actual": actual, "predicted": pred,
                           "rel_error": abs(pred - actual) / actual, "law": held.to_dict()}
@@ -123,7 +154,7 @@ def summarize(rows: list[dict], cfg: RunConfig, widths: list[tuple]) -> dict:
                        "extra_flops": flops_here,  # each option doubles the training compute of the current point
                        "flops_per_point": None if not gain or gain <= 0 else flops_here / (100 * gain if higher_better else gain)})
     advice.sort(key=lambda a: -a["loss_gain"])
-    data_term, model_term = law.B * d_max ** -law.beta, law.A * n_max ** -law.alpha
+    model_term, data_term = (float(t) for t in law.terms(n_max, d_max))
     out["current"] = {"params": n_max, "samples": d_max, "loss_measured": actual, "loss_fit": here,
                       "width": int(widths[-1][0]), "flops": flops_here, "E": law.E, "model_term": model_term,
                       "data_term": data_term,  # more rows help more than more parameters: data-limited
@@ -168,6 +199,8 @@ def advice_text(s: dict) -> list[str]:
     if "rel_error" in h:
         lines.append(f"Trust: fitted without it, the largest run's loss was predicted at {h['predicted']:.4g} against "
                      f"{h['actual']:.4g} measured ({100 * h['rel_error']:.1f}% off).")
+    if s.get("form", {}).get("note"):
+        lines.append(f"Law: {s['form']['note']}.")
     if s["epochs"].get("note"):
         lines.append(f"Epochs: {s['epochs']['note']}.")
     opt = s["compute_optimal"]

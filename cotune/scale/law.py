@@ -1,6 +1,10 @@
 """Scaling laws fitted to validation losses: one axis L(x) = E + A/x**alpha and the joint
 L(N, D) = E + A/N**alpha + B/D**beta over model size N and training-set size D.
 
+The joint law also comes in an interaction form, L = E + ((A/N**alpha)**(1/q) + (B/D**beta)**(1/q))**q:
+q = 1 is the additive law; q < 1 bends it toward max(A/N**alpha, B/D**beta), where a bigger model gains
+little until the data stops limiting it (Kaplan et al. 2020 use such a form for early-stopped runs).
+
 The fit follows Hoffmann et al. 2022 (Chinchilla, Approach 3): with E = exp(e), A = exp(a),
 B = exp(b), minimise a Huber loss of logsumexp(a - alpha*log N, b - beta*log D, e) - log L with
 L-BFGS-B from the best starts of a grid, then bootstrap the points for 90% intervals. E is kept at
@@ -11,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import minimize, minimize_scalar
 
 from cotune.errors import ConfigError
 
@@ -25,6 +29,8 @@ _ALPHAS = (0.1, 0.3, 0.6, 1.0, 2.0)          # starting exponents
 _E_FRACS = (0.05, 0.3, 0.6, 0.9)             # starting E as a fraction of the smallest loss
 _TERM_FRACS = (0.1, 0.5, 2.0)                # starting term at the geometric-mean size, same units
 _N_STARTS = 8                                # best grid points that get a full L-BFGS-B run
+Q_MIN, Q_MAX = 0.05, 2.0                     # the interaction form's q
+_QS = (0.2, 0.5, 1.0, 1.5)                   # its starting q, each from the additive optimum
 
 
 # ---------------------------------------------------------------- objective (shared by both laws)
@@ -63,12 +69,43 @@ def _objective(p: np.ndarray, logX: np.ndarray, logL: np.ndarray):
     return float(m @ (ar - 0.5 * m)) * scale, g
 
 
-def _minimise(starts, logX, logL, bounds, maxiter: int = 1000) -> np.ndarray | None:
+def _interaction(p: np.ndarray, logX: np.ndarray):
+    """The interaction form's log L at p = [e, a_1, alpha_1, ..., a_m, alpha_m, log q] (n,), and what
+    its gradient needs: softmax weights over the terms (n, m), the inner log sum (n,), the terms' logs U."""
+    q = np.exp(p[-1])
+    U = p[1:-1:2] - p[2:-1:2] * logX          # (n, m) log power terms
+    V = U / q
+    vmax = V.max(axis=1, keepdims=True)
+    W = np.exp(V - vmax)
+    sw = W.sum(axis=1, keepdims=True)
+    inner = q * (vmax[:, 0] + np.log(sw[:, 0]))  # q * logsumexp(U / q): log of the combined terms
+    return np.logaddexp(p[0], inner), W / sw, inner, U
+
+
+def _objective_q(p: np.ndarray, logX: np.ndarray, logL: np.ndarray):
+    """_objective for the interaction form: (scaled mean Huber loss, its gradient)."""
+    logs, W, inner, U = _interaction(p, logX)
+    r = logs - logL
+    ar = np.abs(r)
+    m = np.minimum(ar, HUBER_DELTA)
+    scale = 1.0 / (len(r) * HUBER_DELTA ** 2)
+    psi = np.copysign(m, r) * scale
+    pe = np.exp(p[0] - logs)                  # share of E in L; the rest is the combined terms'
+    pin = psi * (1.0 - pe)
+    g = np.empty_like(p)
+    g[0] = psi @ pe
+    g[1:-1:2] = pin @ W
+    g[2:-1:2] = -pin @ (W * logX)
+    g[-1] = pin @ (inner - (W * U).sum(axis=1))  # d inner / d log q
+    return float(m @ (ar - 0.5 * m)) * scale, g
+
+
+def _minimise(starts, logX, logL, bounds, maxiter: int = 1000, objective=_objective) -> np.ndarray | None:
     """Returns the best optimum found by L-BFGS-B from each start (rows of `starts`)."""
     lo, hi = np.array(bounds).T
     best, best_f = None, np.inf
     for p0 in starts:
-        res = minimize(_objective, np.clip(p0, lo, hi), args=(logX, logL), jac=True,
+        res = minimize(objective, np.clip(p0, lo, hi), args=(logX, logL), jac=True,
                        method="L-BFGS-B", bounds=bounds,
                        options={"maxiter": maxiter, "ftol": 1e-12, "gtol": 1e-9})
         if np.isfinite(res.fun) and res.fun < best_f:
@@ -76,10 +113,11 @@ def _minimise(starts, logX, logL, bounds, maxiter: int = 1000) -> np.ndarray | N
     return best
 
 
-def _fit(logX: np.ndarray, logL: np.ndarray, n_boot: int, seed: int):
+def _fit(logX: np.ndarray, logL: np.ndarray, n_boot: int, seed: int, interaction: bool = False):
     """Returns (best parameters, bootstrap parameter draws (n_boot, k), RMS log residual).
 
-    Parameters come back in the caller's uncentred form [e, a_1, alpha_1, ...].
+    Parameters come back in the caller's uncentred form [e, a_1, alpha_1, ...] (+ [log q] with
+    `interaction`, whose fit starts from the additive optimum at several q).
     """
     if not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise ConfigError(f"n_boot must be a whole number >= 0 (got {n_boot!r}); pass e.g. n_boot=200.")
@@ -94,23 +132,32 @@ def _fit(logX: np.ndarray, logL: np.ndarray, n_boot: int, seed: int):
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(axes))
     starts = grid[np.argsort(_huber(_residuals(grid, Xc, logL)))[:_N_STARTS]]
     p = _minimise(starts, Xc, logL, bounds)
+    objective = _objective
+    if interaction:
+        objective, bounds = _objective_q, bounds + [(np.log(Q_MIN), np.log(Q_MAX))]
+        p = _minimise([np.append(p, np.log(q)) for q in _QS], Xc, logL, bounds, objective=objective)
     rng, n, draws = np.random.default_rng(seed), len(logL), []
     for _ in range(n_boot):        # refit each resample from the full-data optimum: one cheap run
         i = rng.integers(0, n, n)
-        q = _minimise([p], Xc[i], logL[i], bounds, maxiter=300)
+        q = _minimise([p], Xc[i], logL[i], bounds, maxiter=300, objective=objective)
         if q is not None:
             draws.append(q)
-    rmse = float(np.sqrt(np.mean(_residuals(p[None], Xc, logL)[0] ** 2)))
+    fitted = _interaction(p, Xc)[0] if interaction else _residuals(p[None], Xc, logL)[0] + logL
+    rmse = float(np.sqrt(np.mean((fitted - logL) ** 2)))
     P = np.vstack([p[None], np.asarray(draws).reshape(-1, len(p))])
-    P[:, 1::2] += P[:, 2::2] * mu                                         # un-centre: a = a_c + alpha*mu
+    k = 2 * logX.shape[1]
+    P[:, 1:k:2] += P[:, 2:k + 1:2] * mu                                   # un-centre: a = a_c + alpha*mu
     return P[0], P[1:], rmse
 
 
-def _natural(P: np.ndarray) -> np.ndarray:
-    """Log-space parameter rows [e, a, alpha, (b, beta)] -> [E, A, alpha, (B, beta)]."""
+def _natural(P: np.ndarray, has_q: bool = False) -> np.ndarray:
+    """Log-space parameter rows [e, a, alpha, (b, beta), (log q)] -> [E, A, alpha, (B, beta), (q)]."""
     Q = np.array(P, dtype=float)
+    end = Q.shape[-1] - has_q
     Q[..., 0] = np.exp(Q[..., 0])
-    Q[..., 1::2] = np.exp(Q[..., 1::2])                                   # a, b; exponents stay
+    Q[..., 1:end:2] = np.exp(Q[..., 1:end:2])                             # a, b; exponents stay
+    if has_q:
+        Q[..., -1] = np.exp(Q[..., -1])
     return Q
 
 
@@ -118,7 +165,7 @@ def _intervals(names: tuple[str, ...], draws: np.ndarray) -> dict[str, tuple[flo
     """90% percentile intervals per parameter; empty when there are no bootstrap draws."""
     if not len(draws):
         return {}
-    Q = _natural(draws)
+    Q = _natural(draws, "q" in names)
     return {k: (float(np.percentile(Q[:, i], 5)), float(np.percentile(Q[:, i], 95)))
             for i, k in enumerate(names)}
 
@@ -206,7 +253,8 @@ def fit_axis(x, y, *, n_boot: int = 200, seed: int = 0) -> AxisLaw:
 
 @dataclass
 class JointLaw:
-    """L(N, D) = E + A / N**alpha + B / D**beta over model size N and training-set size D."""
+    """L(N, D) = E + A / N**alpha + B / D**beta over model size N and training-set size D; with q != 1
+    the interaction form E + ((A / N**alpha)**(1/q) + (B / D**beta)**(1/q))**q."""
     E: float
     A: float
     alpha: float
@@ -215,23 +263,34 @@ class JointLaw:
     ci: dict[str, tuple[float, float]] = field(default_factory=dict)  # 90% bootstrap intervals
     rmse_log: float = float("nan")                                    # RMS residual in log(L)
     n_points: int = 0
+    q: float = 1.0
+
+    @property
+    def form(self) -> str:
+        return "additive" if self.q == 1.0 else "interaction"
+
+    def terms(self, N, D) -> tuple[np.ndarray, np.ndarray]:
+        """(A / N**alpha, B / D**beta): the model's and the data's term at (N, D)."""
+        return self.A * np.asarray(N, dtype=float) ** (-self.alpha), self.B * np.asarray(D, dtype=float) ** (-self.beta)
 
     def predict(self, N, D) -> np.ndarray:
         """Returns the predicted loss at (N, D), broadcast together."""
-        N, D = np.asarray(N, dtype=float), np.asarray(D, dtype=float)
-        return self.E + self.A * N ** (-self.alpha) + self.B * D ** (-self.beta)
+        tn, td = self.terms(N, D)
+        if self.q == 1.0:
+            return self.E + tn + td
+        return self.E + np.exp(self.q * np.logaddexp(np.log(tn) / self.q, np.log(td) / self.q))
 
     def to_dict(self) -> dict:
         """Returns a JSON-serialisable dict; from_dict inverts it."""
-        return {"E": self.E, "A": self.A, "alpha": self.alpha, "B": self.B, "beta": self.beta,
-                "rmse_log": self.rmse_log, "n_points": self.n_points,
+        return {"E": self.E, "A": self.A, "alpha": self.alpha, "B": self.B, "beta": self.beta, "q": self.q,
+                "form": self.form, "rmse_log": self.rmse_log, "n_points": self.n_points,
                 "ci": {k: list(v) for k, v in self.ci.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> JointLaw:
         """Returns the JointLaw that to_dict wrote."""
         out = _load(d, ("E", "A", "alpha", "B", "beta"), "JointLaw")
-        return cls(**out, n_points=int(d.get("n_points", 0)))
+        return cls(**out, n_points=int(d.get("n_points", 0)), q=float(d.get("q", 1.0)))
 
 
 def _load(d: dict, names: tuple[str, ...], kind: str) -> dict:
@@ -245,21 +304,28 @@ def _load(d: dict, names: tuple[str, ...], kind: str) -> dict:
     return out
 
 
-def fit_joint(N, D, L, *, n_boot: int = 200, seed: int = 0) -> JointLaw:
-    """Returns the JointLaw fitted to losses L at model sizes N and data sizes D, with 90% intervals."""
+FORMS = ("additive", "interaction")
+
+
+def fit_joint(N, D, L, *, n_boot: int = 200, seed: int = 0, form: str = "additive") -> JointLaw:
+    """Returns the JointLaw of `form` fitted to losses L at model sizes N and data sizes D, with 90% intervals."""
+    if form not in FORMS:
+        raise ConfigError(f"The joint law's form must be one of {', '.join(FORMS)} (got {form!r}).")
     check_points(N, D, L)
     N, D, L = (np.asarray(v, dtype=float).ravel() for v in (N, D, L))
-    p, draws, rmse = _fit(np.log(np.column_stack([N, D])), np.log(L), n_boot, seed)
-    E, A, alpha, B, beta = (float(v) for v in _natural(p))
-    return JointLaw(E, A, alpha, B, beta, _intervals(("E", "A", "alpha", "B", "beta"), draws),
-                    rmse, len(L))
+    p, draws, rmse = _fit(np.log(np.column_stack([N, D])), np.log(L), n_boot, seed, interaction=form == "interaction")
+    names = ("E", "A", "alpha", "B", "beta", "q")[:len(p)]
+    params = dict(zip(names, (float(v) for v in _natural(p, "q" in names))))
+    return JointLaw(**params, ci=_intervals(names, draws), rmse_log=rmse, n_points=len(L))
 
 
 def compute_optimal(law: JointLaw, compute: float, flops_per_param_sample: float) -> dict:
     """Returns {"N", "D", "loss"}: the split minimising law.predict under compute = k * N * D.
 
-    Setting d/dN of A/N**alpha + B/(C/(k N))**beta to zero gives N = G * (C/k)**(beta/(alpha+beta))
-    with G = (alpha*A / (beta*B))**(1/(alpha+beta)), and D = (C/k) / N.
+    Additive form: setting d/dN of A/N**alpha + B/(C/(k N))**beta to zero gives
+    N = G * (C/k)**(beta/(alpha+beta)) with G = (alpha*A / (beta*B))**(1/(alpha+beta)), and D = (C/k) / N.
+    The interaction form has no closed form; along the constraint it is a power of a sum of two
+    exponentials in log N (convex, one minimum), found by a bounded scalar search.
     """
     for name, v in (("compute", compute), ("flops_per_param_sample", flops_per_param_sample)):
         if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not 0 < float(v) < np.inf:
@@ -271,5 +337,9 @@ def compute_optimal(law: JointLaw, compute: float, flops_per_param_sample: float
     s, a, b = compute / flops_per_param_sample, law.alpha, law.beta
     G = (a * law.A / (b * law.B)) ** (1.0 / (a + b))
     N = G * s ** (b / (a + b))
+    if law.q != 1.0:
+        res = minimize_scalar(lambda t: float(np.log(law.predict(np.exp(t), s / np.exp(t)))),
+                              bounds=(0.0, np.log(s)), method="bounded", options={"xatol": 1e-6})
+        N = float(np.exp(res.x))
     D = s / N
     return {"N": float(N), "D": float(D), "loss": float(law.predict(N, D))}
