@@ -162,11 +162,11 @@ def scale(run: Path = typer.Argument(..., help="A finished search (`cotune fit`)
           quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress line.")):
     """More data or a bigger model? Train RUN's configuration over sizes x data, fit the scaling law, advise."""
     from cotune import api
+    from cotune.scale.law import JointLaw
     res = api.scale(run, overrides=set_, sizes=sizes, fractions=fractions, seeds=seeds, workers=workers,
                     compute=compute, extrapolate=extrapolate or None, out=out, live=not quiet, console=out_console)
-    law = res.summary["law"]
-    out_console.print(f"fit over {res.summary['points']} runs: L(N, D) = {law['E']:.3g} + {law['A']:.3g} / N^{law['alpha']:.3f}"
-                      f" + {law['B']:.3g} / D^{law['beta']:.3f}", highlight=False, soft_wrap=True)
+    law = JointLaw.from_dict(res.summary["law"])
+    out_console.print(f"fit over {res.summary['points']} runs: {law.describe()}", highlight=False, soft_wrap=True)
     for line in res.summary["text"]:
         out_console.print(line, highlight=False, soft_wrap=True)
     out_console.print(f"scaling study: [bold]{res.path}[/] (scale.csv, scale.json; {res.ran} runs trained now); "

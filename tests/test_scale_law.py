@@ -168,6 +168,8 @@ def test_interaction_form_reduces_to_the_additive_law_at_q_1():
     assert np.all(TRUE_Q_LAW.predict(N, D) < TRUE["E"] + tn + td)               # q < 1: below the sum of the terms
     assert np.all(TRUE_Q_LAW.predict(N, D) > TRUE["E"] + np.maximum(tn, td))    # and above the larger term
     assert TRUE_LAW.form == "additive" and TRUE_Q_LAW.form == "interaction"
+    assert TRUE_LAW.describe() == "L(N, D) = 0.2 + 40 / N^0.500 + 60 / D^0.400"
+    assert TRUE_Q_LAW.describe() == "L(N, D) = 0.2 + ((150 / N^0.500)^(1/q) + (60 / D^0.400)^(1/q))^q with q = 0.300"
 
 
 def test_fit_joint_recovers_a_known_interaction_law_from_noisy_points():

@@ -280,6 +280,13 @@ class JointLaw:
             return self.E + tn + td
         return self.E + np.exp(self.q * np.logaddexp(np.log(tn) / self.q, np.log(td) / self.q))
 
+    def describe(self) -> str:
+        """The law with its numbers, as one line."""
+        tn, td = f"{self.A:.3g} / N^{self.alpha:.3f}", f"{self.B:.3g} / D^{self.beta:.3f}"
+        if self.q == 1.0:
+            return f"L(N, D) = {self.E:.3g} + {tn} + {td}"
+        return f"L(N, D) = {self.E:.3g} + (({tn})^(1/q) + ({td})^(1/q))^q with q = {self.q:.3f}"
+
     def to_dict(self) -> dict:
         """Returns a JSON-serialisable dict; from_dict inverts it."""
         return {"E": self.E, "A": self.A, "alpha": self.alpha, "B": self.B, "beta": self.beta, "q": self.q,
