@@ -102,9 +102,9 @@ def choose_form(N, D, L, setting: str, seed: int) -> dict:
     if not errors["additive"] or len(errors["interaction"]) != len(errors["additive"]):
         return {"form": "additive", "errors": {}, "note": "too few sizes and shares to compare the forms: additive"}
     mean = {f: float(np.mean(e)) for f, e in errors.items()}
-    form = "interaction" if mean["interaction"] < mean["additive"] else "additive"
+    form, other = ("interaction", "additive") if mean["interaction"] < mean["additive"] else ("additive", "interaction")
     return {"form": form, "errors": mean, "note": f"{form}: inner corners predicted {100 * mean[form]:.1f}% off on "
-                                                   f"average, against {100 * max(mean.values()):.1f}% for the other form"}
+                                                   f"average, against {100 * mean[other]:.1f}% for the {other} form"}
 
 
 def summarize(rows: list[dict], cfg: RunConfig, widths: list[tuple]) -> dict:
@@ -115,8 +115,7 @@ def summarize(rows: list[dict], cfg: RunConfig, widths: list[tuple]) -> dict:
     n_max, d_max = N.max(), D.max()
     corner = [r for r in fitted if r["params"] == n_max and r["samples"] == d_max]
     rest = [r for r in fitted if not (r["params"] == n_max and r["samples"] == d_max)]
-    choice = choose_form(*_arrays(rest), cfg.scale.law, cfg.runtime.seed) if rest else \
-        {"form": "additive", "errors": {}, "note": "no runs besides the corner"}
+    choice = choose_form(*_arrays(rest), cfg.scale.law, cfg.runtime.seed)
     law = fit_joint(N, D, L, seed=cfg.runtime.seed, form=choice["form"])
     out: dict = {"metric": fitted[0]["metric"], "law": law.to_dict(), "points": len(fitted), "form": choice}
 
