@@ -20,6 +20,8 @@ heldout  MNIST-1D generated at 80,000 samples (64,000 train; with 5% for validat
          (so small shares overfit and stop early instead of training to the cap), batch 128, 10 epochs and
          patience 5 as the base (x3 cap by the default scale.epoch_factor, x16 on the smallest share): the
          largest corner held out of the fit and predicted (target: within 10%).
+heldout_check  The advice at that corner against reality: the largest model on 2x the generated rows
+         (160,000 samples, 121,600 training rows) and 2x the parameters at 60,800 rows, both seeds.
 """
 from __future__ import annotations
 
@@ -29,9 +31,11 @@ import math
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cotune
+from cotune.config import from_dict
 from cotune.pipeline import model_shapes, run
 from cotune.scale.grid import fractions_for, model_cost, schedule
 from cotune.scale.study import base_config, study_config
@@ -58,6 +62,11 @@ def train_point(cfg, width: int, fraction: float, seed: int, out: Path, n_sample
     if n_samples:
         over["data.n_samples"] = n_samples
     return run(cfg.replace(**over)).metrics["val"]["log_loss"]
+
+
+def train_point_job(cfg: dict, *args) -> float:
+    """train_point in a process pool (configs travel as dicts)."""
+    return train_point(from_dict(cfg), *args)
 
 
 def check(res, extra: dict, here: list | None = None) -> dict:
@@ -146,6 +155,20 @@ def main():
                           "law": res.summary["law"], "samples": sorted({r["samples"] for r in res.rows}),
                           "params": sorted({r["params"] for r in res.rows}), "text": res.summary["text"]}
         print("heldout", json.dumps(out["heldout"]), flush=True)
+    if "heldout_check" in args.parts:  # the advice at the 64k corner against 2x rows and 2x parameters, trained
+        base = tmp / "mnist1d-64k-run"
+        over = ["data.fraction=1.0", "scale.fraction_span=16"]
+        res = cotune.scale(base, overrides=over, workers=args.workers)
+        cfg = study_config(base_config(base), over)
+        top, w2, n = fractions_for(cfg)[-1], width_for(cfg, 2.0), cfg.data.n_samples
+        seeds = [cfg.runtime.seed + i for i in range(cfg.scale.seeds)]
+        jobs = [(cfg.to_dict(), cfg.model.width, top, s, tmp / f"m64k-2d-{s}", 2 * n) for s in seeds] + \
+               [(cfg.to_dict(), w2, top, s, tmp / f"m64k-2p-{s}", None) for s in seeds]
+        with ProcessPoolExecutor(args.workers) as pool:
+            losses = list(pool.map(train_point_job, *zip(*jobs)))
+        k = len(seeds)
+        out["check_mnist1d_64k"] = {**check(res, {"2x data": losses[:k], "2x params": losses[k:]}), "width_2x": w2}
+        print("check_mnist1d_64k", json.dumps(out["check_mnist1d_64k"]), flush=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))
     for k, v in out.items():
