@@ -52,21 +52,26 @@ def _huber(r: np.ndarray) -> np.ndarray:
     return (m * (np.abs(r) - 0.5 * m)).sum(axis=-1) / (r.shape[-1] * HUBER_DELTA ** 2)
 
 
+def _huber_grad(r: np.ndarray) -> tuple[float, np.ndarray]:
+    """(_huber of the residuals r (n,), its derivative by each residual)."""
+    ar = np.abs(r)
+    m = np.minimum(ar, HUBER_DELTA)
+    scale = 1.0 / (len(r) * HUBER_DELTA ** 2)
+    return float(m @ (ar - 0.5 * m)) * scale, np.copysign(m, r) * scale
+
+
 def _objective(p: np.ndarray, logX: np.ndarray, logL: np.ndarray):
     """Returns (scaled mean Huber loss, its gradient) at one parameter vector p."""
     S = np.exp(p[1::2] - p[2::2] * logX)      # (n, m) power terms; the bounds keep exp finite
     s0 = np.exp(p[0])
     s = S.sum(axis=1) + s0
-    r = np.log(s) - logL                      # logsumexp - log L
-    ar = np.abs(r)
-    m = np.minimum(ar, HUBER_DELTA)
-    scale = 1.0 / (len(r) * HUBER_DELTA ** 2)
-    psi = np.copysign(m, r) * scale / s       # dH/dr over the sum: softmax weights are S/s, s0/s
+    loss, psi = _huber_grad(np.log(s) - logL)  # residual: logsumexp - log L
+    psi = psi / s                             # dH/dr over the sum: softmax weights are S/s, s0/s
     g = np.empty_like(p)
     g[0] = psi.sum() * s0
     g[1::2] = psi @ S
     g[2::2] = -psi @ (S * logX)
-    return float(m @ (ar - 0.5 * m)) * scale, g
+    return loss, g
 
 
 def _interaction(p: np.ndarray, logX: np.ndarray):
@@ -85,11 +90,7 @@ def _interaction(p: np.ndarray, logX: np.ndarray):
 def _objective_q(p: np.ndarray, logX: np.ndarray, logL: np.ndarray):
     """_objective for the interaction form: (scaled mean Huber loss, its gradient)."""
     logs, W, inner, U = _interaction(p, logX)
-    r = logs - logL
-    ar = np.abs(r)
-    m = np.minimum(ar, HUBER_DELTA)
-    scale = 1.0 / (len(r) * HUBER_DELTA ** 2)
-    psi = np.copysign(m, r) * scale
+    loss, psi = _huber_grad(logs - logL)
     pe = np.exp(p[0] - logs)                  # share of E in L; the rest is the combined terms'
     pin = psi * (1.0 - pe)
     g = np.empty_like(p)
@@ -97,7 +98,7 @@ def _objective_q(p: np.ndarray, logX: np.ndarray, logL: np.ndarray):
     g[1:-1:2] = pin @ W
     g[2:-1:2] = -pin @ (W * logX)
     g[-1] = pin @ (inner - (W * U).sum(axis=1))  # d inner / d log q
-    return float(m @ (ar - 0.5 * m)) * scale, g
+    return loss, g
 
 
 def _minimise(starts, logX, logL, bounds, maxiter: int = 1000, objective=_objective) -> np.ndarray | None:
@@ -142,8 +143,8 @@ def _fit(logX: np.ndarray, logL: np.ndarray, n_boot: int, seed: int, interaction
         q = _minimise([p], Xc[i], logL[i], bounds, maxiter=300, objective=objective)
         if q is not None:
             draws.append(q)
-    fitted = _interaction(p, Xc)[0] if interaction else _residuals(p[None], Xc, logL)[0] + logL
-    rmse = float(np.sqrt(np.mean((fitted - logL) ** 2)))
+    r = _interaction(p, Xc)[0] - logL if interaction else _residuals(p[None], Xc, logL)[0]
+    rmse = float(np.sqrt(np.mean(r ** 2)))
     P = np.vstack([p[None], np.asarray(draws).reshape(-1, len(p))])
     k = 2 * logX.shape[1]
     P[:, 1:k:2] += P[:, 2:k + 1:2] * mu                                   # un-centre: a = a_c + alpha*mu
