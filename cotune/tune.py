@@ -259,16 +259,34 @@ def storage_url(out: Path, storage: str | None) -> str:
 def _storage(url: str):
     _optuna()
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-    kw = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    sqlite = url.startswith("sqlite")
+    # SQLite: the driver's own transaction handling off (isolation_level None), so _serialize's BEGIN IMMEDIATE rules
+    kw = {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {"pool_pre_ping": True}
     try:
         storage = RDBStorage(url, engine_kwargs=kw, heartbeat_interval=10, grace_period=30,
                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
     except Exception as err:
         raise ConfigError(f"Cannot open the study storage {url!r} ({one_line(err)[:200]}); check the URL and that "
                           "the database server is running.") from None
+    if sqlite:
+        _serialize(storage.engine)
     if url.startswith("sqlite:///"):
         sqlite_wal(url[len("sqlite:///"):])  # a commit costs ~5 ms instead of ~20: a trial makes a dozen
     return storage
+
+
+def _serialize(engine) -> None:
+    """Every transaction on a SQLite study takes the write lock when it begins (BEGIN IMMEDIATE).
+
+    Optuna claims a waiting (enqueued) trial with SELECT ... FOR UPDATE, which SQLite ignores, and Python's
+    sqlite3 starts the transaction only at the UPDATE: two workers could both read the trial as WAITING and
+    both run it (one trial directory, two runs; the queue one short, so a worker then samples past it). With
+    the lock taken at BEGIN the read and the claim are one step; the transactions are milliseconds long."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sampler(cfg: RunConfig, space: dict, worker: int = 0, start: int = 0):
@@ -337,24 +355,56 @@ def work(url: str, name: str, *, deadline: float | None = None, threads: int = 1
     objective = _objective(study, cfg, space, out_dir, deadline, threads)
     me = f"{socket.gethostname()}:{os.getpid()}"
 
+    lock = AskLock(url)
+
     def run_trial(trial):
+        lock.release()  # the trial is claimed: the other workers may ask
         trial.set_user_attr("worker", me)  # lets `fit --resume` tell a dead worker's trial from a live one
         return objective(trial)
 
     done = 0
     while True:
-        trials = study.get_trials(deepcopy=False)
-        retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}  # each runs again as a new trial
-        finished = sum(t.state.name in FINISHED and t.number not in retried for t in trials)
-        if limit is not None and finished + sum(t.state.name == "RUNNING" for t in trials) >= limit:
-            break
-        if deadline is not None and time.time() + _reserve(trials) + estimate_final(trials, cfg.data.split.val) >= deadline:
-            break
-        if study.user_attrs.get("stop"):
-            break
-        study.optimize(run_trial, n_trials=1, catch=(Exception,))
+        lock.acquire()
+        try:
+            trials = study.get_trials(deepcopy=False)
+            retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}  # each runs again as a new trial
+            finished = sum(t.state.name in FINISHED and t.number not in retried for t in trials)
+            if limit is not None and finished + sum(t.state.name == "RUNNING" for t in trials) >= limit:
+                break
+            if deadline is not None and time.time() + _reserve(trials) + estimate_final(trials, cfg.data.split.val) >= deadline:
+                break
+            if study.user_attrs.get("stop"):
+                break
+            study.optimize(run_trial, n_trials=1, catch=(Exception,))
+        finally:
+            lock.release()
         done += 1
     return done
+
+
+class AskLock:
+    """The trial-limit check and the ask as one step across the workers of a SQLite study (a lock file beside it).
+
+    Without it two workers can both count one trial left, and the second samples one past the limit (or past
+    the queue of a scaling study). Released as soon as the trial is claimed; the kernel drops it with a dead
+    worker. PostgreSQL workers run on several machines and go without: there the limit is approximate, as
+    Optuna's own `MaxTrialsCallback`."""
+
+    def __init__(self, url: str):
+        self.path = url[len("sqlite:///"):] + ".lock" if url.startswith("sqlite:///") else None
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        if self.path is None or self.fd is not None:
+            return
+        import fcntl
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = None
 
 
 def _reserve(trials) -> float:

@@ -155,7 +155,7 @@ def _watch(study, procs, rows, have, csv_path: Path, flops: dict, total: int, li
 
     def sweep():
         for t in study.get_trials(deepcopy=False):
-            if t.state.name == "COMPLETE" and t.number not in done:
+            if t.state.name == "COMPLETE" and t.number not in done and "point" in t.user_attrs:  # grid points only
                 row = _row(t, flops)
                 done.add(t.number)
                 if row_key(row) not in have:
