@@ -16,8 +16,8 @@ from pathlib import Path
 from cotune.config import RunConfig, explicit, from_dict
 from cotune.errors import ConfigError, CotuneError, one_line
 from cotune.track import read_json, track_study, write_json
-from cotune.tune import (_optuna, open_study, parse_budget, search_space, spawn_workers, start_params,
-                         storage_url)
+from cotune.tune import open_study, parse_budget, search_space, start_params
+from cotune.workers import import_optuna, spawn_workers, storage_url
 
 
 @dataclass
@@ -146,7 +146,7 @@ def try_ensemble(cfg: RunConfig, study, done, out: Path) -> dict | None:
 def requeue_interrupted(study) -> list[int]:
     """Trials left RUNNING by workers that are gone (the killed search's): FAIL them and queue each again with its
     knobs, as optuna's heartbeat does, but now instead of after its grace period. Returns their numbers."""
-    optuna = _optuna()
+    optuna = import_optuna()
     from optuna.trial import TrialState
     storage, host, done = study._storage, socket.gethostname(), []
     for t in study.get_trials(deepcopy=True, states=(TrialState.RUNNING,)):
@@ -258,7 +258,7 @@ def write_trials(out: Path, trials) -> None:
 
 def importances(study, out: Path) -> dict:
     """Parameter importances (fANOVA) over finished trials, each marked as a data, model or train knob."""
-    optuna = _optuna()
+    optuna = import_optuna()
     try:
         imp = optuna.importance.get_param_importances(study, target=lambda t: t.values[0],
                                                       evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))

@@ -11,25 +11,21 @@ starts worker processes, watches the study, and trains the final model once the 
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 import re
 import socket
-import subprocess
-import sys
 import time
 import traceback
-import warnings
 from pathlib import Path
 
 from cotune.config import RunConfig, from_dict
 from cotune.errors import ConfigError, CotuneError, one_line
 from cotune.knobs import BY_NAME, searchable
-from cotune.track import sqlite_wal, trial_tracker
+from cotune.track import trial_tracker
+from cotune.workers import AskLock, import_optuna, rdb_storage
 
 
-STUDY_DB = "study.db"
 FAMILIES_FOR = {"tabular": ("mlp", "transformer"), "image": ("mlp", "cnn2d"),
                 "sequence": ("mlp", "cnn1d", "gru", "lstm", "transformer")}
 # On CPU the recurrent and attention families cost 10-50x a CNN per epoch on the same data (an LSTM
@@ -60,16 +56,6 @@ def parse_budget(text) -> float | None:
     if not m or float(m.group(1)) <= 0:
         raise ConfigError(f"search.budget must look like '90s', '10m' or '1h'. Got {text!r} instead; e.g. --budget 10m.")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
-
-
-def _optuna():
-    try:
-        import optuna
-    except ImportError:  # pragma: no cover - optuna is a dependency
-        raise CotuneError("cotune fit needs optuna: pip install optuna") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return optuna
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,7 +131,7 @@ def rungs(cfg: RunConfig) -> list[float]:
 
 def _objective(study, cfg: RunConfig, space: dict, out: Path, deadline: float | None, threads: int):
     from cotune.pipeline import run
-    optuna = _optuna()
+    optuna = import_optuna()
     multi = cfg.search.objective != "quality"
     track = study.user_attrs.get("mlflow")  # the search's MLflow parent run (None: not tracked)
 
@@ -252,47 +238,10 @@ def _latency_ms(run_dir: Path) -> float:
 # ---------------------------------------------------------------------------------------------
 # studies and workers
 
-def storage_url(out: Path, storage: str | None) -> str:
-    return storage or f"sqlite:///{(out / STUDY_DB).resolve()}"
-
-
-def _storage(url: str):
-    _optuna()
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-    sqlite = url.startswith("sqlite")
-    # SQLite: the driver's own transaction handling off (isolation_level None), so _serialize's BEGIN IMMEDIATE rules
-    kw = {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {"pool_pre_ping": True}
-    try:
-        storage = RDBStorage(url, engine_kwargs=kw, heartbeat_interval=10, grace_period=30,
-                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-    except Exception as err:
-        raise ConfigError(f"Cannot open the study storage {url!r} ({one_line(err)[:200]}); check the URL and that "
-                          "the database server is running.") from None
-    if sqlite:
-        _serialize(storage.engine)
-    if url.startswith("sqlite:///"):
-        sqlite_wal(url[len("sqlite:///"):])  # a commit costs ~5 ms instead of ~20: a trial makes a dozen
-    return storage
-
-
-def _serialize(engine) -> None:
-    """Every transaction on a SQLite study takes the write lock when it begins (BEGIN IMMEDIATE).
-
-    Optuna claims a waiting (enqueued) trial with SELECT ... FOR UPDATE, which SQLite ignores, and Python's
-    sqlite3 starts the transaction only at the UPDATE: two workers could both read the trial as WAITING and
-    both run it (one trial directory, two runs; the queue one short, so a worker then samples past it). With
-    the lock taken at BEGIN the read and the claim are one step; the transactions are milliseconds long."""
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 def _sampler(cfg: RunConfig, space: dict, worker: int = 0, start: int = 0):
     """Each worker gets its own seed (search.seed + worker index), or identical workers propose identical trials;
     `start` (trials already in the study) keeps a resumed search from replaying the first run's proposals."""
-    optuna = _optuna()
+    optuna = import_optuna()
     s, seed = cfg.search.sampler, (cfg.search.seed + 7919 * worker + 104729 * start) % 2**32
     if cfg.search.objective != "quality" and s not in ("nsga2", "random"):
         s = "nsga2"  # TPE/CMA-ES here rank one objective; two objectives need NSGA-II
@@ -309,7 +258,7 @@ def _sampler(cfg: RunConfig, space: dict, worker: int = 0, start: int = 0):
 
 
 def _pruner(cfg: RunConfig):
-    optuna = _optuna()
+    optuna = import_optuna()
     p, epochs = cfg.search.pruner, cfg.train.epochs
     if cfg.search.fidelity == "data":  # the resource is the rung's share of the rows, in ninths: 1, 3, 9
         epochs = 3 ** (FIDELITY_RUNGS - 1)
@@ -325,8 +274,8 @@ def _pruner(cfg: RunConfig):
 def open_study(url: str, name: str, cfg: RunConfig | None = None, space: dict | None = None, direction: str = "maximize",
                load_only: bool = False):
     """Create (or load) a study; the base config, space and direction are stored with it."""
-    optuna = _optuna()
-    storage = _storage(url)
+    optuna = import_optuna()
+    storage = rdb_storage(url)
     if load_only:
         try:
             study = optuna.load_study(study_name=name, storage=storage)
@@ -382,64 +331,10 @@ def work(url: str, name: str, *, deadline: float | None = None, threads: int = 1
     return done
 
 
-class AskLock:
-    """The trial-limit check and the ask as one step across the workers of a SQLite study (a lock file beside it).
-
-    Without it two workers can both count one trial left, and the second samples one past the limit (or past
-    the queue of a scaling study). Released as soon as the trial is claimed; the kernel drops it with a dead
-    worker. PostgreSQL workers run on several machines and go without: there the limit is approximate, as
-    Optuna's own `MaxTrialsCallback`."""
-
-    def __init__(self, url: str):
-        self.path = url[len("sqlite:///"):] + ".lock" if url.startswith("sqlite:///") else None
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        if self.path is None or self.fd is not None:
-            return
-        import fcntl
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the last descriptor drops the flock
-            self.fd = None
-
-
 def _reserve(trials) -> float:
     """Seconds a new trial is expected to take: the median of the finished ones (0 before any)."""
     secs = sorted(t.user_attrs["seconds"] for t in trials if "seconds" in t.user_attrs)
     return secs[len(secs) // 2] if secs else 0.0
-
-
-def spawn_workers(url: str, name: str, n: int, deadline: float | None, out: Path,
-                  threads: int | None = None) -> list[subprocess.Popen]:
-    """N `cotune worker` processes with one CPU thread each unless the user set runtime.threads (`threads`).
-
-    One thread per process is the measured default for small models on these 2-core machines: 2 threads
-    ran 0.8-1.1x the time of 1 when idle and 4-5x slower beside another busy process; parallelism comes
-    from --workers. With more workers than cores the threads still never exceed one per worker."""
-    threads = threads or 1
-    cmd = [sys.executable, "-m", "cotune.cli", "worker", "--storage", url, "--study", name, "--threads", str(threads),
-           "--out", str(out)] + (["--deadline", repr(deadline)] if deadline else [])
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
-    log = open(out / "workers.log", "ab")
-    die = functools.partial(_die_with_parent, os.getpid()) if sys.platform.startswith("linux") else None
-    return [subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(env, COTUNE_WORKER_INDEX=str(i)),
-                             start_new_session=True, preexec_fn=die) for i in range(n)]
-
-
-def _die_with_parent(parent: int) -> None:
-    """In the forked worker (Linux): SIGKILL it when the `cotune fit` that started it dies (kill -9, OOM, a killed
-    process group: the worker has its own session), rather than run on as an orphan beside a --resume."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-    except Exception:
-        return
-    if os.getppid() != parent:  # the parent died before prctl
-        os._exit(1)
 
 
 def estimate_final(trials, val_share: float) -> float:

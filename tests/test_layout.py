@@ -16,6 +16,7 @@ LAYERS = {
     **{m: 2 for m in ("train", "evaluate", "bundle")},
     "pipeline": 3,
     "tune": 4,
+    "workers": 4,  # Optuna storage and worker processes, under tune, study and scale
     "study": 4,
     "scale": 4,  # scale/* (law.py and advice.py stay torch-free: the report reads them)
     "report": 5,

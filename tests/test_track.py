@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from cotune.config import RunConfig, from_dict  # noqa: E402
 from cotune.track import MLFLOW_DB, MlflowTracker, NullTracker, Tee, mlflow_uri, track_study  # noqa: E402
-from cotune.tune import _objective, open_study, storage_url  # noqa: E402
+from cotune.tune import _objective, open_study  # noqa: E402
+from cotune.workers import storage_url  # noqa: E402
 
 ENV = {"OMP_NUM_THREADS": "1", "COLUMNS": "200", "PYTHONWARNINGS": "ignore"}
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}

@@ -599,20 +599,20 @@ def test_worker_with_a_bad_storage_is_one_line(tmp_path):
 # claim at once; "work-nolock": the same without the ask lock. "claim": a bare ask/tell loop over the queue, so
 # two claims of one waiting trial meet in the database; "claim-plain": the same without BEGIN IMMEDIATE.
 RACER = """
-import sys, time, warnings, optuna, cotune.tune as t
+import sys, time, warnings, optuna, cotune.tune as t, cotune.workers as w
 warnings.simplefilter("ignore")
 url, name, mode, out = sys.argv[1:]
 if mode == "work-nolock":
-    t.AskLock.acquire = lambda self: None
+    w.AskLock.acquire = lambda self: None
 if mode == "claim-plain":
-    t._serialize = lambda engine: None
+    w._serialize = lambda engine: None
 if mode.startswith("work"):
     ask = optuna.Study.ask
     optuna.Study.ask = lambda self, *a, **k: (time.sleep(0.2), ask(self, *a, **k))[1]
     t._objective = lambda study, cfg, space, out, deadline, threads: lambda trial: trial.suggest_float("train.lr", 1e-4, 0.1)
     t.work(url, name, out=out)
 else:
-    study = optuna.load_study(study_name=name, storage=t._storage(url))
+    study = optuna.load_study(study_name=name, storage=w.rdb_storage(url))
     while any(x.state.name == "WAITING" for x in study.get_trials(deepcopy=False)):
         trial = study.ask()
         try:

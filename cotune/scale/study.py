@@ -70,7 +70,8 @@ def scale(run, overrides=(), *, out=None, workers: int | None = None, live: bool
     from cotune.pipeline import model_shapes
     from cotune.scale.advice import summarize
     from cotune.scale.law import check_points
-    from cotune.tune import open_study, spawn_workers, storage_url
+    from cotune.tune import open_study
+    from cotune.workers import spawn_workers, storage_url
     run = Path(run)
     cfg = study_config(base_config(run), overrides)
     workers = workers or cfg.search.workers
