@@ -109,6 +109,10 @@ def test_scale_end_to_end(study):
     assert held.n_points == 8 and law.n_points == 9  # the corner is left out of the checking fit
     assert h["predicted"] == pytest.approx(float(held.predict(params[-1], samples[-1])))
     assert h["rel_error"] == pytest.approx(abs(h["predicted"] - h["actual"]) / h["actual"])
+    lo, hi = h["interval"]  # the held-out fit's bootstrap: is the miss more than the fit's own uncertainty?
+    assert lo < hi and h["inside"] == (lo <= h["actual"] <= hi)
+    trust = next(t for t in s["text"] if t.startswith("Trust:"))
+    assert f"[{lo:.4g}, {hi:.4g}]" in trust and ("holds it" in trust) == h["inside"]
     gains = [a["loss_gain"] for a in s["advice"]]
     assert gains == sorted(gains, reverse=True) and {a["option"] for a in s["advice"]} >= {"2x data", "2x params"}
     two_d = next(a for a in s["advice"] if a["option"] == "2x data")
@@ -183,6 +187,8 @@ def test_report_draws_the_scaling_section(study):
     text = html.unescape(visible_text(page.read_text()))
     assert "More data or a bigger model?" in text and s["text"][0] in text
     assert f"{100 * s['holdout']['rel_error']:.1f}%" in text and f"{s['law']['alpha']:.4g}" in text
+    lo, hi = s["holdout"]["interval"]
+    assert f"[{lo:.4g}, {hi:.4g}]: " + ("holds" if s["holdout"]["inside"] else "misses") in text
     dom = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={run / 'chromium-profile'}", "--dump-dom",
                           page.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
     scan = ChartScan()

@@ -51,6 +51,18 @@ def test_fit_joint_recovers_a_known_law_from_noisy_points(noisy_fit):
     assert set(law.ci) == set(TRUE)
 
 
+def test_interval_holds_the_truth_and_widens_beyond_the_points(noisy_fit):
+    inner, far = (4e3, 2e3), (1.6e5, 8e4)           # inside the grid; 10x beyond its largest N and D
+    lo, hi = noisy_fit.interval(*inner)
+    assert lo <= float(TRUE_LAW.predict(*inner)) <= hi and lo <= float(noisy_fit.predict(*inner)) <= hi
+    flo, fhi = noisy_fit.interval(*far)
+    assert flo <= float(TRUE_LAW.predict(*far)) <= fhi
+    assert (fhi - flo) / float(noisy_fit.predict(*far)) > 2 * (hi - lo) / float(noisy_fit.predict(*inner))
+    N, D = grid()
+    assert fit_joint(N, D, TRUE_LAW.predict(N, D), n_boot=0).interval(*inner) is None  # no bootstrap, no interval
+    assert JointLaw.from_dict(noisy_fit.to_dict()).interval(*inner) is None           # the draws are not saved
+
+
 def test_fit_joint_is_near_exact_without_noise():
     N, D = grid()
     law = fit_joint(N, D, TRUE_LAW.predict(N, D), n_boot=10)

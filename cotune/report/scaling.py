@@ -94,7 +94,10 @@ def scale_section(sec: Section, L, path: Path) -> None:
     if "rel_error" in h:
         sec.pairs([("held-out run (largest model, all rows)", f"{h['params']:,.0f} params, {h['samples']:,.0f} rows"),
                    ("measured val loss", f"{h['actual']:.4g}"), ("predicted without it", f"{h['predicted']:.4g}"),
-                   ("relative error", f"{100 * h['rel_error']:.1f}%")], caption="How far to trust the fit")
+                   ("relative error", f"{100 * h['rel_error']:.1f}%")]
+                  + ([("the fit's 90% interval there", f"[{h['interval'][0]:.4g}, {h['interval'][1]:.4g}]: "
+                       + ("holds the measured loss" if h.get("inside") else "misses the measured loss"))]
+                     if "interval" in h else []), caption="How far to trust the fit")
     ext = s.get("extrapolation") or []
     if ext:
         sec.table(["rows generated", "training rows", "measured", "predicted", "error"],

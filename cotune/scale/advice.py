@@ -134,6 +134,9 @@ def summarize(rows: list[dict], cfg: RunConfig, widths: list[tuple]) -> dict:
         pred = float(held.predict(n_max, d_max))
         out["holdout"] = {"params": n_max, "samples": d_max, "actual": actual, "predicted": pred,
                           "rel_error": abs(pred - actual) / actual, "law": held.to_dict()}
+        band = held.interval(n_max, d_max)  # the fit's own uncertainty there: is the miss more than that?
+        if band is not None:
+            out["holdout"].update(interval=list(band), inside=band[0] <= actual <= band[1])
     except ConfigError as err:
         out["holdout"] = {"params": n_max, "samples": d_max, "actual": actual, "error": one_line(err)}
 
@@ -196,8 +199,14 @@ def advice_text(s: dict) -> list[str]:
                     f"data {cur['data_term']:.3g}, model {cur['model_term']:.3g}, floor {cur['E']:.3g}).")
     h = s.get("holdout", {})
     if "rel_error" in h:
-        lines.append(f"Trust: fitted without it, the largest run's loss was predicted at {h['predicted']:.4g} against "
-                     f"{h['actual']:.4g} measured ({100 * h['rel_error']:.1f}% off).")
+        line = (f"Trust: fitted without it, the largest run's loss was predicted at {h['predicted']:.4g} against "
+                f"{h['actual']:.4g} measured ({100 * h['rel_error']:.1f}% off)")
+        if "interval" in h:
+            lo, hi = h["interval"]
+            line += (f"; the fit's 90% interval there, [{lo:.4g}, {hi:.4g}], holds it" if h["inside"] else
+                     f", outside the fit's 90% interval [{lo:.4g}, {hi:.4g}]: the law does not carry to the corner, "
+                     "so read the advice as a ranking, not as amounts")
+        lines.append(line + ".")
     if s.get("form", {}).get("note"):
         lines.append(f"Law: {s['form']['note']}.")
     if s["epochs"].get("note"):

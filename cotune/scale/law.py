@@ -265,6 +265,7 @@ class JointLaw:
     rmse_log: float = float("nan")                                    # RMS residual in log(L)
     n_points: int = 0
     q: float = 1.0
+    draws: np.ndarray | None = field(default=None, repr=False, compare=False)  # bootstrap rows (not saved)
 
     @property
     def form(self) -> str:
@@ -280,6 +281,15 @@ class JointLaw:
         if self.q == 1.0:
             return self.E + tn + td
         return self.E + np.exp(self.q * np.logaddexp(np.log(tn) / self.q, np.log(td) / self.q))
+
+    def interval(self, N, D, level: float = 0.9) -> tuple[float, float] | None:
+        """The bootstrap's `level` percentile interval for the loss at one (N, D); None without draws."""
+        if self.draws is None or not len(self.draws):
+            return None
+        names = ("E", "A", "alpha", "B", "beta", "q")
+        preds = [JointLaw(**dict(zip(names, map(float, row)))).predict(N, D) for row in self.draws]
+        tail = 50 * (1 - level)
+        return float(np.percentile(preds, tail)), float(np.percentile(preds, 100 - tail))
 
     def describe(self) -> str:
         """The law with its numbers, as one line."""
@@ -324,7 +334,8 @@ def fit_joint(N, D, L, *, n_boot: int = 200, seed: int = 0, form: str = "additiv
     p, draws, rmse = _fit(np.log(np.column_stack([N, D])), np.log(L), n_boot, seed, interaction=form == "interaction")
     names = ("E", "A", "alpha", "B", "beta", "q")[:len(p)]
     params = dict(zip(names, (float(v) for v in _natural(p, "q" in names))))
-    return JointLaw(**params, ci=_intervals(names, draws), rmse_log=rmse, n_points=len(L))
+    return JointLaw(**params, ci=_intervals(names, draws), rmse_log=rmse, n_points=len(L),
+                    draws=_natural(draws, "q" in names) if len(draws) else None)
 
 
 def compute_optimal(law: JointLaw, compute: float, flops_per_param_sample: float) -> dict:
