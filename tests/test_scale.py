@@ -149,6 +149,17 @@ def test_scale_resumes_skipping_finished_rows(study):
     assert res.summary["points"] == 9 and (out / "scale.json").is_file()
 
 
+def test_the_study_reads_only_trials_of_grid_points(tmp_path):
+    """A finished trial without a grid point (one a worker sampled past the queue) adds no row."""
+    import optuna
+    from cotune.scale.study import _watch
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
+    rows: list = []
+    _watch(study, [], rows, set(), tmp_path / "scale.csv", {}, 9, False, None)
+    assert rows == [] and not (tmp_path / "scale.csv").exists()
+
+
 def test_too_few_points_say_what_is_needed(study, tmp_path):
     run, _ = study
     msg = user_error(cli("scale", run, "--sizes", "2", "--out", tmp_path / "s"), "at least 3 model sizes")
