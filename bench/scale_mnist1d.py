@@ -23,7 +23,8 @@ heldout  MNIST-1D generated at 80,000 samples (64,000 train; with 5% for validat
 heldout_wide   The same grid on models of 6x the parameters (width 96 as the largest: 5.6k to 87k parameters),
          to see whether the law carries better away from the smallest, saturating models.
 heldout_check  The advice at that corner against reality: the largest model on 2x the generated rows
-         (160,000 samples, 121,600 training rows) and 2x the parameters at 60,800 rows, both seeds.
+         (160,000 samples, 121,600 training rows) and 2x the parameters at 60,800 rows, every seed.
+heldout_wide_check  The same at the corner of heldout_wide.
 """
 from __future__ import annotations
 
@@ -119,6 +120,7 @@ def main():
     ap.add_argument("--check-seeds", type=int, default=5, help="seeds of each option's runs in the digits check")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", default=".bench-out/scale_mnist1d.json")
+    ap.add_argument("--set", nargs="*", default=[], help="extra knobs for the heldout studies and checks, e.g. scale.seeds=3")
     ap.add_argument("--dir", help="where the runs go (kept; rerunning with the same --dir resumes the studies)")
     args = ap.parse_args()
     out: dict = {}
@@ -154,25 +156,29 @@ def main():
         if not (base / "metrics.json").is_file():
             cotune.train(overrides=[*over, "data.fraction=0.0625"], out=base)  # a quick run: only its config is used
         t0 = time.time()
-        res = cotune.scale(base, overrides=["data.fraction=1.0", "scale.fraction_span=16"], workers=args.workers)
+        res = cotune.scale(base, overrides=["data.fraction=1.0", "scale.fraction_span=16", *args.set], workers=args.workers)
         out[part] = {"wall_s": time.time() - t0, "runs": res.ran, "holdout": res.summary["holdout"],
                      "law": res.summary["law"], "form": res.summary["form"], "samples": sorted({r["samples"] for r in res.rows}),
                      "params": sorted({r["params"] for r in res.rows}), "text": res.summary["text"]}
         print(part, json.dumps(out[part]), flush=True)
-    if "heldout_check" in args.parts:  # the advice at the 64k corner against 2x rows and 2x parameters, trained
-        base = tmp / "mnist1d-64k-run"
-        over = ["data.fraction=1.0", "scale.fraction_span=16"]
+    for part, width in (("heldout_check", None), ("heldout_wide_check", 96)):
+        if part not in args.parts:  # the advice at the 64k corner against 2x rows and 2x parameters, trained
+            continue
+        base = tmp / ("mnist1d-64k-run" if width is None else f"mnist1d-64k-w{width}-run")
+        over = ["data.fraction=1.0", "scale.fraction_span=16", *args.set]
         res = cotune.scale(base, overrides=over, workers=args.workers)
         cfg = study_config(base_config(base), over)
         top, w2, n = fractions_for(cfg)[-1], width_for(cfg, 2.0), cfg.data.n_samples
         seeds = [cfg.runtime.seed + i for i in range(cfg.scale.seeds)]
-        jobs = [(cfg.to_dict(), cfg.model.width, top, s, tmp / f"m64k-2d-{s}", 2 * n) for s in seeds] + \
-               [(cfg.to_dict(), w2, top, s, tmp / f"m64k-2p-{s}", None) for s in seeds]
+        tag = "m64k" if width is None else f"m64k-w{width}"
+        jobs = [(cfg.to_dict(), cfg.model.width, top, s, tmp / f"{tag}-2d-{s}", 2 * n) for s in seeds] + \
+               [(cfg.to_dict(), w2, top, s, tmp / f"{tag}-2p-{s}", None) for s in seeds]
         with ProcessPoolExecutor(args.workers) as pool:
             losses = list(pool.map(train_point_job, *zip(*jobs)))
         k = len(seeds)
-        out["check_mnist1d_64k"] = {**check(res, {"2x data": losses[:k], "2x params": losses[k:]}), "width_2x": w2}
-        print("check_mnist1d_64k", json.dumps(out["check_mnist1d_64k"]), flush=True)
+        key = "check_mnist1d_64k" + ("" if width is None else f"_w{width}")
+        out[key] = {**check(res, {"2x data": losses[:k], "2x params": losses[k:]}), "width_2x": w2}
+        print(key, json.dumps(out[key]), flush=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))
     for k, v in out.items():
