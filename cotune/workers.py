@@ -33,6 +33,11 @@ def storage_url(out: Path, storage: str | None) -> str:
     return storage or f"sqlite:///{(out / STUDY_DB).resolve()}"
 
 
+def sqlite_file(url: str) -> str | None:
+    """The database file of a sqlite:/// URL; None for another database (or SQLite in memory)."""
+    return url[len("sqlite:///"):] if url.startswith("sqlite:///") else None
+
+
 def rdb_storage(url: str):
     import_optuna()
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -47,8 +52,8 @@ def rdb_storage(url: str):
                           "the database server is running.") from None
     if sqlite:
         _serialize(storage.engine)
-    if url.startswith("sqlite:///"):
-        sqlite_wal(url[len("sqlite:///"):])  # a commit costs ~5 ms instead of ~20: a trial makes a dozen
+    if sqlite_file(url):
+        sqlite_wal(sqlite_file(url))  # a commit costs ~5 ms instead of ~20: a trial makes a dozen
     return storage
 
 
@@ -75,7 +80,8 @@ class AskLock:
     Optuna's own `MaxTrialsCallback`."""
 
     def __init__(self, url: str):
-        self.path = url[len("sqlite:///"):] + ".lock" if url.startswith("sqlite:///") else None
+        db = sqlite_file(url)
+        self.path = None if db is None else db + ".lock"
         self.fd: int | None = None
 
     def acquire(self) -> None:

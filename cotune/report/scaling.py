@@ -92,12 +92,14 @@ def scale_section(sec: Section, L, path: Path) -> None:
               caption="What doubling each would do at the current point (best first)")
     h = s.get("holdout", {})
     if "rel_error" in h:
-        sec.pairs([("held-out run (largest model, all rows)", f"{h['params']:,.0f} params, {h['samples']:,.0f} rows"),
-                   ("measured val loss", f"{h['actual']:.4g}"), ("predicted without it", f"{h['predicted']:.4g}"),
-                   ("relative error", f"{100 * h['rel_error']:.1f}%")]
-                  + ([("the fit's 90% interval there", f"[{h['interval'][0]:.4g}, {h['interval'][1]:.4g}]: "
-                       + ("holds the measured loss" if h.get("inside") else "misses the measured loss"))]
-                     if "interval" in h else []), caption="How far to trust the fit")
+        trust = [("held-out run (largest model, all rows)", f"{h['params']:,.0f} params, {h['samples']:,.0f} rows"),
+                 ("measured val loss", f"{h['actual']:.4g}"), ("predicted without it", f"{h['predicted']:.4g}"),
+                 ("relative error", f"{100 * h['rel_error']:.1f}%")]
+        if "interval" in h:
+            lo, hi = h["interval"]
+            trust.append(("the fit's 90% interval there",
+                          f"[{lo:.4g}, {hi:.4g}]: " + ("holds" if h["inside"] else "misses") + " the measured loss"))
+        sec.pairs(trust, caption="How far to trust the fit")
     ext = s.get("extrapolation") or []
     if ext:
         sec.table(["rows generated", "training rows", "measured", "predicted", "error"],

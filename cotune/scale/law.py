@@ -286,8 +286,7 @@ class JointLaw:
         """The bootstrap's `level` percentile interval for the loss at one (N, D); None without draws."""
         if self.draws is None or not len(self.draws):
             return None
-        names = ("E", "A", "alpha", "B", "beta", "q")
-        preds = [JointLaw(**dict(zip(names, map(float, row)))).predict(N, D) for row in self.draws]
+        preds = [JointLaw(**dict(zip(PARAMS, map(float, row)))).predict(N, D) for row in self.draws]
         tail = 50 * (1 - level)
         return float(np.percentile(preds, tail)), float(np.percentile(preds, 100 - tail))
 
@@ -323,6 +322,7 @@ def _load(d: dict, names: tuple[str, ...], kind: str) -> dict:
 
 
 FORMS = ("additive", "interaction")
+PARAMS = ("E", "A", "alpha", "B", "beta", "q")  # a JointLaw's fitted parameters, in _fit's order (q: interaction)
 
 
 def fit_joint(N, D, L, *, n_boot: int = 200, seed: int = 0, form: str = "additive") -> JointLaw:
@@ -332,7 +332,7 @@ def fit_joint(N, D, L, *, n_boot: int = 200, seed: int = 0, form: str = "additiv
     check_points(N, D, L)
     N, D, L = (np.asarray(v, dtype=float).ravel() for v in (N, D, L))
     p, draws, rmse = _fit(np.log(np.column_stack([N, D])), np.log(L), n_boot, seed, interaction=form == "interaction")
-    names = ("E", "A", "alpha", "B", "beta", "q")[:len(p)]
+    names = PARAMS[:len(p)]
     params = dict(zip(names, (float(v) for v in _natural(p, "q" in names))))
     return JointLaw(**params, ci=_intervals(names, draws), rmse_log=rmse, n_points=len(L),
                     draws=_natural(draws, "q" in names) if len(draws) else None)
