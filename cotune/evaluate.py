@@ -102,6 +102,12 @@ def ece(y_true, probs, n_bins: int = 15) -> float:
     return float(np.sum(count * np.nan_to_num(np.abs(acc - conf))) / count.sum())
 
 
+def _se(row_loss: np.ndarray) -> float | None:
+    """Standard error of a mean over rows (std / sqrt(n)); None for fewer than 2 rows. A few rows that
+    the model gets confidently wrong can carry most of a small log loss, and this says how much."""
+    return float(row_loss.std(ddof=1) / np.sqrt(len(row_loss))) if len(row_loss) > 1 else None
+
+
 def _roc_auc(y, p) -> float | None:
     """Binary: AUC of P(class 1). Multiclass: one-vs-rest macro over the classes present in y
     (= sklearn's multi_class='ovr' when all are). None if y holds fewer than two classes."""
@@ -128,7 +134,9 @@ def _classification(y, p, classes) -> dict:
             out.update({f"precision_{avg}": _num(pr), f"recall_{avg}": _num(rc),
                         f"f1_{avg}": _num(f1)})
         pr, rc, f1, sup = prfs(y, pred, labels=list(range(k)), zero_division=np.nan)
-    out["log_loss"] = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))))
+    row_loss = -np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))
+    out["log_loss"] = float(row_loss.mean())
+    out["log_loss_se"] = _se(row_loss)  # how far another draw of as many rows could move log_loss
     out["roc_auc"] = _roc_auc(y, p)
     out["ece"] = ece(y, p)
     names = list(range(k)) if classes is None else list(classes)
@@ -152,7 +160,7 @@ def _regression(y_true, output) -> dict:
         warnings.simplefilter("ignore")  # r2 is undefined for n < 2 or constant y_true
         r2 = skm.r2_score(y, pred, force_finite=False) if len(y) > 1 else float("nan")
     qs = np.percentile(resid, [5, 25, 50, 75, 95])
-    return {"n": int(len(y)), "rmse": float(np.sqrt(np.mean(resid ** 2))),
+    return {"n": int(len(y)), "rmse": float(np.sqrt(np.mean(resid ** 2))), "mse_se": _se(resid ** 2),
             "mae": float(np.mean(np.abs(resid))), "r2": _num(r2),
             "residual_quantiles": {f"p{q}": float(v) for q, v in zip((5, 25, 50, 75, 95), qs)}}
 
@@ -175,8 +183,9 @@ def evaluate(y_true, output, task: str, classes=None) -> dict:
     -------
     dict
         Classification: n, accuracy, balanced_accuracy, precision/recall/f1 _macro and _weighted,
-        log_loss, roc_auc, ece, per_class, confusion_matrix (rows true, cols predicted),
-        calibration. Regression: n, rmse, mae, r2, residual_quantiles (p5..p95 of y - pred).
+        log_loss, log_loss_se (its standard error over the rows), roc_auc, ece, per_class,
+        confusion_matrix (rows true, cols predicted), calibration. Regression: n, rmse, mse_se (the
+        standard error of rmse**2 over the rows), mae, r2, residual_quantiles (p5..p95 of y - pred).
         Undefined values are None.
     """
     _check_task(task)

@@ -153,3 +153,22 @@ def test_no_torch_import():
     import subprocess
     code = "import sys, cotune.evaluate; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_loss_standard_errors_follow_the_rows():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 400)
+    p = np.full((400, 3), 0.05)
+    p[np.arange(400), y] = 0.9
+    r = evaluate(y, p, "multiclass")
+    assert r["log_loss_se"] == pytest.approx(0.0, abs=1e-12)  # every row has the same loss
+    wrong = p.copy()
+    wrong[0] = [1e-9, 1e-9, 1.0 - 2e-9] if y[0] != 2 else [1.0 - 2e-9, 1e-9, 1e-9]  # one confidently wrong row
+    w = evaluate(y, wrong, "multiclass")
+    rows = -np.log(np.clip(wrong[np.arange(400), y], 1e-15, 1.0))
+    assert w["log_loss_se"] == pytest.approx(rows.std(ddof=1) / np.sqrt(400))
+    assert w["log_loss_se"] > 0.3 * (w["log_loss"] - r["log_loss"])  # that one row is most of the change
+    resid = rng.normal(size=300)
+    g = evaluate(resid, np.zeros(300), "regression")
+    assert g["mse_se"] == pytest.approx((resid ** 2).std(ddof=1) / np.sqrt(300))
+    assert evaluate([1.0], [2.0], "regression")["mse_se"] is None

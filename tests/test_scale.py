@@ -24,6 +24,7 @@ import cotune
 from cotune.cli import app
 from cotune.config import from_dict
 from cotune.errors import ConfigError
+from cotune.scale.advice import summarize
 from cotune.scale.grid import COLUMNS, fractions_for
 from cotune.scale.law import JointLaw
 from cotune.scale.study import base_config
@@ -96,6 +97,7 @@ def test_scale_end_to_end(study):
         assert tcfg["train"]["patience"] == math.ceil(cfg.train.patience * k - 1e-9)
         assert int(r["epochs"]) == metrics["train"]["epochs_run"] <= tcfg["train"]["epochs"]
         assert float(r["val_loss"]) == pytest.approx(metrics["val"]["log_loss"])
+        assert float(r["val_loss_se"]) == pytest.approx(metrics["val"]["log_loss_se"]) and float(r["val_loss_se"]) > 0
         assert float(r["val_metric"]) == pytest.approx(metrics["val"]["accuracy"])
         assert int(r["params"]) == metrics["train"]["n_params"] and float(r["flops"]) > 0
 
@@ -113,6 +115,11 @@ def test_scale_end_to_end(study):
     assert lo < hi and h["inside"] == (lo <= h["actual"] <= hi)
     trust = next(t for t in s["text"] if t.startswith("Trust:"))
     assert f"[{lo:.4g}, {hi:.4g}]" in trust and ("holds it" in trust) == h["inside"]
+    # the corner's runs share the validation rows: its standard error is theirs, not shrunk by the seeds
+    assert h["actual_se"] == pytest.approx(np.mean([float(r["val_loss_se"]) for r in corner]))
+    measured = next(t for t in s["text"] if t.startswith("Measured:"))
+    assert f"+/-{100 * h['actual_se'] / h['actual']:.1f}%" in measured
+    assert ("data.split.val" in measured) == (h["actual_se"] / h["actual"] > 0.05)
     gains = [a["loss_gain"] for a in s["advice"]]
     assert gains == sorted(gains, reverse=True) and {a["option"] for a in s["advice"]} >= {"2x data", "2x params"}
     two_d = next(a for a in s["advice"] if a["option"] == "2x data")
@@ -147,6 +154,30 @@ def test_scale_resumes_skipping_finished_rows(study):
     key = lambda r: (r["width"], r["fraction"], r["seed"])  # noqa: E731
     assert sorted(map(key, after[7:])) == sorted(map(key, dropped))
     assert res.summary["points"] == 9 and (out / "scale.json").is_file()
+
+
+def test_a_study_saved_before_the_standard_error_column_still_reads(study, tmp_path):
+    """scale.csv files written without val_loss_se resume: their rows read as NaN there, the summary
+    leaves the corner's standard error out, and new rows are written with every column."""
+    from cotune.scale.grid import append_row, read_rows
+    run, (code, _, err) = study
+    assert code == 0, err
+    rows = read_csv(run / "scale" / "scale.csv")
+    old = tmp_path / "scale.csv"
+    with open(old, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "val_loss_se"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows[:-1])
+    got = read_rows(old)
+    assert len(got) == 8 and all(math.isnan(r["val_loss_se"]) for r in got)
+    append_row(old, got, {**got[0], "seed": 99, "val_loss_se": 0.01})
+    again = read_csv(old)
+    assert list(again[0]) == list(COLUMNS) and again[-1]["val_loss_se"] == "0.01" and again[0]["val_loss_se"] == ""  # unknown: an empty cell
+    grid = json.loads((run / "scale" / "grid.json").read_text())
+    cfg = from_dict(json.loads((run / "scale" / "config.json").read_text()))
+    s = summarize([{**r, "val_loss_se": float("nan")} for r in read_rows(run / "scale" / "scale.csv")], cfg,
+                  [(w["width"], w["params"], w["forward_flops"]) for w in grid["widths"]])
+    assert "actual_se" not in s["holdout"] and not any(t.startswith("Measured:") for t in s["text"])
 
 
 def test_the_study_reads_only_trials_of_grid_points(tmp_path):
@@ -200,6 +231,7 @@ def test_report_draws_the_scaling_section(study):
     assert f"{100 * s['holdout']['rel_error']:.1f}%" in text and f"{s['law']['alpha']:.4g}" in text
     lo, hi = s["holdout"]["interval"]
     assert f"[{lo:.4g}, {hi:.4g}]: " + ("holds" if s["holdout"]["inside"] else "misses") in text
+    assert f"{s['holdout']['actual']:.4g} +/- {s['holdout']['actual_se']:.2g}" in text
     dom = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={run / 'chromium-profile'}", "--dump-dom",
                           page.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
     scan = ChartScan()

@@ -93,7 +93,9 @@ def scale_section(sec: Section, L, path: Path) -> None:
     h = s.get("holdout", {})
     if "rel_error" in h:
         trust = [("held-out run (largest model, all rows)", f"{h['params']:,.0f} params, {h['samples']:,.0f} rows"),
-                 ("measured val loss", f"{h['actual']:.4g}"), ("predicted without it", f"{h['predicted']:.4g}"),
+                 ("measured val loss", f"{h['actual']:.4g}" + (f" +/- {h['actual_se']:.2g} (standard error over the "
+                                                                 "validation rows)" if h.get("actual_se") is not None else "")),
+                 ("predicted without it", f"{h['predicted']:.4g}"),
                  ("relative error", f"{100 * h['rel_error']:.1f}%")]
         if "interval" in h:
             lo, hi = h["interval"]

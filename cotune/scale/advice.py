@@ -129,16 +129,20 @@ def summarize(rows: list[dict], cfg: RunConfig, widths: list[tuple]) -> dict:
             out["axes"][axis] = {"error": one_line(err)}
 
     actual = float(np.mean([r["val_loss"] for r in corner]))
+    # The corner's runs are scored on the same validation rows, so their errors from those rows are
+    # shared: the mean's standard error is the runs' mean, not that over sqrt(seeds).
+    ses = [r.get("val_loss_se", float("nan")) for r in corner]
+    measured = {"actual_se": float(np.mean(ses))} if np.all(np.isfinite(ses)) else {}
     try:
         held = fit_joint(*_arrays(rest), seed=cfg.runtime.seed, form=choice["form"])
         pred = float(held.predict(n_max, d_max))
         out["holdout"] = {"params": n_max, "samples": d_max, "actual": actual, "predicted": pred,
-                          "rel_error": abs(pred - actual) / actual, "law": held.to_dict()}
+                          "rel_error": abs(pred - actual) / actual, "law": held.to_dict(), **measured}
         band = held.interval(n_max, d_max)  # the fit's own uncertainty there: is the miss more than that?
         if band is not None:
             out["holdout"].update(interval=list(band), inside=band[0] <= actual <= band[1])
     except ConfigError as err:
-        out["holdout"] = {"params": n_max, "samples": d_max, "actual": actual, "error": one_line(err)}
+        out["holdout"] = {"params": n_max, "samples": d_max, "actual": actual, "error": one_line(err), **measured}
 
     # ---- advice at the current point
     to_metric = _metric_of_loss(fitted)
@@ -206,6 +210,14 @@ def advice_text(s: dict) -> list[str]:
             line += (f"; the fit's 90% interval there, [{lo:.4g}, {hi:.4g}], holds it" if h["inside"] else
                      f", outside the fit's 90% interval [{lo:.4g}, {hi:.4g}]: the law does not carry to the corner, "
                      "so read the advice as a ranking, not as amounts")
+        lines.append(line + ".")
+    if h.get("actual_se") is not None and "rel_error" in h:
+        rel = h["actual_se"] / h["actual"]
+        line = (f"Measured: the largest run's loss is uncertain by +/-{100 * rel:.1f}% (its standard error over the "
+                "validation rows, which every run shares)")
+        if rel > 0.05:  # then a miss of 10% cannot be told from a lucky or unlucky draw of rows
+            line += ("; a few rows carry much of a loss this small, so a check this coarse needs more validation rows "
+                     "(data.split.val)")
         lines.append(line + ".")
     if s.get("form", {}).get("note"):
         lines.append(f"Law: {s['form']['note']}.")

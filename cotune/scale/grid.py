@@ -19,7 +19,8 @@ from cotune.errors import ConfigError
 from cotune.track import write_csv
 
 COLUMNS = ("size", "width", "fraction", "n_samples", "seed", "params", "samples", "epochs", "flops", "val_loss",
-           "val_metric", "metric", "seconds", "extrapolated", "run_dir")
+           "val_loss_se", "val_metric", "metric", "seconds", "extrapolated", "run_dir")
+ADDED = {"val_loss_se": "nan"}  # columns newer than some saved studies: what their rows read as
 
 
 @dataclass(frozen=True)
@@ -119,15 +120,16 @@ def read_rows(path: Path) -> list[dict]:
         return []
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    if rows and not set(COLUMNS) <= set(rows[0]):
+    if rows and not set(COLUMNS) - set(ADDED) <= set(rows[0]):
         raise ConfigError(f"{path} is not a scale.csv of this version (columns {sorted(rows[0])}); move it away "
                           "or choose another --out.")
     ints, floats = ("size", "width", "n_samples", "seed", "params", "samples", "epochs"), \
-        ("fraction", "flops", "val_loss", "val_metric", "seconds")
+        ("fraction", "flops", "val_loss", "val_loss_se", "val_metric", "seconds")
     for r in rows:
+        r.update({k: v for k, v in ADDED.items() if r.get(k) in (None, "")})
         r.update({k: int(float(r[k])) for k in ints}, **{k: float(r[k]) for k in floats})
         r["extrapolated"] = r["extrapolated"] in ("True", "true", "1")
-    return rows
+    return [{k: r[k] for k in COLUMNS} for r in rows]  # in this version's column order, for rewriting
 
 
 def row_key(row: dict) -> tuple:

@@ -132,6 +132,10 @@ def scale(run, overrides=(), *, out=None, workers: int | None = None, live: bool
     return ScaleResult(path=out, rows=rows, summary=summary, ran=len(todo))
 
 
+def _number(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
 def _row(t, flops: dict) -> dict:
     """scale.csv's row for a finished trial, read from its run directory."""
     run = Path(t.user_attrs["run_dir"])
@@ -143,6 +147,7 @@ def _row(t, flops: dict) -> dict:
             "n_samples": p["data.n_samples"], "seed": p["runtime.seed"], "params": metrics["train"]["n_params"],
             "samples": samples, "epochs": epochs, "flops": 3.0 * flops[p["model.width"]] * samples * epochs,
             "val_loss": val["rmse"] ** 2 if regression else val["log_loss"],
+            "val_loss_se": _number(val.get("mse_se" if regression else "log_loss_se")),
             "val_metric": val["rmse"] if regression else val["accuracy"], "metric": "rmse" if regression else "accuracy",
             "seconds": t.user_attrs.get("seconds", 0.0), "extrapolated": t.user_attrs["extrapolated"], "run_dir": str(run)}
 
