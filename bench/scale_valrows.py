@@ -27,16 +27,27 @@ from cotune.scale.grid import read_rows
 from cotune.scale.law import fit_joint
 
 
+def validation_rows(run_dir) -> tuple[np.ndarray, np.ndarray]:
+    """(X, y) of a run's validation rows, raw as the source gives them. The split comes before the
+    share, so every run of a study has these rows."""
+    cfg = from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
+    ds = load_data(cfg)
+    val = prepare(cfg, ds).val
+    return ds.X[val], np.asarray(ds.y[val]).astype(int)
+
+
+def row_loss(run_dir, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each row's log loss under a run's saved model (its own preprocessing applied)."""
+    p = np.asarray(cotune.load(run_dir).predict_proba(X), dtype=np.float64)
+    return -np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))
+
+
 def row_losses(rows: list[dict]) -> np.ndarray:
     """(runs, validation rows) log losses, from each run's saved model."""
-    cfg = from_dict(json.loads((Path(rows[0]["run_dir"]) / "config.json").read_text()))
-    ds = load_data(cfg)
-    val = prepare(cfg, ds).val  # the split comes before the share, so every run has these rows
-    X, y = ds.X[val], np.asarray(ds.y[val]).astype(int)
+    X, y = validation_rows(rows[0]["run_dir"])
     out = []
     for r in rows:
-        p = np.asarray(cotune.load(r["run_dir"]).predict_proba(X), dtype=np.float64)
-        loss = -np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))
+        loss = row_loss(r["run_dir"], X, y)
         if not np.isclose(loss.mean(), r["val_loss"], rtol=1e-4):
             raise SystemExit(f"{r['run_dir']}: rescored {loss.mean():.6g}, scale.csv says {r['val_loss']:.6g}")
         out.append(loss)

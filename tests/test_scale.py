@@ -279,3 +279,35 @@ def test_grid_points_shares_epochs_and_extrapolation():
     extra = [p for p in grid(cfg, widths, extrapolate=True) if p.extrapolated]
     assert sorted((p.n_samples, p.seed) for p in extra) == [(10000, 3), (10000, 4), (20000, 3), (20000, 4)]
     assert all(p.width == 32 and p.fraction == fr[-1] and p.epochs == 30 for p in extra)
+
+
+def _corner_runs(tmp_path, curve, stopped=False):
+    """Run directories holding only what the epochs advice reads: history.csv and metrics.json."""
+    runs = []
+    for seed in (0, 1):
+        d = tmp_path / f"run{seed}"
+        d.mkdir(parents=True)
+        (d / "history.csv").write_text("epoch,val_loss\n" + "".join(f"{t},{v}\n" for t, v in enumerate(curve, 1)))
+        write_json(d / "metrics.json", {"train": {"stopped_early": stopped}})
+        runs.append({"run_dir": str(d)})
+    return runs
+
+
+def test_the_epochs_advice_reads_only_curves_a_longer_run_would_continue(tmp_path):
+    """2x epochs comes from the runs' learning curves only when the schedule does not depend on the run's
+    length; under cosine (the default), exponential, one-cycle or a warmup, a longer run is another run."""
+    from cotune.scale.advice import _epochs_gain
+    t = np.arange(1, 21)
+    runs = _corner_runs(tmp_path, 0.1 + t ** -0.5)
+    train = from_dict({}).train
+    const = _epochs_gain(runs, train.model_copy(update={"schedule": "constant"}))
+    assert const["ratio"] == pytest.approx((0.1 + 40 ** -0.5) / (0.1 + 20 ** -0.5), rel=1e-3)
+    assert "from the learning curve over 20 epochs" in const["note"]
+    assert _epochs_gain(runs, train.model_copy(update={"schedule": "step"}))["ratio"] == pytest.approx(const["ratio"])
+    for schedule in ("cosine", "exponential", "onecycle"):
+        got = _epochs_gain(runs, train.model_copy(update={"schedule": schedule}))
+        assert got["ratio"] is None and f"({schedule})" in got["note"] and "train.epochs doubled" in got["note"]
+    warm = _epochs_gain(runs, train.model_copy(update={"schedule": "constant", "warmup": 0.1}))
+    assert warm["ratio"] is None and "warmup 0.1" in warm["note"]
+    flat = _corner_runs(tmp_path / "flat", np.r_[0.1 + t[:10] ** -0.5, np.full(10, 0.5)], stopped=True)
+    assert _epochs_gain(flat, train)["ratio"] == 1.0  # stopped improving: no gain, whatever the schedule

@@ -8,8 +8,9 @@
 - Held-out check: the largest (N, D) corner (the configuration as it is) is left out of a second fit
   and predicted; its relative error says how far to trust the advice.
 - Advice at the current point: the predicted gain from 2x rows, 2x parameters (the joint law) and 2x
-  epochs (a law over the epochs of the current point's own learning curves; none when validation
-  loss had already stopped improving), in loss and in the metric; which limit dominates (data or
+  epochs (a law over the epochs of the current point's own learning curves, only when the learning-rate
+  schedule does not depend on the run's length; none when validation loss had already stopped
+  improving), in loss and in the metric; which limit dominates (data or
   capacity); the cost of each in training FLOPs; the compute-optimal N and D for scale.compute.
 No torch here: the report reads scale.json, and this module only needs numpy and the law fit.
 """
@@ -50,7 +51,13 @@ def _metric_of_loss(rows):
     return lambda loss: float(a + b * np.log(loss))
 
 
-def _epochs_gain(corner: list[dict]) -> dict:
+def stretches_with_length(train) -> bool:
+    """Whether a run's learning-rate schedule depends on how many epochs it has (train.py get_lr): then
+    a run twice as long is not this run continued, and its curve cannot be read off this one's."""
+    return train.schedule in ("cosine", "exponential", "onecycle") or train.warmup > 0
+
+
+def _epochs_gain(corner: list[dict], train) -> dict:
     """What 2x epochs would do at the current point, from the learning curves of its runs."""
     stopped, curves = [], []
     for r in corner:
@@ -71,6 +78,12 @@ def _epochs_gain(corner: list[dict]) -> dict:
     if all(stopped):
         return {"ratio": 1.0, "note": f"validation loss stopped improving before the last of {n} epochs: "
                                       "more epochs do not help at this size"}
+    if stretches_with_length(train):
+        what = f"warmup {train.warmup:g} of the run" if train.schedule in ("constant", "step") else train.schedule
+        return {"ratio": None, "note": f"not predicted: the learning-rate schedule follows the run's length ({what}), "
+                                       "so a run twice as long is not these runs continued (an annealing rate makes "
+                                       "their loss fall at the end, and a longer run anneals later); to measure it, "
+                                       "train the current point with train.epochs doubled"}
     t = np.arange(1, n + 1)
     keep = t >= max(2, n // 4)
     try:
@@ -148,7 +161,7 @@ def summarize(rows: list[dict], cfg: RunConfig, widths: list[tuple]) -> dict:
     to_metric = _metric_of_loss(fitted)
     here = float(law.predict(n_max, d_max))
     flops_here = float(np.mean([r["flops"] for r in corner]))
-    epochs = _epochs_gain(corner)
+    epochs = _epochs_gain(corner, cfg.train)
     options = {"2x data": float(law.predict(n_max, 2 * d_max)), "2x params": float(law.predict(2 * n_max, d_max))}
     if epochs["ratio"] is not None:
         options["2x epochs"] = here * epochs["ratio"]
