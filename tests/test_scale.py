@@ -311,3 +311,35 @@ def test_the_epochs_advice_reads_only_curves_a_longer_run_would_continue(tmp_pat
     assert warm["ratio"] is None and "warmup 0.1" in warm["note"]
     flat = _corner_runs(tmp_path / "flat", np.r_[0.1 + t[:10] ** -0.5, np.full(10, 0.5)], stopped=True)
     assert _epochs_gain(flat, train)["ratio"] == 1.0  # stopped improving: no gain, whatever the schedule
+
+
+def test_extrapolated_runs_are_scored_on_the_studys_validation_rows(tmp_path):
+    """--extrapolate on generated rows: the larger generations have validation rows of their own, so their
+    loss in scale.csv (and the check against the fit) comes from the grid's rows, not from theirs."""
+    from cotune.bundle import load
+    from cotune.data.split import split_indices
+    from cotune.pipeline import load_data
+    run = tmp_path / "run"
+    code, _, err = cli("train", "--set", "data.source=mnist1d", "--set", "data.n_samples=600", "--set", "train.epochs=2",
+                       "--set", "model.family=mlp", "--set", "model.width=16", "--set", "runtime.threads=1",
+                       "--set", "runtime.progress=false", "--out", run)
+    assert code == 0, err
+    code, stdout, err = cli_proc("scale", run, "--extrapolate", *GRID)
+    assert code == 0, stdout + err
+    rows = read_csv(run / "scale" / "scale.csv")
+    extra = [r for r in rows if r["extrapolated"] == "True"]
+    assert len(rows) == 11 and sorted(int(r["n_samples"]) for r in extra) == [1200, 2400]
+    cfg = from_dict(json.loads((run / "scale" / "config.json").read_text()))
+    ds = load_data(cfg)
+    _, val, _ = split_indices(ds, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed)
+    s = json.loads((run / "scale" / "scale.json").read_text())
+    for r in extra:
+        p = load(r["run_dir"]).predict_proba(ds.X[val])
+        rows_loss = -np.log(np.clip(p[np.arange(len(val)), ds.y[val]], 1e-15, 1.0))
+        own = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())["val"]
+        assert own["n"] == 2 * len(val) or own["n"] == 4 * len(val)  # its own rows: another, larger draw
+        assert float(r["val_loss"]) == pytest.approx(rows_loss.mean(), rel=1e-5) != pytest.approx(own["log_loss"])
+        assert float(r["val_loss_se"]) == pytest.approx(rows_loss.std(ddof=1) / np.sqrt(len(val)), rel=1e-5)
+        assert float(r["val_metric"]) == pytest.approx(np.mean(p.argmax(1) == ds.y[val]))
+        e = next(e for e in s["extrapolation"] if e["n_samples"] == int(r["n_samples"]))
+        assert e["actual"] == pytest.approx(float(r["val_loss"]))

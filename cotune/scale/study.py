@@ -114,7 +114,7 @@ def scale(run, overrides=(), *, out=None, workers: int | None = None, live: bool
                               threads=cfg.runtime.threads if any(o.split("=")[0].strip() == "runtime.threads" for o in overrides)
                               else None)
         try:
-            _watch(study, procs, rows, have, csv_path, flops, len(points), live, console)
+            _watch(study, procs, rows, have, csv_path, flops, len(points), live, console, rescore=study_rows(cfg))
         except KeyboardInterrupt:
             study.set_user_attr("stop", True)
             for p in procs:
@@ -136,11 +136,37 @@ def _number(v) -> float:
     return float("nan") if v is None else float(v)
 
 
-def _row(t, flops: dict) -> dict:
-    """scale.csv's row for a finished trial, read from its run directory."""
+def study_rows(cfg: RunConfig):
+    """Returns score(run_dir) -> metrics of a run's saved model on the study's own validation rows.
+
+    A run on more generated rows (scale.extrapolate) has validation rows of its own. Scored on the grid's
+    instead, its comparison with the fit is paired: at a small loss a few rows carry much of it, so other
+    rows would be another measurement. The rows are loaded on the first call."""
+    held: dict = {}
+
+    def score(run_dir) -> dict:
+        from cotune.bundle import load
+        from cotune.data.split import split_indices
+        from cotune.evaluate import evaluate
+        from cotune.pipeline import load_data
+        if not held:
+            ds = load_data(cfg)
+            _, val, _ = split_indices(ds, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed)
+            held.update(X=ds.X[val], y=ds.y[val])
+        bundle = load(run_dir)
+        return evaluate(held["y"], bundle.predict_proba(held["X"]), bundle.task)
+
+    return score
+
+
+def _row(t, flops: dict, rescore=None) -> dict:
+    """scale.csv's row for a finished trial, read from its run directory (an extrapolated run's loss and
+    metric scored by `rescore` on the study's own validation rows, when given)."""
     run = Path(t.user_attrs["run_dir"])
     metrics, env = read_json(run / "metrics.json"), read_json(run / "env.json")
     val, p = metrics["val"], t.params
+    if t.user_attrs["extrapolated"] and rescore is not None:
+        val = rescore(run)
     regression = "rmse" in val
     samples, epochs = env["rows"]["train_used"], metrics["train"]["epochs_run"]
     return {"size": t.user_attrs["size"], "width": p["model.width"], "fraction": p["data.fraction"],
@@ -152,7 +178,7 @@ def _row(t, flops: dict) -> dict:
             "seconds": t.user_attrs.get("seconds", 0.0), "extrapolated": t.user_attrs["extrapolated"], "run_dir": str(run)}
 
 
-def _watch(study, procs, rows, have, csv_path: Path, flops: dict, total: int, live: bool, console) -> None:
+def _watch(study, procs, rows, have, csv_path: Path, flops: dict, total: int, live: bool, console, rescore=None) -> None:
     """Append each finished run to scale.csv as it lands; show progress until the workers exit."""
     from rich.console import Console
     from rich.live import Live
@@ -162,7 +188,7 @@ def _watch(study, procs, rows, have, csv_path: Path, flops: dict, total: int, li
     def sweep():
         for t in study.get_trials(deepcopy=False):
             if t.state.name == "COMPLETE" and t.number not in done and "point" in t.user_attrs:  # grid points only
-                row = _row(t, flops)
+                row = _row(t, flops, rescore)
                 done.add(t.number)
                 if row_key(row) not in have:
                     have.add(row_key(row))
