@@ -24,7 +24,8 @@ heldout_wide   The same grid on models of 6x the parameters (width 96 as the lar
          to see whether the law carries better away from the smallest, saturating models.
 heldout_check  The advice at that corner against reality: the largest model on 2x the generated rows
          (160,000 samples, 121,600 training rows), 2x the parameters and 2x the epochs (the cap doubled)
-         at 60,800 rows, every seed. The
+         at 60,800 rows, every seed; and 2x rows at half the epochs (the grid's steps: every share trains
+         up to the same number of steps, so that is what the law's rows axis means). The
          2x-rows models are scored on the study's own validation rows (their generation shares no row with
          the study's), so every option is measured on the rows the corner was.
 heldout_wide_check  The same at the corner of heldout_wide.
@@ -176,7 +177,9 @@ def main():
         seeds = [cfg.runtime.seed + i for i in range(cfg.scale.seeds)]
         tag = "m64k" if width is None else f"m64k-w{width}"
         longer = cfg.replace(**{"train.epochs": 2 * cfg.train.epochs}).to_dict()
+        shorter = cfg.replace(**{"train.epochs": cfg.train.epochs // 2}).to_dict()  # 2x rows at the grid's steps
         jobs = [(cfg.to_dict(), cfg.model.width, top, s, tmp / f"{tag}-2d-{s}", 2 * n) for s in seeds] + \
+               [(shorter, cfg.model.width, top, s, tmp / f"{tag}-2ds-{s}", 2 * n) for s in seeds] + \
                [(cfg.to_dict(), w2, top, s, tmp / f"{tag}-2p-{s}", None) for s in seeds] + \
                [(longer, cfg.model.width, top, s, tmp / f"{tag}-2e-{s}", None) for s in seeds]
         with ProcessPoolExecutor(args.workers) as pool:
@@ -186,11 +189,11 @@ def main():
         # as every grid run is (a loss this small rests on a few rows; other rows are another measurement)
         X, y = validation_rows(res.rows[0]["run_dir"])
         own = losses[:k]
-        losses[:k] = [float(row_loss(job[4], X, y).mean()) for job in jobs[:k]]
+        losses[:2 * k] = [float(row_loss(job[4], X, y).mean()) for job in jobs[:2 * k]]
         key = "check_mnist1d_64k" + ("" if width is None else f"_w{width}")
-        out[key] = {**check(res, {"2x data": losses[:k], "2x params": losses[k:2 * k], "2x epochs": losses[2 * k:]}),
-                    "width_2x": w2,
-                    "2x data on its own validation rows": own}
+        out[key] = {**check(res, {"2x data": losses[:k], "2x params": losses[2 * k:3 * k], "2x epochs": losses[3 * k:]}),
+                    "width_2x": w2, "2x data on its own validation rows": own,
+                    "2x data at the grid's steps (half the epochs)": losses[k:2 * k]}
         print(key, json.dumps(out[key]), flush=True)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))
