@@ -22,7 +22,8 @@ import torch
 
 import cotune
 from cotune.config import from_dict
-from cotune.pipeline import load_data, prepare
+from cotune.data.split import split_indices
+from cotune.pipeline import load_data
 from cotune.scale.grid import read_rows
 from cotune.scale.law import fit_joint
 
@@ -32,7 +33,7 @@ def validation_rows(run_dir) -> tuple[np.ndarray, np.ndarray]:
     share, so every run of a study has these rows."""
     cfg = from_dict(json.loads((Path(run_dir) / "config.json").read_text()))
     ds = load_data(cfg)
-    val = prepare(cfg, ds).val
+    _, val, _ = split_indices(ds, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed)
     return ds.X[val], np.asarray(ds.y[val]).astype(int)
 
 

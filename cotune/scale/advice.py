@@ -144,7 +144,7 @@ def summarize(rows: list[dict], cfg: RunConfig, widths: list[tuple]) -> dict:
     actual = float(np.mean([r["val_loss"] for r in corner]))
     # The corner's runs are scored on the same validation rows, so their errors from those rows are
     # shared: the mean's standard error is the runs' mean, not that over sqrt(seeds).
-    ses = [r.get("val_loss_se", float("nan")) for r in corner]
+    ses = [r["val_loss_se"] for r in corner]
     measured = {"actual_se": float(np.mean(ses))} if np.all(np.isfinite(ses)) else {}
     try:
         held = fit_joint(*_arrays(rest), seed=cfg.runtime.seed, form=choice["form"])
