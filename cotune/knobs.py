@@ -126,6 +126,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("scale.seeds", int, 2, "seeds per grid point", low=1, high=100),
     _k("scale.law", str, "auto", "the joint law's form: additive E + A/N^alpha + B/D^beta, its interaction form (q != 1), or auto: the one that better predicts the largest corners of the smaller grids (fitted without them; the study's own corner never takes part)", choices=("auto", "additive", "interaction")),
     _k("scale.compute", float, None, "training FLOPs to plan the compute-optimal model and data size for (null = 10x the current point's)", low=0.0, open_low=True, optional=True),
+    _k("scale.epochs_check", str, "auto", "train the current point again with 2x the epochs (each seed) to measure that option: on, off, or auto = when the learning-rate schedule follows the run's length (cosine, exponential, onecycle, warmup), so that its learning curve cannot be read forward", choices=("auto", "on", "off")),
     _k("scale.extrapolate", bool, False, "sources that generate their data (mnist1d): also train the largest model on 2x and 4x the rows and compare with the fit's prediction"),
     # ---- runtime: resolved once, logged in env.json
     _k("runtime.device", str, "auto", "auto = cuda when available, else cpu", choices=("auto", "cpu", "cuda")),

@@ -75,9 +75,13 @@ def test_scale_end_to_end(study):
     run, (code, stdout, err) = study
     assert code == 0, stdout + err
     out = run / "scale"
-    assert "L(N, D) =" in stdout and "Most promising:" in stdout and "9 runs trained now" in stdout
-    rows = read_csv(out / "scale.csv")
-    assert len(rows) == 9 and list(rows[0]) == list(COLUMNS)
+    assert "L(N, D) =" in stdout and "Most promising:" in stdout and "10 runs trained now" in stdout
+    every = read_csv(out / "scale.csv")
+    assert len(every) == 10 and list(every[0]) == list(COLUMNS)
+    # the schedule is cosine (the default), so the current point is also trained at twice the epochs
+    longer = [r for r in every if r["longer"] == "True"]
+    rows = [r for r in every if r["longer"] == "False"]
+    assert len(longer) == 1 and len(rows) == 9
     params = sorted({int(r["params"]) for r in rows})
     samples = sorted({int(r["samples"]) for r in rows})
     assert len(params) == 3 and len(samples) == 3
@@ -101,6 +105,11 @@ def test_scale_end_to_end(study):
         assert float(r["val_metric"]) == pytest.approx(metrics["val"]["accuracy"])
         assert int(r["params"]) == metrics["train"]["n_params"] and float(r["flops"]) > 0
 
+    (lr,) = longer
+    tcfg = json.loads((Path(lr["run_dir"]) / "config.json").read_text())
+    assert int(lr["width"]) == cfg.model.width and float(lr["fraction"]) == pytest.approx(top)
+    assert tcfg["train"]["epochs"] == 2 * math.ceil(EPOCHS * 3 - 1e-9) and tcfg["train"]["patience"] == cfg.train.patience
+
     s = json.loads((out / "scale.json").read_text())
     assert s["points"] == 9 and {"law", "axes", "holdout", "current", "advice", "compute_optimal", "text"} <= set(s)
     law = JointLaw.from_dict(s["law"])
@@ -122,6 +131,12 @@ def test_scale_end_to_end(study):
     assert ("data.split.val" in measured) == (h["actual_se"] / h["actual"] > 0.05)
     gains = [a["loss_gain"] for a in s["advice"]]
     assert gains == sorted(gains, reverse=True) and {a["option"] for a in s["advice"]} >= {"2x data", "2x params"}
+    # 2x epochs as trained: the longer run against the corner's run of the same seed
+    here = next(r for r in corner if r["seed"] == lr["seed"])
+    assert s["epochs"]["measured"] and s["epochs"]["ratio"] == pytest.approx(float(lr["val_loss"]) / float(here["val_loss"]))
+    two_e = next(a for a in s["advice"] if a["option"] == "2x epochs")
+    assert two_e["loss"] == pytest.approx(s["current"]["loss_fit"] * s["epochs"]["ratio"])
+    assert any(t.startswith("Epochs: measured: the current point trained again with twice the epochs") for t in s["text"])
     two_d = next(a for a in s["advice"] if a["option"] == "2x data")
     assert two_d["loss"] == pytest.approx(float(law.predict(params[-1], 2 * samples[-1])))
     assert s["current"]["limited_by"] in ("data", "capacity")
@@ -142,37 +157,39 @@ def test_scale_resumes_skipping_finished_rows(study):
     res = cotune.scale(run, sizes=3, fractions=3, seeds=1, workers=2)  # the Python API, same grid
     assert res.ran == 0 and (out / "scale.csv").read_bytes() == before
     rows = read_csv(out / "scale.csv")
-    kept, dropped = rows[:7], rows[7:]
+    kept, dropped = rows[:7], rows[7:]  # two grid runs and the longer one (or three grid runs)
     with open(out / "scale.csv", "w", newline="") as f:  # as if the study had been killed two runs short
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(kept)
     res = cotune.scale(run, sizes=3, fractions=3, seeds=1, workers=2)
-    assert res.ran == 2
+    assert res.ran == 3
     after = read_csv(out / "scale.csv")
-    assert after[:7] == kept and len(after) == 9
-    key = lambda r: (r["width"], r["fraction"], r["seed"])  # noqa: E731
+    assert after[:7] == kept and len(after) == 10
+    key = lambda r: (r["width"], r["fraction"], r["seed"], r["longer"])  # noqa: E731
     assert sorted(map(key, after[7:])) == sorted(map(key, dropped))
     assert res.summary["points"] == 9 and (out / "scale.json").is_file()
 
 
-def test_a_study_saved_before_the_standard_error_column_still_reads(study, tmp_path):
-    """scale.csv files written without val_loss_se resume: their rows read as NaN there, the summary
-    leaves the corner's standard error out, and new rows are written with every column."""
-    from cotune.scale.grid import append_row, read_rows
+def test_a_study_saved_before_the_newer_columns_still_reads(study, tmp_path):
+    """scale.csv files written without val_loss_se and longer resume: their rows read as NaN and False
+    there, the summary leaves the corner's standard error out, and new rows are written with every column."""
+    from cotune.scale.grid import append_row, read_rows, row_key
     run, (code, _, err) = study
     assert code == 0, err
-    rows = read_csv(run / "scale" / "scale.csv")
+    rows = [r for r in read_csv(run / "scale" / "scale.csv") if r["longer"] == "False"]
     old = tmp_path / "scale.csv"
     with open(old, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "val_loss_se"], extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k not in ("val_loss_se", "longer")], extrasaction="ignore")
         w.writeheader()
         w.writerows(rows[:-1])
     got = read_rows(old)
-    assert len(got) == 8 and all(math.isnan(r["val_loss_se"]) for r in got)
+    assert len(got) == 8 and all(math.isnan(r["val_loss_se"]) and r["longer"] is False for r in got)
+    assert {row_key(r) for r in got} <= {row_key(r) for r in read_rows(run / "scale" / "scale.csv")}  # resume skips them
     append_row(old, got, {**got[0], "seed": 99, "val_loss_se": 0.01})
     again = read_csv(old)
     assert list(again[0]) == list(COLUMNS) and again[-1]["val_loss_se"] == "0.01" and again[0]["val_loss_se"] == ""  # unknown: an empty cell
+    assert again[0]["longer"] == "False"
     grid = json.loads((run / "scale" / "grid.json").read_text())
     cfg = from_dict(json.loads((run / "scale" / "config.json").read_text()))
     s = summarize([{**r, "val_loss_se": float("nan")} for r in read_rows(run / "scale" / "scale.csv")], cfg,
@@ -232,6 +249,7 @@ def test_report_draws_the_scaling_section(study):
     lo, hi = s["holdout"]["interval"]
     assert f"[{lo:.4g}, {hi:.4g}]: " + ("holds" if s["holdout"]["inside"] else "misses") in text
     assert f"{s['holdout']['actual']:.4g} +/- {s['holdout']['actual_se']:.2g}" in text
+    assert "2x epochs as trained, the others as the fit predicts" in text and s["epochs"]["measured"]
     dom = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={run / 'chromium-profile'}", "--dump-dom",
                           page.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
     scan = ChartScan()
@@ -272,13 +290,20 @@ def test_grid_points_shares_epochs_and_extrapolation():
     assert fr == pytest.approx([0.5 / 8, 0.5 / 4, 0.5 / 2, 0.5])  # shares of what the configuration trains on
     widths = [(8, 100, 1.0), (16, 400, 4.0), (32, 1600, 16.0)]
     points = grid(cfg, widths)
-    assert len(points) == 3 * 4 * 2 and {p.seed for p in points} == {3, 4}
+    assert len(points) == 3 * 4 * 2 + 2 and {p.seed for p in points} == {3, 4}
     assert {(p.epochs, p.patience) for p in points if p.fraction == fr[0]} == {(240, 80)}  # 3 x 10 epochs x 8
-    assert {(p.epochs, p.patience) for p in points if p.fraction == fr[-1]} == {(30, 10)}
+    assert {(p.epochs, p.patience) for p in points if p.fraction == fr[-1] and not p.longer} == {(30, 10)}
     assert len({p.key for p in points}) == len(points)
     extra = [p for p in grid(cfg, widths, extrapolate=True) if p.extrapolated]
     assert sorted((p.n_samples, p.seed) for p in extra) == [(10000, 3), (10000, 4), (20000, 3), (20000, 4)]
     assert all(p.width == 32 and p.fraction == fr[-1] and p.epochs == 30 for p in extra)
+    # the current point at twice the epochs (same patience), when its learning curve cannot be read forward
+    longer = [p for p in points if p.longer]
+    assert [(p.width, p.fraction, p.epochs, p.patience, p.seed) for p in longer] == [(32, fr[-1], 60, 10, 3), (32, fr[-1], 60, 10, 4)]
+    for schedule, warmup, check, n in (("cosine", 0.0, "auto", 2), ("constant", 0.0, "auto", 0), ("step", 0.1, "auto", 2),
+                                        ("constant", 0.0, "on", 2), ("onecycle", 0.0, "off", 0)):
+        c = cfg.replace(**{"train.schedule": schedule, "train.warmup": warmup, "scale.epochs_check": check})
+        assert sum(p.longer for p in grid(c, widths)) == n, (schedule, warmup, check)
 
 
 def _corner_runs(tmp_path, curve, stopped=False):
@@ -306,11 +331,17 @@ def test_the_epochs_advice_reads_only_curves_a_longer_run_would_continue(tmp_pat
     assert _epochs_gain(runs, train.model_copy(update={"schedule": "step"}))["ratio"] == pytest.approx(const["ratio"])
     for schedule in ("cosine", "exponential", "onecycle"):
         got = _epochs_gain(runs, train.model_copy(update={"schedule": schedule}))
-        assert got["ratio"] is None and f"({schedule})" in got["note"] and "train.epochs doubled" in got["note"]
+        assert got["ratio"] is None and f"({schedule})" in got["note"] and "scale.epochs_check=on" in got["note"]
     warm = _epochs_gain(runs, train.model_copy(update={"schedule": "constant", "warmup": 0.1}))
     assert warm["ratio"] is None and "warmup 0.1" in warm["note"]
     flat = _corner_runs(tmp_path / "flat", np.r_[0.1 + t[:10] ** -0.5, np.full(10, 0.5)], stopped=True)
     assert _epochs_gain(flat, train)["ratio"] == 1.0  # stopped improving: no gain, whatever the schedule
+    # runs trained at twice the epochs replace any reading of the curves, and may show a loss
+    corner = [{**r, "seed": s, "val_loss": v, "epochs": 20} for r, s, v in zip(flat, (0, 1), (0.2, 0.3))]
+    longer = [{"seed": 1, "val_loss": 0.33, "epochs": 31}, {"seed": 7, "val_loss": 0.01, "epochs": 40}]
+    got = _epochs_gain(corner, train, longer[:1])
+    assert got["measured"] and got["ratio"] == pytest.approx(1.1) and "0.3 -> 0.33" in got["note"] and "20 epochs" in got["note"]
+    assert _epochs_gain(corner, train, longer[1:])["ratio"] == 1.0  # no seed in common: not a measurement
 
 
 def test_extrapolated_runs_are_scored_on_the_studys_validation_rows(tmp_path):
@@ -324,7 +355,7 @@ def test_extrapolated_runs_are_scored_on_the_studys_validation_rows(tmp_path):
                        "--set", "model.family=mlp", "--set", "model.width=16", "--set", "runtime.threads=1",
                        "--set", "runtime.progress=false", "--out", run)
     assert code == 0, err
-    code, stdout, err = cli_proc("scale", run, "--extrapolate", *GRID)
+    code, stdout, err = cli_proc("scale", run, "--extrapolate", *GRID, "--set", "scale.epochs_check=off")
     assert code == 0, stdout + err
     rows = read_csv(run / "scale" / "scale.csv")
     extra = [r for r in rows if r["extrapolated"] == "True"]

@@ -27,7 +27,7 @@ def _rows(path: Path) -> list[dict]:
     for r in rows:
         for k in ("params", "samples", "val_loss", "val_metric", "flops"):
             r[k] = float(r[k])
-        r["extrapolated"] = r.get("extrapolated") in ("True", "true", "1")
+        r["extrapolated"], r["longer"] = (r.get(k) in ("True", "true", "1") for k in ("extrapolated", "longer"))
     return rows
 
 
@@ -60,7 +60,7 @@ def scale_section(sec: Section, L, path: Path) -> None:
     rows = _rows(path)
     summary_path = path.with_name("scale.json")
     s = json.loads(summary_path.read_text()) if summary_path.is_file() else None
-    fitted = [r for r in rows if not r["extrapolated"]]
+    fitted = [r for r in rows if not (r["extrapolated"] or r["longer"])]
     if s is None:
         sec.note(f"{len(rows)} runs in scale.csv but no scale.json (the study has not finished fitting); "
                  "rerun `cotune scale` to complete it.")
@@ -84,12 +84,14 @@ def scale_section(sec: Section, L, path: Path) -> None:
               caption=f"L(N, D) = {form} over {s.get('points')} runs "
                       f"(RMS log residual {law.get('rmse_log', float('nan')):.3g}; {s.get('form', {}).get('note', '')})")
     metric = s.get("metric", "accuracy")
-    sec.table(["option", "predicted val loss", "loss gain", f"{metric} gain", "extra training FLOPs"],
+    sec.table(["option", "val loss", "loss gain", f"{metric} gain", "extra training FLOPs"],
               [[a["option"], f"{a['loss']:.4g}", f"{a['loss_gain']:.4g}",
                 "" if a.get("metric_gain") is None else (f"{100 * a['metric_gain']:+.2f} pts" if metric != "rmse"
                                                           else f"{-a['metric_gain']:+.4g}"),
                 f"{a['extra_flops']:.3g}"] for a in s.get("advice", [])],
-              caption="What doubling each would do at the current point (best first)")
+              caption="What doubling each would do at the current point (best first; "
+                      + ("2x epochs as trained, the others as the fit predicts)" if s.get("epochs", {}).get("measured")
+                         else "as the fit predicts)"))
     h = s.get("holdout", {})
     if "rel_error" in h:
         trust = [("held-out run (largest model, all rows)", f"{h['params']:,.0f} params, {h['samples']:,.0f} rows"),

@@ -8,10 +8,11 @@
 - Held-out check: the largest (N, D) corner (the configuration as it is) is left out of a second fit
   and predicted; its relative error says how far to trust the advice.
 - Advice at the current point: the predicted gain from 2x rows, 2x parameters (the joint law) and 2x
-  epochs (a law over the epochs of the current point's own learning curves, only when the learning-rate
-  schedule does not depend on the run's length; none when validation loss had already stopped
-  improving), in loss and in the metric; which limit dominates (data or
-  capacity); the cost of each in training FLOPs; the compute-optimal N and D for scale.compute.
+  epochs (measured, when the study trained the current point again at twice the epochs: scale.epochs_check;
+  else a law over the epochs of its own learning curves, only when the learning-rate schedule does not
+  depend on the run's length; none when validation loss had already stopped improving), in loss and in
+  the metric; which limit dominates (data or capacity); the cost of each in training FLOPs; the
+  compute-optimal N and D for scale.compute.
 No torch here: the report reads scale.json, and this module only needs numpy and the law fit.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 from cotune.config import RunConfig
 from cotune.errors import ConfigError, one_line
+from cotune.scale.grid import stretches_with_length
 from cotune.scale.law import FORMS, check_points, compute_optimal, fit_axis, fit_joint
 
 
@@ -51,14 +53,24 @@ def _metric_of_loss(rows):
     return lambda loss: float(a + b * np.log(loss))
 
 
-def stretches_with_length(train) -> bool:
-    """Whether a run's learning-rate schedule depends on how many epochs it has (train.py get_lr): then
-    a run twice as long is not this run continued, and its curve cannot be read off this one's."""
-    return train.schedule in ("cosine", "exponential", "onecycle") or train.warmup > 0
+def _measured_epochs(corner: list[dict], longer: list[dict]) -> dict | None:
+    """2x epochs as measured: the current point's runs against the same seeds trained with twice the epochs."""
+    seeds = {r["seed"] for r in longer}
+    here = [r for r in corner if r["seed"] in seeds]
+    if not here:
+        return None
+    a, b = float(np.mean([r["val_loss"] for r in here])), float(np.mean([r["val_loss"] for r in longer]))
+    ran = lambda rs: "/".join(str(r["epochs"]) for r in sorted(rs, key=lambda r: r["seed"]))  # noqa: E731
+    return {"ratio": b / a, "measured": True,
+            "note": f"measured: the current point trained again with twice the epochs on {len(longer)} seed(s), "
+                    f"validation loss {a:.4g} -> {b:.4g} (its runs trained {ran(here)} epochs, the longer ones {ran(longer)})"}
 
 
-def _epochs_gain(corner: list[dict], train) -> dict:
-    """What 2x epochs would do at the current point, from the learning curves of its runs."""
+def _epochs_gain(corner: list[dict], train, longer: list[dict] = ()) -> dict:
+    """What 2x epochs would do at the current point: measured when the study trained it so (scale.epochs_check),
+    else read off the learning curves of its runs."""
+    if longer and (got := _measured_epochs(corner, list(longer))) is not None:
+        return got
     stopped, curves = [], []
     for r in corner:
         path = Path(r["run_dir"]) / "history.csv"
@@ -83,7 +95,7 @@ def _epochs_gain(corner: list[dict], train) -> dict:
         return {"ratio": None, "note": f"not predicted: the learning-rate schedule follows the run's length ({what}), "
                                        "so a run twice as long is not these runs continued (an annealing rate makes "
                                        "their loss fall at the end, and a longer run anneals later); to measure it, "
-                                       "train the current point with train.epochs doubled"}
+                                       "rerun with scale.epochs_check=on"}
     t = np.arange(1, n + 1)
     keep = t >= max(2, n // 4)
     try:
@@ -122,7 +134,7 @@ def choose_form(N, D, L, setting: str, seed: int) -> dict:
 
 def summarize(rows: list[dict], cfg: RunConfig, widths: list[tuple]) -> dict:
     """Fits, the held-out check and the advice, as scale.json holds them."""
-    fitted = [r for r in rows if not r["extrapolated"]]
+    fitted = [r for r in rows if not (r["extrapolated"] or r["longer"])]
     N, D, L = _arrays(fitted)
     check_points(N, D, L)
     n_max, d_max = N.max(), D.max()
@@ -161,7 +173,7 @@ def summarize(rows: list[dict], cfg: RunConfig, widths: list[tuple]) -> dict:
     to_metric = _metric_of_loss(fitted)
     here = float(law.predict(n_max, d_max))
     flops_here = float(np.mean([r["flops"] for r in corner]))
-    epochs = _epochs_gain(corner, cfg.train)
+    epochs = _epochs_gain(corner, cfg.train, [r for r in rows if r["longer"]])
     options = {"2x data": float(law.predict(n_max, 2 * d_max)), "2x params": float(law.predict(2 * n_max, d_max))}
     if epochs["ratio"] is not None:
         options["2x epochs"] = here * epochs["ratio"]

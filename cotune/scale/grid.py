@@ -19,8 +19,8 @@ from cotune.errors import ConfigError
 from cotune.track import write_csv
 
 COLUMNS = ("size", "width", "fraction", "n_samples", "seed", "params", "samples", "epochs", "flops", "val_loss",
-           "val_loss_se", "val_metric", "metric", "seconds", "extrapolated", "run_dir")
-ADDED = {"val_loss_se": "nan"}  # columns newer than some saved studies: what their rows read as
+           "val_loss_se", "val_metric", "metric", "seconds", "extrapolated", "longer", "run_dir")
+ADDED = {"val_loss_se": "nan", "longer": "False"}  # columns newer than some saved studies: what their rows read as
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,11 @@ class Point:
     epochs: int          # at most; early stopping on validation loss usually ends a run sooner
     patience: int        # early stopping, in epochs of this share
     extrapolated: bool = False  # beyond the data the user has: checked against the fit, not fitted
+    longer: bool = False        # the current point with twice the epochs: measures that option, not fitted
 
     @property
     def key(self) -> tuple:
-        return (self.width, round(self.fraction, 6), self.seed, self.n_samples)
+        return (self.width, round(self.fraction, 6), self.seed, self.n_samples, self.longer)
 
     def params(self) -> dict:
         """The knobs this run sets over the base configuration (the study's enqueued trial)."""
@@ -102,15 +103,28 @@ def schedule(cfg: RunConfig, fraction: float) -> tuple[int, int]:
     return math.ceil(cfg.train.epochs * cfg.scale.epoch_factor * k - 1e-9), math.ceil(cfg.train.patience * k - 1e-9)
 
 
+def stretches_with_length(train) -> bool:
+    """Whether a run's learning-rate schedule depends on how many epochs it has (train.py get_lr): then
+    a run twice as long is not this run continued, and its curve cannot be read off this one's."""
+    return train.schedule in ("cosine", "exponential", "onecycle") or train.warmup > 0
+
+
+def measures_epochs(cfg: RunConfig) -> bool:
+    """Whether the study trains the current point again with twice the epochs (scale.epochs_check)."""
+    return cfg.scale.epochs_check == "on" or (cfg.scale.epochs_check == "auto" and stretches_with_length(cfg.train))
+
+
 def grid(cfg: RunConfig, widths: list[tuple], extrapolate: bool = False) -> list[Point]:
-    """Every run of the study: sizes x shares x seeds (plus the largest model on 2x and 4x generated rows)."""
+    """Every run of the study: sizes x shares x seeds (plus the largest model on 2x and 4x generated rows,
+    and the current point at twice the epochs when measures_epochs)."""
     seeds = [cfg.runtime.seed + i for i in range(cfg.scale.seeds)]
     n, fracs = cfg.data.n_samples, fractions_for(cfg)
     points = [Point(i, w, f, s, n, *schedule(cfg, f)) for i, (w, _, _) in enumerate(widths) for f in fracs for s in seeds]
+    top, (cap, patience) = len(widths) - 1, schedule(cfg, fracs[-1])
     if extrapolate:
-        top = len(widths) - 1
-        points += [Point(top, widths[-1][0], fracs[-1], s, n * k, *schedule(cfg, fracs[-1]), True)
-                   for k in (2, 4) for s in seeds]
+        points += [Point(top, widths[-1][0], fracs[-1], s, n * k, cap, patience, True) for k in (2, 4) for s in seeds]
+    if measures_epochs(cfg):  # same patience: a longer run may still stop early, as the user's would
+        points += [Point(top, widths[-1][0], fracs[-1], s, n, 2 * cap, patience, longer=True) for s in seeds]
     return points
 
 
@@ -128,12 +142,12 @@ def read_rows(path: Path) -> list[dict]:
     for r in rows:
         r.update({k: v for k, v in ADDED.items() if r.get(k) in (None, "")})
         r.update({k: int(float(r[k])) for k in ints}, **{k: float(r[k]) for k in floats})
-        r["extrapolated"] = r["extrapolated"] in ("True", "true", "1")
+        r["extrapolated"], r["longer"] = (r[k] in ("True", "true", "1") for k in ("extrapolated", "longer"))
     return [{k: r[k] for k in COLUMNS} for r in rows]  # in this version's column order, for rewriting
 
 
 def row_key(row: dict) -> tuple:
-    return (row["width"], round(row["fraction"], 6), row["seed"], row["n_samples"])
+    return (row["width"], round(row["fraction"], 6), row["seed"], row["n_samples"], row["longer"])
 
 
 def append_row(path: Path, rows: list[dict], row: dict) -> None:

@@ -81,7 +81,7 @@ def scale(run, overrides=(), *, out=None, workers: int | None = None, live: bool
     widths = widths_for(cfg, model_shapes(cfg))
     points = grid(cfg, widths, cfg.scale.extrapolate)
     params = {w: p for w, p, _ in widths}
-    fitted = [p for p in points if not p.extrapolated]  # too few to fit: say so before training anything
+    fitted = [p for p in points if not (p.extrapolated or p.longer)]  # too few to fit: say so before training anything
     check_points([params[p.width] for p in fitted], [p.fraction for p in fitted], [1.0] * len(fitted))
     csv_path = out / "scale.csv"
     rows = read_rows(csv_path)
@@ -109,7 +109,7 @@ def scale(run, overrides=(), *, out=None, workers: int | None = None, live: bool
         study.set_user_attr("deadline", None)
         for p in todo:
             study.enqueue_trial(p.params(), user_attrs={"point": list(p.key), "size": p.size,
-                                                        "extrapolated": p.extrapolated})
+                                                        "extrapolated": p.extrapolated, "longer": p.longer})
         procs = spawn_workers(url, name, workers, None, work_dir,
                               threads=cfg.runtime.threads if any(o.split("=")[0].strip() == "runtime.threads" for o in overrides)
                               else None)
@@ -175,7 +175,8 @@ def _row(t, flops: dict, rescore=None) -> dict:
             "val_loss": val["rmse"] ** 2 if regression else val["log_loss"],
             "val_loss_se": _number(val.get("mse_se" if regression else "log_loss_se")),
             "val_metric": val["rmse"] if regression else val["accuracy"], "metric": "rmse" if regression else "accuracy",
-            "seconds": t.user_attrs.get("seconds", 0.0), "extrapolated": t.user_attrs["extrapolated"], "run_dir": str(run)}
+            "seconds": t.user_attrs.get("seconds", 0.0), "extrapolated": t.user_attrs["extrapolated"],
+            "longer": t.user_attrs.get("longer", False), "run_dir": str(run)}
 
 
 def _watch(study, procs, rows, have, csv_path: Path, flops: dict, total: int, live: bool, console, rescore=None) -> None:
