@@ -32,7 +32,7 @@ def from_csv(path: str):
     acc = defaultdict(list)
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
-            if r.get("extrapolated", "False") != "True":
+            if "True" not in (r.get("extrapolated"), r.get("longer")):
                 acc[int(r["params"]), int(r["samples"])].append(float(r["val_loss"]))
     ns, ds = sorted({n for n, _ in acc}), sorted({d for _, d in acc})
     return ns, ds, [[float(np.mean(acc[n, d])) if (n, d) in acc else np.nan for d in ds] for n in ns]

@@ -24,6 +24,7 @@ import cotune
 from cotune.config import from_dict
 from cotune.data.split import split_indices
 from cotune.pipeline import load_data
+from cotune.scale.advice import law_rows
 from cotune.scale.grid import read_rows
 from cotune.scale.law import fit_joint
 
@@ -63,15 +64,16 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     study = Path(args.study)
-    rows = [r for r in read_rows(study / "scale.csv") if not r["extrapolated"]]
+    rows = [r for r in read_rows(study / "scale.csv") if not (r["extrapolated"] or r["longer"])]
     form = json.loads((study / "scale.json").read_text())["form"]["form"]
     L = row_losses(rows)
     N, D = np.array([r["params"] for r in rows], float), np.array([r["samples"] for r in rows], float)
     ns, ds = np.unique(N), np.unique(D)
     at = (N == ns[-1]) & (D == ds[-1])
 
-    def miss(means: np.ndarray) -> float:
-        law = fit_joint(N[~at], D[~at], means[~at], n_boot=0, form=form)
+    def miss(means: np.ndarray) -> float:  # as the study fits: without the corner, and without runs past the turn
+        kept, _ = law_rows([{"params": n, "samples": d, "val_loss": v} for n, d, v in zip(N[~at], D[~at], means[~at])])
+        law = fit_joint(*(np.array([r[k] for r in kept]) for k in ("params", "samples", "val_loss")), n_boot=0, form=form)
         actual = means[at].mean()
         return (float(law.predict(ns[-1], ds[-1])) - actual) / actual
 

@@ -48,3 +48,31 @@ def test_a_set_form_is_kept_and_too_few_sizes_fall_back_to_additive():
     small = (N < N.max()) & (D < D.max())   # 3 x 3: without its largest size or share a grid has 2, too few to fit
     choice = choose_form(N[small], D[small], L[small], "auto", seed=0)
     assert choice["form"] == "additive" and "too few" in choice["note"]
+
+
+def _rows(N, D, L):
+    return [{"params": float(n), "samples": float(d), "val_loss": float(v)} for n, d, v in zip(N, D, L)]
+
+
+def test_runs_past_the_overfitting_turn_are_left_out_of_the_fit():
+    """Where a bigger model did worse than a smaller one on the same rows, no law falling with N describes
+    the point: law_rows leaves every run there out, and only there; with too few left, it keeps them all."""
+    from cotune.scale.advice import law_rows, past_the_turn
+    N, D, L = points(INTER, drop_corner=False)
+    rows = _rows(N, D, L) + _rows(N, D, L * 1.01)              # two seeds
+    assert past_the_turn(rows) == set() and law_rows(rows) == (rows, set())
+    ns, ds = np.unique(N), np.unique(D)
+    worse = {(ns[-1], ds[0]), (ns[-1], ds[1])}                 # the largest model overfits the two smallest shares
+    for r in rows:
+        if (r["params"], r["samples"]) in worse:
+            below = next(x for x in rows if x["params"] == ns[-2] and x["samples"] == r["samples"])
+            r["val_loss"] = below["val_loss"] * 1.05
+    assert past_the_turn(rows) == worse
+    kept, turned = law_rows(rows)
+    assert turned == worse and len(kept) == len(rows) - 4
+    assert all((r["params"], r["samples"]) not in worse for r in kept)
+    small = [r for r in rows if r["params"] < ns[-1] and r["samples"] < ds[-1]]  # 3 x 3: 9 points, 2 seeds
+    for r in small:
+        if r["params"] == ns[-2]:
+            r["val_loss"] *= 3.0                                # past the turn on every share: 6 points would be left
+    assert len(past_the_turn(small)) == 3 and law_rows(small) == (small, set())

@@ -1,10 +1,13 @@
 """From scale.csv to scale.json: the fitted laws, the held-out check, and what to do next.
 
 - Per-axis laws: loss against parameters at the largest training set, and against training rows at the
-  largest model. The joint law L(N, D) = E + A / N^alpha + B / D^beta over every fitted run (law.py), or
-  its interaction form: scale.law=auto takes the form that better predicts the largest corner of the grid
-  without its largest size, and of the grid without its largest share, each fitted without that corner.
-  Only runs other than the study's own corner take part, so the held-out check stays a fair test.
+  largest model. The joint law (law.py) in its interaction form, E + ((A / N^alpha)^(1/q) + (B /
+  D^beta)^(1/q))^q, which with q = 1 is the additive E + A / N^alpha + B / D^beta (scale.law; auto takes
+  the form that better predicts the largest corner of the grid without its largest size, and of the
+  grid without its largest share, each fitted without that corner, and only from runs other than the
+  study's own corner, so the held-out check stays a fair test). Every form falls with N at every D, so
+  the runs at points past the overfitting turn (a smaller model did better on the same rows) are left
+  out of the fits.
 - Held-out check: the largest (N, D) corner (the configuration as it is) is left out of a second fit
   and predicted; its relative error says how far to trust the advice.
 - Advice at the current point: the predicted gain from 2x rows, 2x parameters (the joint law) and 2x
@@ -110,7 +113,8 @@ def choose_form(N, D, L, setting: str, seed: int) -> dict:
     """{"form", "errors", "note"}: the joint law's form for these runs (scale.law; auto decides by the
     log error of each form's prediction of two inner corners, each left out of its fit)."""
     if setting != "auto":
-        return {"form": setting, "errors": {}, "note": f"set by scale.law={setting}"}
+        what = " (q is fitted; q = 1 is the additive law)" if setting == "interaction" else ""
+        return {"form": setting, "errors": {}, "note": f"{setting}{what}, as scale.law sets"}
     ns, ds = np.unique(N), np.unique(D)
     errors: dict = {f: [] for f in FORMS}
     for n_top, d_top in ((ns[-2], ds[-1]), (ns[-1], ds[-2])) if len(ns) > 1 and len(ds) > 1 else ():
@@ -132,6 +136,25 @@ def choose_form(N, D, L, setting: str, seed: int) -> dict:
                                                    f"average, against {100 * mean[other]:.1f}% for the {other} form"}
 
 
+def past_the_turn(rows: list[dict]) -> set[tuple]:
+    """The (params, samples) points whose mean loss is above a smaller model's on the same rows: past the
+    overfitting turn, where early stopping cannot keep a bigger model from doing worse on few rows."""
+    means = _mean_by(rows, "params", "samples")
+    return {(n, d) for (n, d), loss in means.items() if any(m < loss for (n2, d2), m in means.items() if d2 == d and n2 < n)}
+
+
+def law_rows(rows: list[dict]) -> tuple[list[dict], set[tuple]]:
+    """(the runs the joint law is fitted to, the points left out): every law here falls with N at every D,
+    so runs past the turn would only flatten its model term; all runs when too few would be left to fit."""
+    turned = past_the_turn(rows)
+    kept = [r for r in rows if (r["params"], r["samples"]) not in turned]
+    try:
+        check_points(*_arrays(kept))
+    except ConfigError:
+        return rows, set()
+    return kept, turned
+
+
 def summarize(rows: list[dict], cfg: RunConfig, widths: list[tuple]) -> dict:
     """Fits, the held-out check and the advice, as scale.json holds them."""
     fitted = [r for r in rows if not (r["extrapolated"] or r["longer"])]
@@ -140,9 +163,11 @@ def summarize(rows: list[dict], cfg: RunConfig, widths: list[tuple]) -> dict:
     n_max, d_max = N.max(), D.max()
     corner = [r for r in fitted if r["params"] == n_max and r["samples"] == d_max]
     rest = [r for r in fitted if not (r["params"] == n_max and r["samples"] == d_max)]
-    choice = choose_form(*_arrays(rest), cfg.scale.law, cfg.runtime.seed)
-    law = fit_joint(N, D, L, seed=cfg.runtime.seed, form=choice["form"])
-    out: dict = {"metric": fitted[0]["metric"], "law": law.to_dict(), "points": len(fitted), "form": choice}
+    (on_law, turned), (rest_law, _) = law_rows(fitted), law_rows(rest)
+    choice = choose_form(*_arrays(rest_law), cfg.scale.law, cfg.runtime.seed)
+    law = fit_joint(*_arrays(on_law), seed=cfg.runtime.seed, form=choice["form"])
+    out: dict = {"metric": fitted[0]["metric"], "law": law.to_dict(), "points": len(on_law), "form": choice,
+                 "past_the_turn": [{"params": n, "samples": d} for n, d in sorted(turned)]}
 
     by_n, by_d = _mean_by([r for r in fitted if r["samples"] == d_max], "params"), \
         _mean_by([r for r in fitted if r["params"] == n_max], "samples")
@@ -159,7 +184,7 @@ def summarize(rows: list[dict], cfg: RunConfig, widths: list[tuple]) -> dict:
     ses = [r["val_loss_se"] for r in corner]
     measured = {"actual_se": float(np.mean(ses))} if np.all(np.isfinite(ses)) else {}
     try:
-        held = fit_joint(*_arrays(rest), seed=cfg.runtime.seed, form=choice["form"])
+        held = fit_joint(*_arrays(rest_law), seed=cfg.runtime.seed, form=choice["form"])
         pred = float(held.predict(n_max, d_max))
         out["holdout"] = {"params": n_max, "samples": d_max, "actual": actual, "predicted": pred,
                           "rel_error": abs(pred - actual) / actual, "law": held.to_dict(), **measured}
@@ -246,6 +271,10 @@ def advice_text(s: dict) -> list[str]:
         lines.append(line + ".")
     if s.get("form", {}).get("note"):
         lines.append(f"Law: {s['form']['note']}.")
+    if s.get("past_the_turn"):
+        pts = ", ".join(f"{p['params']:,.0f} params on {p['samples']:,.0f} rows" for p in s["past_the_turn"])
+        lines.append(f"Left out of the fits: {pts}, where a smaller model did better on the same rows (past the "
+                     "overfitting turn, which a law falling with model size cannot follow).")
     if s["epochs"].get("note"):
         lines.append(f"Epochs: {s['epochs']['note']}.")
     opt = s["compute_optimal"]
