@@ -77,8 +77,8 @@ def fit(data=None, *, target=None, config=None, overrides=(), budget=None, trial
 def scale(run, *, overrides=(), sizes=None, fractions=None, seeds=None, workers=None, compute=None,
           extrapolate=None, out=None, live: bool = False, console=None):
     """Train the best configuration of a search (or a run's) over model sizes x training-set sizes, fit
-    L(N, D) = E + A/N^alpha + B/D^beta (or its interaction form, scale.law), and advise: more data, a bigger model or longer training. Returns a
-    ScaleResult; files go to `out` (default <run>/scale): scale.csv (one row per run), scale.json (fits, advice)."""
+    L(N, D) = E + ((A/N^alpha)^(1/q) + (B/D^beta)^(1/q))^q (q = 1: the additive law; scale.law), and advise: more data,
+    a bigger model or longer training. Returns a ScaleResult; files go to `out` (default <run>/scale): scale.csv (one row per run), scale.json (fits, advice)."""
     from cotune.scale.study import scale as _scale
     extra = [f"scale.{k}={v}" for k, v in (("sizes", sizes), ("fractions", fractions), ("seeds", seeds),
                                             ("compute", compute), ("extrapolate", extrapolate)) if v is not None]
