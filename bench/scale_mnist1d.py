@@ -5,7 +5,8 @@
 default  MNIST-1D, default split (4,000 train / 1,000 test; 15% of train for validation), the configuration
          a search starts from on sequences (cnn1d depth 4, batch norm, kernel 7, batch 64, augmentation
          auto, 30 epochs), trained once; then `cotune scale` with the default grid (4 sizes spanning 16x
-         parameters x 4 shares spanning 8x x 2 seeds, 2 workers): wall time (target < 20 min).
+         parameters x 4 shares spanning 8x x 2 seeds, plus the current point at twice the epochs on
+         each seed, as the cosine schedule makes it; 2 workers): wall time (target < 20 min).
 check    The advice against reality at the study's largest point, MNIST-1D: the same study with
          --extrapolate (the largest model on 2x and 4x generated rows), plus the largest share trained at 2x
          the parameters, both seeds, same recipe as the grid's runs. Passes when the option the advice
@@ -23,8 +24,8 @@ heldout  MNIST-1D generated at 80,000 samples (64,000 train; with 5% for validat
 heldout_wide   The same grid on models of 6x the parameters (width 96 as the largest: 5.6k to 87k parameters),
          to see whether the law carries better away from the smallest, saturating models.
 heldout_check  The advice at that corner against reality: the largest model on 2x the generated rows
-         (160,000 samples, 121,600 training rows), 2x the parameters and 2x the epochs (the cap doubled)
-         at 60,800 rows, every seed; and 2x rows at half the epochs (the grid's steps: every share trains
+         (160,000 samples, 121,600 training rows), 2x the parameters and 2x the epochs (the cap doubled;
+         the study's own such runs when it trained them, scale.epochs_check) at 60,800 rows, every seed; and 2x rows at half the epochs (the grid's steps: every share trains
          up to the same number of steps, so that is what the law's rows axis means). The
          2x-rows models are scored on the study's own validation rows (their generation shares no row with
          the study's), so every option is measured on the rows the corner was.
@@ -178,10 +179,12 @@ def main():
         tag = "m64k" if width is None else f"m64k-w{width}"
         longer = cfg.replace(**{"train.epochs": 2 * cfg.train.epochs}).to_dict()
         shorter = cfg.replace(**{"train.epochs": cfg.train.epochs // 2}).to_dict()  # 2x rows at the grid's steps
+        # 2x epochs: the study's own runs at twice the epochs when it trained them (scale.epochs_check)
+        measured = [r["val_loss"] for r in sorted(res.rows, key=lambda r: r["seed"]) if r["longer"]]
         jobs = [(cfg.to_dict(), cfg.model.width, top, s, tmp / f"{tag}-2d-{s}", 2 * n) for s in seeds] + \
                [(shorter, cfg.model.width, top, s, tmp / f"{tag}-2ds-{s}", 2 * n) for s in seeds] + \
                [(cfg.to_dict(), w2, top, s, tmp / f"{tag}-2p-{s}", None) for s in seeds] + \
-               [(longer, cfg.model.width, top, s, tmp / f"{tag}-2e-{s}", None) for s in seeds]
+               ([] if measured else [(longer, cfg.model.width, top, s, tmp / f"{tag}-2e-{s}", None) for s in seeds])
         with ProcessPoolExecutor(args.workers) as pool:
             losses = list(pool.map(train_point_job, *zip(*jobs)))
         k = len(seeds)
@@ -191,7 +194,7 @@ def main():
         own = losses[:k]
         losses[:2 * k] = [float(row_loss(job[4], X, y).mean()) for job in jobs[:2 * k]]
         key = "check_mnist1d_64k" + ("" if width is None else f"_w{width}")
-        out[key] = {**check(res, {"2x data": losses[:k], "2x params": losses[2 * k:3 * k], "2x epochs": losses[3 * k:]}),
+        out[key] = {**check(res, {"2x data": losses[:k], "2x params": losses[2 * k:3 * k], "2x epochs": measured or losses[3 * k:]}),
                     "width_2x": w2, "2x data on its own validation rows": own,
                     "2x data at the grid's steps (half the epochs)": losses[k:2 * k]}
         print(key, json.dumps(out[key]), flush=True)
