@@ -14,7 +14,6 @@ all studies given, the mean absolute error and how many corners each way puts wi
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from cotune.errors import ConfigError
 from cotune.scale.advice import choose_form, law_rows
 from cotune.scale.grid import read_rows
 from cotune.scale.law import fit_joint
+from cotune.track import write_json
 
 WAYS = ("auto, every run", "interaction, turned out")
 
@@ -73,7 +73,7 @@ def main():
               f"within 10% at {int(np.sum(e < 0.1))}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        write_json(args.json, out)
 
 
 if __name__ == "__main__":
