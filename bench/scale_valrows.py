@@ -70,12 +70,14 @@ def main():
     ap.add_argument("--boot", type=int, default=300, help="bootstrap draws of the validation rows")
     ap.add_argument("--rows", choices=sorted(PARTS), default="val",
                     help="score on the validation rows (as the study did), the test split, or both together")
+    ap.add_argument("--form", choices=["study", "additive", "interaction"], default="study",
+                    help="the joint law's form: as the study's scale.json has it, or this one")
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
     torch.set_num_threads(1)
     study = Path(args.study)
     rows = [r for r in read_rows(study / "scale.csv") if not (r["extrapolated"] or r["longer"])]
-    form = json.loads((study / "scale.json").read_text())["form"]["form"]
+    form = json.loads((study / "scale.json").read_text())["form"]["form"] if args.form == "study" else args.form
     L = row_losses(rows, args.rows)
     N, D = np.array([r["params"] for r in rows], float), np.array([r["samples"] for r in rows], float)
     ns, ds = np.unique(N), np.unique(D)
