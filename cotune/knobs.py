@@ -102,6 +102,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("train.epochs", int, 30, "maximum epochs (passes over the training part)", low=1, high=100000),
     _k("train.batch_size", int, 128, "samples per step", low=1, high=1_000_000, search=(32, 512), log=True),
     _k("train.patience", int, 10, "early stopping: epochs without validation improvement before stopping (0 = off); best weights are restored", low=0, high=100000),
+    _k("train.val_every", int, 1, "validate every this many epochs (and after the last); early stopping and the best weights see only those epochs, and patience still counts epochs", low=1, high=100000),
     _k("train.monitor", str, "metric", "early stopping watches the validation 'metric' (accuracy / rmse) or 'loss'", choices=("metric", "loss")),
     # ---- search: how `cotune fit` explores the knobs above (never searched itself)
     _k("search.budget", str, None, "wall-clock budget for the whole fit, final training included: '90s', '10m', '1h'", optional=True),

@@ -261,17 +261,18 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
                 raise TrainingError(f"Training diverged: the loss became {train_loss} in epoch {epoch + 1}; "
                                     "lower train.lr or set train.grad_clip (e.g. 1.0).")
             row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr}
-            if has_val:
-                row.update(validate(net, val_data, loss_name, cfg, runtime, task, y_scale))
-            score = row[key]
-            better = res.best_epoch == 0 or (score < res.best_score if minimize else score > res.best_score)
-            if better:
-                res.best_epoch, res.best_score, bad_epochs = epoch + 1, score, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad_epochs += 1
+            # with train.val_every > 1 only every val_every-th epoch (and the last) is validated and can be the best
+            check = not has_val or (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
+            if check:
+                if has_val:
+                    row.update(validate(net, val_data, loss_name, cfg, runtime, task, y_scale))
+                score = row[key]
+                if res.best_epoch == 0 or (score < res.best_score if minimize else score > res.best_score):
+                    res.best_epoch, res.best_score = epoch + 1, score
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                bad_epochs = epoch + 1 - res.best_epoch  # epochs since the best
             res.history.append(row)
-            stop = cfg.patience > 0 and bad_epochs >= cfg.patience
+            stop = check and cfg.patience > 0 and bad_epochs >= cfg.patience
             if ckpt is not None:
                 _save_checkpoint(ckpt, model, opt, best_state, {
                     "epoch": epoch + 1, "step": step, "bad_epochs": bad_epochs, "history": res.history,

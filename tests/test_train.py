@@ -89,6 +89,26 @@ def test_early_stopping_restores_best_weights():
     assert now == pytest.approx(best, rel=1e-5)
 
 
+def test_val_every_validates_some_epochs_and_early_stops_in_epochs():
+    tr, va = blobs()
+    cfg = TrainConfig(lr=0.5, optimizer="sgd", momentum=0.0, epochs=10, patience=0, val_every=3, schedule="constant",
+                      monitor="loss")
+    res = train(create_model("mlp", (6,), 3, width=16, depth=1, dropout=0.0), tr, va, cfg, RT, task="multiclass")
+    assert [r["epoch"] for r in res.history] == list(range(1, 11))          # every epoch trains and is logged
+    assert [r["epoch"] for r in res.history if "val_loss" in r] == [3, 6, 9, 10]  # validated: each 3rd, and the last
+    assert res.best_epoch in (3, 6, 9, 10)
+    assert res.best_score == pytest.approx(min(r["val_loss"] for r in res.history if "val_loss" in r))
+    # patience counts epochs since the best, checked at each validation: an overfitting run (a huge net on
+    # 12 rows, loss as the monitor) stops at the first validation at least `patience` epochs past its best
+    small = TensorData(tr.X[:12], tr.y[:12])
+    cfg = TrainConfig(lr=0.05, optimizer="adam", epochs=200, patience=4, val_every=5, schedule="constant", monitor="loss")
+    res = train(create_model("mlp", (6,), 3, width=256, depth=3, dropout=0.0), small, va, cfg, RT, task="multiclass")
+    checked = [r["epoch"] for r in res.history if "val_loss" in r]
+    assert all(e % 5 == 0 for e in checked) and res.best_epoch in checked and res.stopped_early
+    assert res.epochs_run == checked[-1] and res.epochs_run - res.best_epoch >= 4
+    assert all(e - res.best_epoch < 4 for e in checked[:-1] if e > res.best_epoch)  # no earlier check was due to stop
+
+
 def test_divergence_is_a_clear_error():
     tr, va = blobs()
     X = tr.X.clone()

@@ -191,12 +191,12 @@ def parallel(top: list[dict], knobs: list[str], logs: set[str], maximize: bool, 
 def curves(epochs: list, series: dict[str, list], metric: tuple[str, list] | None, best_epoch, title: str) -> dict:
     """Learning curves: losses on the left axis, the validation metric (dashed) on the right, the best epoch marked."""
     colors = {"train_loss": BLUE, "val_loss": "#ff7f0e"}
-    data = [{"type": "scatter", "mode": "lines+markers", "name": name, "x": epochs, "y": ys,
-             "line": {"color": colors.get(name, DARK)}} for name, ys in series.items()]
+    data = [{"type": "scatter", "mode": "lines+markers", "name": name, "x": epochs, "y": ys, "connectgaps": True,
+             "line": {"color": colors.get(name, DARK)}} for name, ys in series.items()]  # gaps: train.val_every
     kw = {}
     if metric is not None:
         data.append({"type": "scatter", "mode": "lines+markers", "name": metric[0], "x": epochs, "y": metric[1],
-                     "yaxis": "y2", "line": {"color": "#2ca02c", "dash": "dash"}})
+                     "yaxis": "y2", "connectgaps": True, "line": {"color": "#2ca02c", "dash": "dash"}})
         kw["yaxis2"] = {"title": {"text": metric[0]}, "overlaying": "y", "side": "right", "showgrid": False}
     if best_epoch is not None:
         kw["shapes"] = [{"type": "line", "xref": "x", "yref": "paper", "x0": best_epoch, "x1": best_epoch,
