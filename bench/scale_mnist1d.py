@@ -65,9 +65,9 @@ def width_for(cfg, factor: float) -> int:
 
 def train_point(cfg, width: int, fraction: float, seed: int, out: Path, n_samples: int | None = None) -> float:
     """One run trained exactly as the grid trains its points; returns validation loss."""
-    epochs, patience = schedule(cfg, fraction)
+    epochs, patience, every = schedule(cfg, fraction)
     over = {"model.width": width, "data.fraction": fraction, "runtime.seed": seed, "out": str(out),
-            "train.epochs": epochs, "train.patience": patience}
+            "train.epochs": epochs, "train.patience": patience, "train.val_every": every}
     if n_samples:
         over["data.n_samples"] = n_samples
     return run(cfg.replace(**over)).metrics["val"]["log_loss"]

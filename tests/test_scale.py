@@ -99,6 +99,7 @@ def test_scale_end_to_end(study):
         k = top / float(r["fraction"])
         assert tcfg["train"]["epochs"] == math.ceil(EPOCHS * 3 * k - 1e-9)
         assert tcfg["train"]["patience"] == math.ceil(cfg.train.patience * k - 1e-9)
+        assert tcfg["train"]["val_every"] == max(1, round(k))  # validated about as often per step as the full share
         assert int(r["epochs"]) == metrics["train"]["epochs_run"] <= tcfg["train"]["epochs"]
         assert float(r["val_loss"]) == pytest.approx(metrics["val"]["log_loss"])
         assert float(r["val_loss_se"]) == pytest.approx(metrics["val"]["log_loss_se"]) and float(r["val_loss_se"]) > 0
@@ -297,8 +298,10 @@ def test_grid_points_shares_epochs_and_extrapolation():
     widths = [(8, 100, 1.0), (16, 400, 4.0), (32, 1600, 16.0)]
     points = grid(cfg, widths)
     assert len(points) == 3 * 4 * 2 + 2 and {p.seed for p in points} == {3, 4}
-    assert {(p.epochs, p.patience) for p in points if p.fraction == fr[0]} == {(240, 80)}  # 3 x 10 epochs x 8
-    assert {(p.epochs, p.patience) for p in points if p.fraction == fr[-1] and not p.longer} == {(30, 10)}
+    assert {(p.epochs, p.patience, p.val_every) for p in points if p.fraction == fr[0]} == {(240, 80, 8)}  # 3 x 10 epochs x 8
+    assert {(p.epochs, p.patience, p.val_every) for p in points if p.fraction == fr[-1] and not p.longer} == {(30, 10, 1)}
+    assert {p.val_every for p in points if p.fraction == fr[1]} == {4}  # k = 4: validated every 4 epochs
+    assert {p.val_every for p in grid(cfg.replace(**{"train.val_every": 2}), widths) if p.fraction == fr[0]} == {16}
     assert len({p.key for p in points}) == len(points)
     extra = [p for p in grid(cfg, widths, extrapolate=True) if p.extrapolated]
     assert sorted((p.n_samples, p.seed) for p in extra) == [(10000, 3), (10000, 4), (20000, 3), (20000, 4)]

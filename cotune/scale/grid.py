@@ -32,6 +32,7 @@ class Point:
     n_samples: int       # rows the source generates (mnist1d; the configuration's own elsewhere)
     epochs: int          # at most; early stopping on validation loss usually ends a run sooner
     patience: int        # early stopping, in epochs of this share
+    val_every: int       # epochs between validations: about the same steps between them on every share
     extrapolated: bool = False  # beyond the data the user has: checked against the fit, not fitted
     longer: bool = False        # the current point with twice the epochs: measures that option, not fitted
 
@@ -42,7 +43,8 @@ class Point:
     def params(self) -> dict:
         """The knobs this run sets over the base configuration (the study's enqueued trial)."""
         return {"model.width": self.width, "data.fraction": self.fraction, "runtime.seed": self.seed,
-                "data.n_samples": self.n_samples, "train.epochs": self.epochs, "train.patience": self.patience}
+                "data.n_samples": self.n_samples, "train.epochs": self.epochs, "train.patience": self.patience,
+                "train.val_every": self.val_every}
 
 
 def model_cost(cfg: RunConfig, width: int, shapes: tuple) -> tuple[int, float]:
@@ -93,14 +95,17 @@ def fractions_for(cfg: RunConfig) -> list[float]:
     return [top / s.fraction_span ** (j / (s.fractions - 1)) for j in reversed(range(s.fractions))]
 
 
-def schedule(cfg: RunConfig, fraction: float) -> tuple[int, int]:
-    """(epochs cap, patience) of a run on `fraction` of the training part.
+def schedule(cfg: RunConfig, fraction: float) -> tuple[int, int, int]:
+    """(epochs cap, patience, epochs between validations) of a run on `fraction` of the training part.
 
     Runs train until validation loss stops improving: the cap is scale.epoch_factor x the configuration's
     epochs, and a share of 1/k gets k times the epochs and the patience (as many steps as the largest
-    share), so a small share is neither cut short nor stopped on a few noisy steps."""
+    share), so a small share is neither cut short nor stopped on a few noisy steps. It is validated every
+    k x train.val_every epochs (rounded): every share about as often per step, so each run's best epoch is
+    picked from about as many validations, and a small share does not spend most of its time validating."""
     k = fractions_for(cfg)[-1] / fraction
-    return math.ceil(cfg.train.epochs * cfg.scale.epoch_factor * k - 1e-9), math.ceil(cfg.train.patience * k - 1e-9)
+    return (math.ceil(cfg.train.epochs * cfg.scale.epoch_factor * k - 1e-9), math.ceil(cfg.train.patience * k - 1e-9),
+            max(1, round(cfg.train.val_every * k)))
 
 
 def stretches_with_length(train) -> bool:
@@ -120,11 +125,11 @@ def grid(cfg: RunConfig, widths: list[tuple], extrapolate: bool = False) -> list
     seeds = [cfg.runtime.seed + i for i in range(cfg.scale.seeds)]
     n, fracs = cfg.data.n_samples, fractions_for(cfg)
     points = [Point(i, w, f, s, n, *schedule(cfg, f)) for i, (w, _, _) in enumerate(widths) for f in fracs for s in seeds]
-    top, (cap, patience) = len(widths) - 1, schedule(cfg, fracs[-1])
+    top, (cap, patience, every) = len(widths) - 1, schedule(cfg, fracs[-1])
     if extrapolate:
-        points += [Point(top, widths[-1][0], fracs[-1], s, n * k, cap, patience, True) for k in (2, 4) for s in seeds]
+        points += [Point(top, widths[-1][0], fracs[-1], s, n * k, cap, patience, every, True) for k in (2, 4) for s in seeds]
     if measures_epochs(cfg):  # same patience: a longer run may still stop early, as the user's would
-        points += [Point(top, widths[-1][0], fracs[-1], s, n, 2 * cap, patience, longer=True) for s in seeds]
+        points += [Point(top, widths[-1][0], fracs[-1], s, n, 2 * cap, patience, every, longer=True) for s in seeds]
     return points
 
 

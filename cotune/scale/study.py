@@ -95,11 +95,8 @@ def scale(run, overrides=(), *, out=None, workers: int | None = None, live: bool
     if todo:
         attempt = 1 + sum(1 for _ in out.glob("runs/attempt-*"))
         name = f"attempt-{attempt}"
-        space = {"model.width": (1, max(p.width for p in todo)), "data.fraction": (min(p.fraction for p in todo), 1.0),
-                 "runtime.seed": (0, max(p.seed for p in todo)),
-                 "data.n_samples": (min(p.n_samples for p in todo), max(p.n_samples for p in todo)),
-                 "train.epochs": (min(p.epochs for p in todo), max(p.epochs for p in todo)),
-                 "train.patience": (min(p.patience for p in todo), max(p.patience for p in todo))}
+        sets = [p.params() for p in todo]  # each enqueued trial's knobs, inside the space
+        space = {k: (min(v[k] for v in sets), max(v[k] for v in sets)) for k in sets[0]}
         work_dir = out / "runs" / name
         work_dir.mkdir(parents=True)
         url = storage_url(out, f"sqlite:///{(out / SCALE_DB).resolve()}")
