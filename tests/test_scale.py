@@ -315,13 +315,15 @@ def test_grid_points_shares_epochs_and_extrapolation():
         assert sum(p.longer for p in grid(c, widths)) == n, (schedule, warmup, check)
 
 
-def _corner_runs(tmp_path, curve, stopped=False):
-    """Run directories holding only what the epochs advice reads: history.csv and metrics.json."""
+def _corner_runs(tmp_path, curve, stopped=False, every=1):
+    """Run directories holding only what the epochs advice reads: history.csv (validated every `every`
+    epochs and the last, as train.val_every writes it) and metrics.json."""
     runs = []
     for seed in (0, 1):
         d = tmp_path / f"run{seed}"
         d.mkdir(parents=True)
-        (d / "history.csv").write_text("epoch,val_loss\n" + "".join(f"{t},{v}\n" for t, v in enumerate(curve, 1)))
+        seen = lambda t, v: v if t % every == 0 or t == len(curve) else ""  # noqa: E731
+        (d / "history.csv").write_text("epoch,val_loss\n" + "".join(f"{t},{seen(t, v)}\n" for t, v in enumerate(curve, 1)))
         write_json(d / "metrics.json", {"train": {"stopped_early": stopped}})
         runs.append({"run_dir": str(d)})
     return runs
@@ -338,6 +340,9 @@ def test_the_epochs_advice_reads_only_curves_a_longer_run_would_continue(tmp_pat
     assert const["ratio"] == pytest.approx((0.1 + 40 ** -0.5) / (0.1 + 20 ** -0.5), rel=1e-3)
     assert "from the learning curve over 20 epochs" in const["note"]
     assert _epochs_gain(runs, train.model_copy(update={"schedule": "step"}))["ratio"] == pytest.approx(const["ratio"])
+    sparse = _epochs_gain(_corner_runs(tmp_path / "every3", 0.1 + t ** -0.5, every=3),  # validated at 3, 6, ..., 18, 20
+                          train.model_copy(update={"schedule": "constant"}))
+    assert sparse["ratio"] == pytest.approx(const["ratio"], rel=1e-3) and "over 20 epochs" in sparse["note"]
     for schedule in ("cosine", "exponential", "onecycle"):
         got = _epochs_gain(runs, train.model_copy(update={"schedule": schedule}))
         assert got["ratio"] is None and f"({schedule})" in got["note"] and "scale.epochs_check=on" in got["note"]
@@ -345,6 +350,9 @@ def test_the_epochs_advice_reads_only_curves_a_longer_run_would_continue(tmp_pat
     assert warm["ratio"] is None and "warmup 0.1" in warm["note"]
     flat = _corner_runs(tmp_path / "flat", np.r_[0.1 + t[:10] ** -0.5, np.full(10, 0.5)], stopped=True)
     assert _epochs_gain(flat, train)["ratio"] == 1.0  # stopped improving: no gain, whatever the schedule
+    turned = _corner_runs(tmp_path / "turned", np.r_[0.1 + t[:10] ** -0.5, np.full(10, 0.5)], every=4)
+    got = _epochs_gain(turned, train.model_copy(update={"schedule": "constant"}))  # best at epoch 8 of 20: turned
+    assert got["ratio"] == 1.0 and "the last of 20 epochs" in got["note"]
     # runs trained at twice the epochs replace any reading of the curves, and may show a loss
     corner = [{**r, "seed": s, "val_loss": v, "epochs": 20} for r, s, v in zip(flat, (0, 1), (0.2, 0.3))]
     longer = [{"seed": 1, "val_loss": 0.33, "epochs": 31}, {"seed": 7, "val_loss": 0.01, "epochs": 40}]

@@ -74,7 +74,7 @@ def _epochs_gain(corner: list[dict], train, longer: list[dict] = ()) -> dict:
     else read off the learning curves of its runs."""
     if longer and (got := _measured_epochs(corner, list(longer))) is not None:
         return got
-    stopped, curves = [], []
+    stopped, curves, at = [], [], []
     for r in corner:
         path = Path(r["run_dir"]) / "history.csv"
         if not path.is_file():
@@ -83,15 +83,16 @@ def _epochs_gain(corner: list[dict], train, longer: list[dict] = ()) -> dict:
             hist = [row for row in csv.DictReader(f) if row.get("val_loss")]
         vl = np.minimum.accumulate([float(h["val_loss"]) for h in hist])  # best so far: what early stopping keeps
         curves.append(vl)
-        best = int(np.argmin([float(h["val_loss"]) for h in hist])) + 1
+        at.append([int(h["epoch"]) for h in hist])  # the validated epochs: every one, or every train.val_every
+        best = at[-1][int(np.argmin([float(h["val_loss"]) for h in hist]))]
         done = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())["train"].get("stopped_early", False)
-        stopped.append(bool(done) or best < 0.8 * len(hist))  # the loss had turned up well before the end
+        stopped.append(bool(done) or best < 0.8 * at[-1][-1])  # the loss had turned up well before the end
     if not curves:
         return {"ratio": None, "note": "no learning curves in the runs' directories"}
     n = min(len(c) for c in curves)
-    curve = np.mean([c[:n] for c in curves], axis=0)
+    curve, t = np.mean([c[:n] for c in curves], axis=0), np.array(at[0][:n], float)
     if all(stopped):
-        return {"ratio": 1.0, "note": f"validation loss stopped improving before the last of {n} epochs: "
+        return {"ratio": 1.0, "note": f"validation loss stopped improving before the last of {t[-1]:.0f} epochs: "
                                       "more epochs do not help at this size"}
     if stretches_with_length(train):
         what = f"warmup {train.warmup:g} of the run" if train.schedule in ("constant", "step") else train.schedule
@@ -99,14 +100,13 @@ def _epochs_gain(corner: list[dict], train, longer: list[dict] = ()) -> dict:
                                        "so a run twice as long is not these runs continued (an annealing rate makes "
                                        "their loss fall at the end, and a longer run anneals later); to measure it, "
                                        "rerun with scale.epochs_check=on"}
-    t = np.arange(1, n + 1)
-    keep = t >= max(2, n // 4)
+    keep = t >= max(2, t[-1] // 4)
     try:
         law = fit_axis(t[keep], curve[keep], n_boot=0)
     except ConfigError as err:
         return {"ratio": None, "note": one_line(err)}
-    ratio = float(law(2 * n) / law(n))
-    return {"ratio": min(ratio, 1.0), "note": f"from the learning curve over {n} epochs", "law": law.to_dict()}
+    ratio = float(law(2 * t[-1]) / law(t[-1]))
+    return {"ratio": min(ratio, 1.0), "note": f"from the learning curve over {t[-1]:.0f} epochs", "law": law.to_dict()}
 
 
 def choose_form(N, D, L, setting: str, seed: int) -> dict:
