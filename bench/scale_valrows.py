@@ -92,7 +92,8 @@ def main():
     corner = L[at].mean(axis=0)
     worst = np.argsort(corner)[::-1]
     n = L.shape[1]
-    res = {"rows": args.rows, "validation_rows": n, "form": form, "corner": float(corner.mean()), "miss": miss(L.mean(axis=1)),
+    res = {"rows": args.rows, "validation_rows": n, "form": form, "corner": float(corner.mean()),
+           "miss": miss(L.mean(axis=1)),
            "corner_rel_se": float(corner.std(ddof=1) / np.sqrt(n) / corner.mean()),
            "worst10_share": float(corner[worst[:10]].sum() / corner.sum()),
            "worst3_by_point": {f"{int(a)}x{int(b)}": float(L[(N == a) & (D == b)][:, worst[:3]].mean())
@@ -101,7 +102,8 @@ def main():
     draws = np.array([miss(L[:, rng.integers(0, n, n)].mean(axis=1)) for _ in range(args.boot)])
     res["bootstrap"] = {"draws": len(draws), "median": float(np.median(draws)), "p5": float(np.percentile(draws, 5)),
                         "p95": float(np.percentile(draws, 95)), "within_10pct": float(np.mean(np.abs(draws) < 0.1))}
-    print(f"{n:,} {'validation' if args.rows == 'val' else args.rows} rows; law {form}; corner {res['corner']:.4f}, predicted {100 * res['miss']:+.1f}% off")
+    what = "validation" if args.rows == "val" else args.rows
+    print(f"{n:,} {what} rows; law {form}; corner {res['corner']:.4f}, predicted {100 * res['miss']:+.1f}% off")
     print(f"corner standard error over the rows: {100 * res['corner_rel_se']:.1f}%; its 10 worst rows carry "
           f"{100 * res['worst10_share']:.0f}% of its loss")
     print("mean loss on the corner's 3 worst rows (params x rows):")

@@ -81,10 +81,10 @@ def _epochs_gain(corner: list[dict], train, longer: list[dict] = ()) -> dict:
             continue
         with open(path, newline="") as f:
             hist = [row for row in csv.DictReader(f) if row.get("val_loss")]
-        vl = np.minimum.accumulate([float(h["val_loss"]) for h in hist])  # best so far: what early stopping keeps
-        curves.append(vl)
+        losses = [float(h["val_loss"]) for h in hist]
+        curves.append(np.minimum.accumulate(losses))  # best so far: what early stopping keeps
         at.append([int(h["epoch"]) for h in hist])  # the validated epochs: every one, or every train.val_every
-        best = at[-1][int(np.argmin([float(h["val_loss"]) for h in hist]))]
+        best = at[-1][int(np.argmin(losses))]
         done = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())["train"].get("stopped_early", False)
         stopped.append(bool(done) or best < 0.8 * at[-1][-1])  # the loss had turned up well before the end
     if not curves:
