@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cotune.data import _audit_checks
+from cotune.data import audit_models
 from cotune.data.audit import CHECKS, Issues, audit, list_checks, severity
 from cotune.data.dataset import Dataset, make_dataset
 from cotune.data.sources import load
@@ -325,8 +325,8 @@ def test_cache_skips_the_expensive_fits(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("recomputed despite the cache")
-    monkeypatch.setattr(_audit_checks, "_fit_proxy", boom)
-    monkeypatch.setattr(_audit_checks, "outlier_scores", boom)
+    monkeypatch.setattr(audit_models, "_fit_proxy", boom)
+    monkeypatch.setattr(audit_models, "outlier_scores", boom)
     second = audit(c.ds, *c.splits, checks=["label_issues", "outliers"])
     assert second.computed == []
     for name in ("label_issues", "outliers"):

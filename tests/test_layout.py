@@ -99,6 +99,53 @@ def test_checker_sees_every_kind_of_import():
     assert {"cotune.pipeline", "cotune.bundle", "cotune.api", "cotune.cli", "cotune.data.split"} <= mods
 
 
+def import_graph() -> dict[str, set[str]]:
+    """cotune module -> the cotune modules it imports, module-level and function-level. An import of
+    `cotune.x.y` points at the module it names (a name inside a module: at that module); an import
+    that names a package points at its `__init__` (named like the package, as `module_name` does)."""
+    names = [module_name(p).split(".") for p in modules()]
+    known = {".".join(n[:k]) for n in names for k in range(1, len(n) + 1)}  # modules and packages
+    graph = {}
+    for path in modules():
+        me, deps = module_name(path), set()
+        for _, mod in cotune_imports(path):
+            while mod not in known and "." in mod:
+                mod = mod.rpartition(".")[0]
+            if mod != me:
+                deps.add(mod)
+        graph[me] = deps
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None (depth-first search, visiting names in order)."""
+    done, path = set(), []
+
+    def visit(m):
+        path.append(m)
+        for d in sorted(graph.get(m, ())):
+            if d in path:
+                return path[path.index(d):] + [d]
+            if d not in done and (found := visit(d)):
+                return found
+        path.pop()
+        done.add(m)
+        return None
+
+    for m in sorted(graph):
+        if m not in done and (found := visit(m)):
+            return found
+    return None
+
+
+def test_no_import_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the search itself
+    graph = import_graph()
+    assert "cotune.data.audit_registry" in graph["cotune.data.audit"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "cotune modules import each other in a circle: " + " -> ".join(cycle)
+
+
 def test_evaluate_does_not_import_torch():
     tree = ast.parse((PKG / "evaluate.py").read_text())
     names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]

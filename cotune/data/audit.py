@@ -1,10 +1,19 @@
 """Data audit: registered checks over one Dataset and its split, each giving one uniform `Issues` record.
 
-A check is a function ``check(ctx) -> Issues`` registered with `register_check` (the built-in
-ones live in `cotune.data._audit_checks`). `audit()` builds one `AuditContext` per call: the
-Preprocessor fitted on the training rows, the preprocessed feature matrix of every row
-(images / sequences flattened) and, computed lazily and cached on disk, the expensive arrays
-(out-of-fold predicted probabilities of a cheap proxy model, outlier scores).
+A check is a function ``check(ctx) -> Issues`` registered with `register_check`. The modules, each
+importing only those above it in this list:
+
+    cotune.data.audit_registry        Issues, Check, CHECKS, register_check, list_checks, severity
+    cotune.data.audit_models          the proxy / outlier models (oof_pred_probs, outlier_scores)
+    cotune.data.audit_checks_columns  built-in checks of table columns (missing values, leaking features, ...)
+    cotune.data.audit_checks_rows     built-in checks of rows (duplicates, leakage, outliers, label issues, ...)
+    cotune.data.audit                 this module: AuditContext, audit(), AuditReport
+
+This module imports both check modules (registering the built-in checks, columns first: that is
+the order of `list_checks()`) and re-exports the registry's names. `audit()` builds one
+`AuditContext` per call: the Preprocessor fitted on the training rows, the preprocessed feature
+matrix of every row (images / sequences flattened) and, computed lazily and cached on disk, the
+expensive arrays (out-of-fold predicted probabilities of a cheap proxy model, outlier scores).
 
 Usage::
 
@@ -30,83 +39,21 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+# importing the check modules registers the built-in checks, columns first: the order of list_checks()
+from cotune.data import audit_checks_columns, audit_checks_rows  # noqa: F401
+from cotune.data import audit_models as models
+from cotune.data.audit_registry import (  # noqa: F401  (re-exported: callers import these from here)
+    CHECKS, CLASSIFICATION, OUTLIER, PARTS, PROXY, SEVERITIES, Check, Issues, list_checks, register_check, severity,
+    worst)
 from cotune.data.dataset import Dataset
 from cotune.data.preprocess import Preprocessor
 from cotune.data.sources import cache_dir
 from cotune.errors import ConfigError, DataError, fmt_choices, invalid
 from cotune.track import atomic_write_bytes, write_json
 
-SEVERITIES = ("none", "low", "medium", "high")
-PARTS = ("train", "val", "test")
-CLASSIFICATION = ("binary", "multiclass")
 DUP_IMAGE_SIDE = 8       # images are average-pooled to at most 8x8 per channel for near-duplicate detection
 DUP_SEQUENCE_LEN = 64    # sequences to at most 64 steps per channel
 MAX_FEATURE_FLOATS = 2 ** 27  # above this (512 MiB) the array feature matrix is the pooled one
-PROXY = {"C": 0.1, "max_iter": 300, "max_fit": 100_000}   # label-issue proxy (C=0.1: see tests/test_audit.py)
-OUTLIER = {"n_estimators": 100, "max_samples": 256, "max_fit": 20_000, "threshold": 0.6}
-
-
-@dataclass(frozen=True, eq=False)
-class Issues:
-    """What one check found. mask / score cover ALL rows of the dataset (not only the examined part)."""
-    name: str
-    mask: np.ndarray    # (N,) bool: True = this row has the problem
-    score: np.ndarray   # (N,) float32 in [0, 1], higher = worse, 0 where not examined
-    summary: dict       # JSON-able: count, share, severity, fix, message, unit, + check-specific keys
-    extra: dict = field(default_factory=dict)  # arrays other code needs (not saved to JSON)
-
-    @property
-    def severity(self) -> str:
-        return self.summary["severity"]
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    fn: Callable
-    tasks: tuple | None = None        # None = every task
-    modalities: tuple | None = None   # None = every modality
-    expensive: bool = False
-    level: str = "rows"               # 'rows' (row-level findings, in the table), 'columns' or 'dataset'
-
-    def applies(self, ds: Dataset) -> bool:
-        return (self.tasks is None or ds.task in self.tasks) and (self.modalities is None or ds.modality in self.modalities)
-
-    def __call__(self, ctx) -> Issues:
-        return self.fn(ctx)
-
-
-CHECKS: dict[str, Check] = {}
-
-
-def register_check(name: str, *, tasks=None, modalities=None, expensive: bool = False, level: str = "rows"):
-    """Decorator: register ``fn(ctx) -> Issues`` as audit check `name` (names are API)."""
-    if level not in ("rows", "columns", "dataset"):
-        raise ValueError(f"level must be 'rows', 'columns' or 'dataset', got {level!r}")
-
-    def deco(fn):
-        CHECKS[name] = Check(name, fn, tuple(tasks) if tasks else None, tuple(modalities) if modalities else None,
-                             bool(expensive), level)
-        return fn
-    return deco
-
-
-def list_checks(ds: Dataset | None = None, *, expensive: bool = True) -> list[str]:
-    """Registered check names (those applicable to `ds` when given; without the expensive ones if asked)."""
-    return [n for n, c in CHECKS.items() if (ds is None or c.applies(ds)) and (expensive or not c.expensive)]
-
-
-def severity(share: float, count: int | None = None) -> str:
-    """Default severity from the share of examined rows: >= 5% high, >= 1% medium, any low, none."""
-    if share >= 0.05:
-        return "high"
-    if share >= 0.01:
-        return "medium"
-    return "low" if share > 0 or (count or 0) > 0 else "none"
-
-
-def worst(*levels: str) -> str:
-    return max(levels, key=SEVERITIES.index)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,11 +203,9 @@ class AuditContext:
 
     def pred_probs(self) -> np.ndarray:
         """(N, K) out-of-fold class probabilities of the proxy for training rows, zeros elsewhere."""
-        from cotune.data import _audit_checks as ac
-
         settings = {**PROXY, "folds": self.cv_folds, "seed": self.seed, "v": 1}
         tr = self.train_idx
-        p = self.cached("oof", settings, lambda: {"pred_probs": ac.oof_pred_probs(
+        p = self.cached("oof", settings, lambda: {"pred_probs": models.oof_pred_probs(
             self.features[tr], self.ds.y[tr], self.ds.n_classes, folds=self.cv_folds, seed=self.seed,
             **PROXY)})["pred_probs"]
         out = np.zeros((len(self.ds), self.ds.n_classes), dtype=np.float32)
@@ -269,11 +214,9 @@ class AuditContext:
 
     def outlier_scores(self) -> np.ndarray:
         """(N,) float32 outlier score of every row (models fitted on training rows): ~0.5 typical, -> 1 anomalous."""
-        from cotune.data import _audit_checks as ac
-
         settings = {**OUTLIER, "seed": self.seed, "v": 1}
         n_num = len(self.pre.numeric_) if self.ds.modality == "tabular" else 0
-        return self.cached("outlier", settings, lambda: {"scores": ac.outlier_scores(
+        return self.cached("outlier", settings, lambda: {"scores": models.outlier_scores(
             self.features, self.train_idx, n_num, seed=self.seed, **OUTLIER)})["scores"]
 
 
@@ -371,5 +314,3 @@ class AuditReport:
             if i.severity != "none":
                 console.print(f"[bold]{i.name}[/]: {i.summary['message']}")
 
-
-from cotune.data import _audit_checks  # noqa: E402,F401  (registers the built-in checks)
