@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 import cotune
 from cotune.data.sources import load
-from cotune.tune import parse_budget
+from cotune.search.space import parse_budget
 
 
 class PaperCNN(nn.Module):

@@ -58,7 +58,7 @@ def fit(data=None, *, target=None, config=None, overrides=(), budget=None, trial
     Knobs you set (in `config`, `overrides` or these arguments) are fixed; every other searchable knob is searched.
     mlflow: tracking URI (default: SQLite in the search directory; 'none': no tracking)."""
     from cotune.config import explicit
-    from cotune.study import fit as _fit
+    from cotune.search.parent import fit as _fit
     extra = [f"data.source={data}"] if data is not None else []
     extra += [f"data.target={target}"] if target is not None else []
     for key, value in (("budget", budget), ("trials", trials), ("workers", workers), ("sampler", sampler),

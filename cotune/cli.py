@@ -125,7 +125,7 @@ def worker(storage: str = typer.Option(..., "--storage", help="Study storage URL
            out: Optional[Path] = typer.Option(None, "--out", help="Where trial directories go (default: the study's)."),
            deadline: Optional[float] = typer.Option(None, "--deadline", help="Unix time after which no trial starts.")):
     """Join a search from another process or machine: run its trials until it is done."""
-    from cotune.tune import work
+    from cotune.search.worker import work
     import torch
     torch.set_num_threads(threads)
     n = work(storage, study, deadline=deadline, threads=threads, out=str(out) if out else None)

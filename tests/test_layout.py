@@ -15,10 +15,8 @@ LAYERS = {
     **{m: 1 for m in ("data", "models")},  # data/* and models/*
     **{m: 2 for m in ("train", "evaluate", "bundle")},
     "pipeline": 3,
-    "tune": 4,
-    "workers": 4,  # Optuna storage and worker processes, under tune, study and scale
-    "study": 4,
-    "scale": 4,  # scale/* (law.py and advice.py stay torch-free: the report reads them)
+    "search": 4,  # search/*: the joint search (space, storage, objective, worker, parent, ensemble, tracking)
+    "scale": 4,  # scale/* runs on the search's storage and parent (law.py and advice.py stay torch-free)
     "report": 5,
     "api": 5,  # the API sits right under the CLI: it may call the search and the report
     "cli": 6,

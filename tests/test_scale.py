@@ -207,11 +207,11 @@ def test_a_study_saved_before_the_newer_columns_still_reads(study, tmp_path):
 def test_the_study_reads_only_trials_of_grid_points(tmp_path):
     """A finished trial without a grid point (one a worker sampled past the queue) adds no row."""
     import optuna
-    from cotune.scale.study import _watch
+    from cotune.scale.study import sweep
     study = optuna.create_study()
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.5))
     rows: list = []
-    _watch(study, [], rows, set(), tmp_path / "scale.csv", {}, 9, False, None)
+    sweep(study, set(), rows, set(), tmp_path / "scale.csv", {})
     assert rows == [] and not (tmp_path / "scale.csv").exists()
 
 

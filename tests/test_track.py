@@ -18,9 +18,10 @@ optuna = pytest.importorskip("optuna")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from cotune.config import RunConfig, from_dict  # noqa: E402
-from cotune.track import MLFLOW_DB, MlflowTracker, NullTracker, Tee, mlflow_uri, track_study  # noqa: E402
-from cotune.tune import _objective, open_study  # noqa: E402
-from cotune.workers import storage_url  # noqa: E402
+from cotune.search.objective import Objective  # noqa: E402
+from cotune.search.storage import open_study, storage_url  # noqa: E402
+from cotune.search.tracking import mlflow_uri, track_study  # noqa: E402
+from cotune.track import MLFLOW_DB, MlflowTracker, NullTracker, Tee  # noqa: E402
 
 ENV = {"OMP_NUM_THREADS": "1", "COLUMNS": "200", "PYTHONWARNINGS": "ignore"}
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
@@ -77,9 +78,9 @@ def test_pruned_and_failed_trials_get_their_mlflow_status(launched, tmp_path, ca
     parent = track_study(study, cfg, tmp_path)
     assert isinstance(parent, MlflowTracker) and (tmp_path / MLFLOW_DB).is_file()
     study.pruner = optuna.pruners.ThresholdPruner(lower=2.0)  # accuracy < 2: pruned at the first report
-    study.optimize(_objective(study, cfg, space, tmp_path, None, 1), n_trials=1, catch=(Exception,))
+    study.optimize(Objective(study, cfg, space, tmp_path, None, 1), n_trials=1, catch=(Exception,))
     bad = cfg.replace(**{"train.loss": "mse"})  # a regression loss on a classification task: the trial fails
-    study.optimize(_objective(study, bad, space, tmp_path, None, 1), n_trials=1, catch=(Exception,))
+    study.optimize(Objective(study, bad, space, tmp_path, None, 1), n_trials=1, catch=(Exception,))
     parent.close("KILLED")
     assert [t.state.name for t in study.trials] == ["PRUNED", "FAIL"]
     client = MlflowClient(tracking_uri=mlflow_uri(None, tmp_path))

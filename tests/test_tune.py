@@ -1,6 +1,6 @@
 """`cotune fit`: the search space from the knobs, suggest(), the budget, failing trials, resume and bad input.
 
-The space tests run in-process against cotune.tune; the searches go through the real command.
+The space tests run in-process against cotune.search; the searches go through the real command.
 Every search is tiny (iris / wine / a small .npz, width 16, one torch thread, a handful of trials)
 and MLflow tracking is off (tests/test_track.py covers it), so the file takes about two minutes on
 two cores. What costs the time is process start-up: every worker imports torch, so the parent of a
@@ -29,7 +29,7 @@ from cotune.cli import app
 from cotune.config import explicit, from_dict
 from cotune.errors import ConfigError
 from cotune.knobs import BY_NAME, searchable
-from cotune.tune import CLASSIFICATION_ONLY, FAMILIES_FOR, START, parse_budget, rungs, search_space, start_params, suggest
+from cotune.search.space import CLASSIFICATION_ONLY, FAMILIES_FOR, START, parse_budget, rungs, search_space, start_params, suggest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -594,12 +594,12 @@ def test_worker_with_a_bad_storage_is_one_line(tmp_path):
 
 # -------------------------------------------------------------------------------- workers sharing a study
 
-# Two processes share one SQLite study, argv: URL, study, mode, out. "work": cotune.tune.work() with an instant
+# Two processes share one SQLite study, argv: URL, study, mode, out. "work": cotune.search.worker.work() with an instant
 # objective and an ask slowed by 0.2 s (a slow sampler), so both workers sit between the limit check and the
 # claim at once; "work-nolock": the same without the ask lock. "claim": a bare ask/tell loop over the queue, so
 # two claims of one waiting trial meet in the database; "claim-plain": the same without BEGIN IMMEDIATE.
 RACER = """
-import sys, time, warnings, optuna, cotune.tune as t, cotune.workers as w
+import sys, time, warnings, optuna, cotune.search.worker as t, cotune.search.storage as w
 warnings.simplefilter("ignore")
 url, name, mode, out = sys.argv[1:]
 if mode == "work-nolock":
@@ -609,7 +609,7 @@ if mode == "claim-plain":
 if mode.startswith("work"):
     ask = optuna.Study.ask
     optuna.Study.ask = lambda self, *a, **k: (time.sleep(0.2), ask(self, *a, **k))[1]
-    t._objective = lambda study, cfg, space, out, deadline, threads: lambda trial: trial.suggest_float("train.lr", 1e-4, 0.1)
+    t.Objective = lambda study, cfg, space, out, deadline, threads: lambda trial: trial.suggest_float("train.lr", 1e-4, 0.1)
     t.work(url, name, out=out)
 else:
     study = optuna.load_study(study_name=name, storage=w.rdb_storage(url))
@@ -624,7 +624,7 @@ else:
 
 def _race(tmp_path, mode: str, queued: int, limit: int):
     """The study's trials and the claims the workers saw a second time."""
-    from cotune.tune import open_study
+    from cotune.search.storage import open_study
     tmp_path.mkdir(parents=True, exist_ok=True)
     url = f"sqlite:///{tmp_path / 'study.db'}"
     cfg = from_dict({"data": {"source": "sklearn:iris"}, "search": {"trials": limit, "sampler": "random"}})

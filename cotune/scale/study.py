@@ -2,20 +2,22 @@
 
     result = scale("runs/x", workers=2)            # -> runs/x/scale/{scale.csv, scale.json, runs/}
 
-The runs go through the search's machinery: an Optuna study (SQLite in the scale directory) holds one
-enqueued trial per grid point, `cotune worker` processes train them (--workers N), and the parent
+The runs go through the search's machinery (cotune.search's storage and parent): an Optuna study (SQLite in
+the scale directory) holds one enqueued trial per grid point, `cotune worker` processes train them
+(--workers N, started and watched by search.parent.run_workers), and the parent
 appends each finished run to scale.csv at once. Points already in scale.csv are not run again, so a
 killed study continues where it stopped. Then the law is fitted and the advice written (advice.py).
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cotune.config import RunConfig, from_dict
 from cotune.errors import ConfigError, CotuneError
 from cotune.scale.grid import append_row, grid, read_rows, row_key, widths_for
+from cotune.search.parent import live_view, run_workers
+from cotune.search.storage import open_study, storage_url
 from cotune.track import read_json, write_json
 
 SCALE_DB = "scale.db"
@@ -70,8 +72,6 @@ def scale(run, overrides=(), *, out=None, workers: int | None = None, live: bool
     from cotune.pipeline import model_shapes
     from cotune.scale.advice import summarize
     from cotune.scale.law import check_points
-    from cotune.tune import open_study
-    from cotune.workers import spawn_workers, storage_url
     run = Path(run)
     cfg = study_config(base_config(run), overrides)
     workers = workers or cfg.search.workers
@@ -107,16 +107,9 @@ def scale(run, overrides=(), *, out=None, workers: int | None = None, live: bool
         for p in todo:
             study.enqueue_trial(p.params(), user_attrs={"point": list(p.key), "size": p.size,
                                                         "extrapolated": p.extrapolated, "longer": p.longer})
-        procs = spawn_workers(url, name, workers, None, work_dir,
-                              threads=cfg.runtime.threads if any(o.split("=")[0].strip() == "runtime.threads" for o in overrides)
-                              else None)
-        try:
-            _watch(study, procs, rows, have, csv_path, flops, len(points), live, console, rescore=study_rows(cfg))
-        except KeyboardInterrupt:
-            study.set_user_attr("stop", True)
-            for p in procs:
-                p.terminate()
-            raise
+        threads = cfg.runtime.threads if any(o.split("=")[0].strip() == "runtime.threads" for o in overrides) else None
+        _watch(study, url, workers, work_dir, threads, rows, have, csv_path, flops, len(points), live, console,
+               rescore=study_rows(cfg))
         failed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"]
         if failed:
             reasons = sorted({t.user_attrs.get("fail_reason", "unknown") for t in failed})
@@ -176,32 +169,30 @@ def _row(t, flops: dict, rescore=None) -> dict:
             "longer": t.user_attrs.get("longer", False), "run_dir": str(run)}
 
 
-def _watch(study, procs, rows, have, csv_path: Path, flops: dict, total: int, live: bool, console, rescore=None) -> None:
-    """Append each finished run to scale.csv as it lands; show progress until the workers exit."""
-    from rich.console import Console
-    from rich.live import Live
-    console = console or Console()
+def _watch(study, url: str, workers: int, work_dir: Path, threads: int | None, rows, have, csv_path: Path, flops: dict,
+           total: int, live: bool, console, rescore=None) -> None:
+    """Run the workers; append each finished run to scale.csv as it lands and show progress until they exit."""
     done: set[int] = set()
-
-    def sweep():
-        for t in study.get_trials(deepcopy=False):
-            if t.state.name == "COMPLETE" and t.number not in done and "point" in t.user_attrs:  # grid points only
-                row = _row(t, flops, rescore)
-                done.add(t.number)
-                if row_key(row) not in have:
-                    have.add(row_key(row))
-                    append_row(csv_path, rows, row)
 
     def line():
         n = {s: sum(t.state.name == s for t in study.get_trials(deepcopy=False)) for s in ("RUNNING", "FAIL")}
         return f"scale: {len(rows)}/{total} runs in scale.csv, {n['RUNNING']} running, {n['FAIL']} failed"
 
-    from contextlib import nullcontext
-    with Live(console=console, refresh_per_second=1, transient=True) if live else nullcontext() as view:
-        while any(p.poll() is None for p in procs):
-            sweep()
+    with live_view(live, console, refresh=1, transient=True) as view:
+        def tick():
+            sweep(study, done, rows, have, csv_path, flops, rescore)
             if live:
                 view.update(line())
-            time.sleep(1.0)
-        sweep()
+        run_workers(study, url, workers, work_dir, threads, tick=tick)
+        sweep(study, done, rows, have, csv_path, flops, rescore)
 
+
+def sweep(study, done: set, rows: list, have: set, csv_path: Path, flops: dict, rescore=None) -> None:
+    """Append to scale.csv the row of each finished grid-point trial not seen yet (`done`: trial numbers seen)."""
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name == "COMPLETE" and t.number not in done and "point" in t.user_attrs:  # grid points only
+            row = _row(t, flops, rescore)
+            done.add(t.number)
+            if row_key(row) not in have:
+                have.add(row_key(row))
+                append_row(csv_path, rows, row)

@@ -1,23 +1,35 @@
 """The parent side of `cotune fit`: start workers, watch the study, refit the best, write the files.
 
+    result = fit(cfg)        # cfg: a RunConfig with search.budget and/or search.trials
+
 Files in the search directory: config.json, fit.json (state, for --resume), study.db (the Optuna
 study, unless --storage points elsewhere), trials/NNNNN/ (each trial's run directory, or its
 error.txt), trials.csv (one row per trial), importances.json, workers.log, final/ (the model),
 mlflow.db + mlartifacts/ (MLflow: a parent run with final/ and its test metrics, a nested run per trial).
+`run_workers` (start worker processes on a study and watch them) serves `cotune scale` too.
 """
 from __future__ import annotations
 
+import functools
 import os
 import socket
+import subprocess
+import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from cotune.config import RunConfig, explicit, from_dict
 from cotune.errors import ConfigError, CotuneError, one_line
-from cotune.track import read_json, track_study, write_json
-from cotune.tune import open_study, parse_budget, search_space, start_params
-from cotune.workers import import_optuna, spawn_workers, storage_url
+from cotune.search.ensemble import try_ensemble
+from cotune.search.space import parse_budget, search_space, start_params
+from cotune.search.storage import import_optuna, open_study, storage_url
+from cotune.search.tracking import track_study
+from cotune.track import read_json, write_csv, write_json
+
+GRACE_S = 30.0  # workers still running this long past the deadline are ended
 
 
 @dataclass
@@ -75,15 +87,22 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
     if resume:
         requeue_interrupted(study)  # trials the killed search's workers left RUNNING
     tracker = track_study(study, cfg, out)  # the MLflow parent run of the trials' runs
-    procs = spawn_workers(url, name, cfg.search.workers, deadline, out,
-                          threads=cfg.runtime.threads if "runtime.threads" in state["fixed"] else None)
+    saved = [time.time()]
+
+    def tick(view) -> None:
+        if live:
+            view.update(trial_table(study, study.get_trials(deepcopy=False), deadline))
+        if time.time() - saved[0] > 2:  # a killed search resumes with the budget it had left
+            write_json(out / "fit.json", {**state, "elapsed": state["elapsed"] + time.time() - t0})
+            saved[0] = time.time()
+
     try:
-        _warm_up()
-        _watch(study, procs, deadline, t0, out, state, live, console)
+        with live_view(live, console, refresh=2, transient=False) as view:
+            run_workers(study, url, cfg.search.workers, out, cfg.runtime.threads if "runtime.threads" in state["fixed"] else None,
+                        deadline=deadline, tick=lambda: tick(view), started=_warm_up)
+            if live:
+                view.update(trial_table(study, study.get_trials(deepcopy=False), deadline))
     except KeyboardInterrupt:
-        study.set_user_attr("stop", True)
-        for p in procs:
-            p.terminate()
         tracker.close("KILLED")
         raise
     trials = study.get_trials(deepcopy=False)
@@ -93,7 +112,7 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
         tracker.close("FAILED")
         raise CotuneError(f"No trial finished in the budget (see {out / 'trials'} and workers.log); "
                           "raise --budget or --trials, or narrow the space.")
-    best = _best(study, done)
+    best = best_trial(study)
     importances(study, out)
     ensemble = try_ensemble(cfg, study, done, out)
     if ensemble is not None and ensemble["kept"]:
@@ -114,33 +133,77 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
     return FitResult(path=out, study_name=name, best=best_d, final=final, test=final.test, counts=counts)
 
 
-def try_ensemble(cfg: RunConfig, study, done, out: Path) -> dict | None:
-    """Soft voting over the top-k trials; kept (as final/) only if it beats the best trial on validation."""
-    from cotune.bundle import save_ensemble
-    from cotune.pipeline import RunResult, evaluate_ensemble
-    from cotune.train import TrainResult
-    k = cfg.search.top_k
-    if k < 2 or len(study.directions) > 1 or len(done) < 2:
-        return None
-    maximize = study.directions[0].name == "MAXIMIZE"
-    top = sorted(done, key=lambda t: t.values[0], reverse=maximize)[:k]
-    dirs = [t.user_attrs["run_dir"] for t in top if (Path(t.user_attrs.get("run_dir", "")) / "model.safetensors").exists()]
-    if len(dirs) < 2:
-        return None
-    metrics = evaluate_ensemble(cfg, dirs)
-    name = "accuracy" if "accuracy" in metrics["val"] else "rmse"
-    ens, single = metrics["val"][name], top[0].values[0]
-    kept = ens > single if maximize else ens < single
-    info = {"members": [t.number for t in top[:len(dirs)]], "val": ens, "best_single_val": single, "metric": name, "kept": kept}
-    if kept:
-        final = out / "final"
-        save_ensemble(final, dirs)
-        write_json(final / "metrics.json", {**metrics, "ensemble": info})
-        write_json(final / "config.json", cfg.to_dict())
-        n_params = sum(int(read_json(Path(d) / "model.json").get("n_params", 0)) for d in dirs)
-        info["result"] = RunResult(path=final, metrics=metrics, train=TrainResult(), n_params=n_params,
-                                   config=cfg.replace(**top[0].params))
-    return info
+def best_trial(study):
+    """The best trial; with two objectives, the Pareto front's best quality."""
+    if len(study.directions) == 1:
+        return study.best_trial
+    sign = -1 if study.directions[0].name == "MINIMIZE" else 1
+    return max(study.best_trials, key=lambda t: sign * t.values[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# worker processes
+
+def run_workers(study, url: str, n: int, out: Path, threads: int | None, *, deadline: float | None = None,
+                tick: Callable[[], None] | None = None, started: Callable[[], None] | None = None,
+                poll_s: float = 1.0) -> None:
+    """Start n `cotune worker` processes on the study and wait for them, calling `started()` once they are up
+    and `tick()` every `poll_s`; end those still running GRACE_S past the deadline. On Ctrl-C: set the study's
+    stop flag (workers elsewhere see it too), end them, and re-raise."""
+    procs = spawn_workers(url, study.study_name, n, deadline, out, threads)
+    try:
+        if started is not None:
+            started()
+        while any(p.poll() is None for p in procs):
+            if tick is not None:
+                tick()
+            if deadline is not None and time.time() > deadline + GRACE_S:
+                for p in procs:
+                    p.terminate()
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        study.set_user_attr("stop", True)
+        for p in procs:
+            p.terminate()
+        raise
+
+
+def spawn_workers(url: str, name: str, n: int, deadline: float | None, out: Path,
+                  threads: int | None = None) -> list[subprocess.Popen]:
+    """N `cotune worker` processes with one CPU thread each unless the user set runtime.threads (`threads`).
+
+    One thread per process is the measured default for small models on these 2-core machines: 2 threads
+    ran 0.8-1.1x the time of 1 when idle and 4-5x slower beside another busy process; parallelism comes
+    from --workers. With more workers than cores the threads still never exceed one per worker."""
+    threads = threads or 1
+    cmd = [sys.executable, "-m", "cotune.cli", "worker", "--storage", url, "--study", name, "--threads", str(threads),
+           "--out", str(out)] + (["--deadline", repr(deadline)] if deadline else [])
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    log = open(out / "workers.log", "ab")
+    die = functools.partial(_die_with_parent, os.getpid()) if sys.platform.startswith("linux") else None
+    return [subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(env, COTUNE_WORKER_INDEX=str(i)),
+                             start_new_session=True, preexec_fn=die) for i in range(n)]
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the forked worker (Linux): SIGKILL it when the `cotune fit` that started it dies (kill -9, OOM, a killed
+    process group: the worker has its own session), rather than run on as an orphan beside a --resume."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except Exception:
+        return
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
+
+
+def live_view(live: bool, console, *, refresh: float, transient: bool):
+    """A rich Live view while workers run, or nothing (the caller's updates are skipped when not live)."""
+    if not live:
+        return nullcontext()
+    from rich.console import Console
+    from rich.live import Live
+    return Live(console=console or Console(), refresh_per_second=refresh, transient=transient)
 
 
 def requeue_interrupted(study) -> list[int]:
@@ -187,48 +250,13 @@ def _warm_up() -> None:
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
-def _best(study, done):
-    if len(study.directions) == 1:
-        return study.best_trial
-    sign = -1 if study.directions[0].name == "MINIMIZE" else 1
-    return max(study.best_trials, key=lambda t: sign * t.values[0])  # the Pareto front's best quality
-
-
-def _watch(study, procs, deadline, t0, out: Path, state: dict, live: bool, console) -> None:
-    """Poll the study until the workers exit; render the live table; end workers that overrun the budget."""
-    from rich.console import Console
-    from rich.live import Live
-    console = console or Console()
-    grace, saved = 30.0, time.time()
-    with Live(console=console, refresh_per_second=2, transient=False) if live else _Null() as view:
-        while any(p.poll() is None for p in procs):
-            trials = study.get_trials(deepcopy=False)
-            if live:
-                view.update(trial_table(study, trials, deadline))
-            if time.time() - saved > 2:  # a killed search resumes with the budget it had left
-                write_json(out / "fit.json", {**state, "elapsed": state["elapsed"] + time.time() - t0})
-                saved = time.time()
-            if deadline is not None and time.time() > deadline + grace:
-                for p in procs:
-                    p.terminate()
-            time.sleep(1.0)
-        if live:
-            view.update(trial_table(study, study.get_trials(deepcopy=False), deadline))
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
+# ---------------------------------------------------------------------------------------------
+# what the parent shows and writes
 
 def trial_table(study, trials, deadline):
     from rich.table import Table
     n = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
-    done = [t for t in trials if t.state.name == "COMPLETE"]
-    best = _best(study, done) if done else None
+    best = best_trial(study) if n["COMPLETE"] else None
     left = "" if deadline is None else f", {max(0, deadline - time.time()):.0f} s left"
     title = (f"trials: {n['COMPLETE']} complete, {n['RUNNING']} running, {n['PRUNED']} pruned, {n['FAIL']} failed{left}"
              + (f" | best #{best.number}: {best.values[0]:.4f}" if best else ""))
@@ -246,7 +274,6 @@ def trial_table(study, trials, deadline):
 
 def write_trials(out: Path, trials) -> None:
     """trials.csv: one row per trial with its state, value, knobs, time and failure reason."""
-    from cotune.track import write_csv
     rows = [{"number": t.number, "state": t.state.name, "value": None if t.values is None else t.values[0],
              "second_objective": None if t.values is None or len(t.values) < 2 else t.values[1],
              "seconds": t.user_attrs.get("seconds"), "epochs_run": t.user_attrs.get("epochs_run"),

@@ -1,0 +1,157 @@
+"""One trial of a search, in a worker: its knobs, its training (one data rung after another), its record.
+
+    objective = Objective(study, cfg, space, out, deadline, threads)
+    study.optimize(objective, n_trials=1)
+
+A trial trains through `pipeline.run` in its own run directory (trials/NNNNN/). The pruner sees each
+validated epoch (search.fidelity=epochs) or each data rung (search.fidelity=data); a trial that would not
+leave time for the final refit stops early, keeping its best epoch. What happened is stored on the trial
+(user attrs: run_dir, n_params, best_epoch, seconds, fail_reason, ...) and, when tracked, in its MLflow run.
+"""
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from pathlib import Path
+
+from cotune.config import RunConfig
+from cotune.errors import CotuneError, one_line
+from cotune.search.space import rungs, suggest
+from cotune.search.storage import import_optuna
+from cotune.search.tracking import trial_tracker
+
+CLOCK_REFRESH_S = 5.0  # how often a trial re-reads the study to re-estimate the final refit's time
+
+
+class Objective:
+    """Callable on an Optuna trial: returns its quality (and, with two objectives, size or latency)."""
+
+    def __init__(self, study, cfg: RunConfig, space: dict, out: Path, deadline: float | None, threads: int):
+        self.study, self.cfg, self.space, self.out, self.deadline, self.threads = study, cfg, space, out, deadline, threads
+        self.multi = cfg.search.objective != "quality"
+        self.by_epoch = not self.multi and cfg.search.fidelity == "epochs"
+        self.track = study.user_attrs.get("mlflow")  # the search's MLflow parent run (None: not tracked)
+        self._refreshed, self._stop_at = 0.0, math.inf  # the final refit's estimate changes as trials finish
+
+    def __call__(self, trial):
+        optuna = import_optuna()
+        tdir = self.out / "trials" / f"{trial.number:05d}"
+        tcfg = self.trial_config(trial, tdir)
+        t0 = time.time()
+        tracker = trial_tracker(self.track, self.study.study_name, trial.number)
+        try:
+            res = self.train(trial, tcfg, tdir, tracker, t0)
+        except optuna.TrialPruned as err:
+            tracker.set_tags({"pruned": str(err)})
+            tracker.close("KILLED")
+            _finish(trial, tdir, t0)
+            raise
+        except Exception as err:
+            self.record_failure(trial, tcfg, tdir, tracker, err, t0)
+            raise
+        return self.record(trial, res, tdir, t0)
+
+    def trial_config(self, trial, tdir: Path) -> RunConfig:
+        return suggest(trial, self.cfg, self.space).replace(**{"runtime.threads": self.threads, "runtime.progress": False,
+                                                               "out": str(tdir)})
+
+    def train(self, trial, tcfg: RunConfig, tdir: Path, tracker, t0: float):
+        """The trial's run; with search.fidelity=data, smaller shares of its rows first, judged after each."""
+        from cotune.pipeline import run
+        optuna = import_optuna()
+        on_eval = self.on_eval_for(trial, t0)
+        fractions = rungs(tcfg)
+        for i, f in enumerate(fractions[:-1]):
+            part = run(tcfg.replace(**{"data.fraction": f, "out": str(tdir.with_name(f"{tdir.name}.rung{i}"))}),
+                       on_eval=on_eval)
+            trial.report(_value(part), 3 ** i)
+            if not self.multi and trial.should_prune():
+                trial.set_user_attr("pruned_fraction", f)
+                raise optuna.TrialPruned(f"pruned on {f:.3g} of the training rows")
+        return run(tcfg, on_eval=on_eval, tracker=tracker)
+
+    def on_eval_for(self, trial, t0: float):
+        """train()'s hook for this trial: report each validated epoch to the pruner; stop when out of time."""
+        optuna = import_optuna()
+
+        def on_eval(epoch: int, row: dict):
+            key = "val_rmse" if "val_rmse" in row else "val_accuracy"
+            if self.by_epoch and key in row:
+                trial.report(row[key], epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+            return self.out_of_time(t0)  # stop, keeping the best epoch so far
+        return on_eval
+
+    def out_of_time(self, t0: float) -> bool:
+        """True once the final refit would not fit in the budget, nor this trial's own refit if it wins."""
+        if self.deadline is None:
+            return False
+        now = time.time()
+        if now - self._refreshed > CLOCK_REFRESH_S:
+            self._refreshed = now
+            self._stop_at = self.deadline - estimate_final(self.study.get_trials(deepcopy=False), self.cfg.data.split.val)
+        # this config may win: its refit on train+val (about this trial's time so far) must fit too
+        return now > self._stop_at or now + (now - t0) * (1 + self.cfg.data.split.val) * 1.1 > self.deadline
+
+    def record(self, trial, res, tdir: Path, t0: float):
+        """A finished trial's attrs; returns its objective value(s)."""
+        name = "accuracy" if "accuracy" in res.metrics["val"] else "rmse"
+        value = _value(res)
+        trial.set_user_attr("val_loss", res.metrics["val"].get("log_loss", res.metrics["val"].get("rmse")))
+        for k, v in (("run_dir", str(tdir)), ("n_params", res.n_params), ("best_epoch", res.train.best_epoch),
+                     ("epochs_run", res.train.epochs_run), ("seconds", time.time() - t0), ("metric", name)):
+            trial.set_user_attr(k, v)
+        if not self.multi:
+            return value
+        second = res.n_params if self.cfg.search.objective.endswith("size") else _latency_ms(tdir)
+        trial.set_user_attr("second_objective", second)
+        return value, second
+
+    def record_failure(self, trial, tcfg: RunConfig, tdir: Path, tracker, err: Exception, t0: float) -> None:
+        """The reason on the trial and its MLflow run, the traceback in trials/NNNNN/error.txt."""
+        reason = one_line(err) if isinstance(err, CotuneError) else f"{type(err).__name__}: {one_line(err)}"
+        trial.set_user_attr("fail_reason", reason[:500])
+        tracker.log_params(tcfg.flat())  # when the run failed before it logged them
+        tracker.set_tags({"fail_reason": reason[:500]})
+        tracker.close("FAILED")
+        tdir.mkdir(parents=True, exist_ok=True)
+        (tdir / "error.txt").write_text(traceback.format_exc())
+        _finish(trial, tdir, t0)
+
+
+def estimate_final(trials, val_share: float) -> float:
+    """Seconds the final refit is expected to take: the slowest completed trial, on train+val rows."""
+    secs = [t.user_attrs.get("seconds", 0.0) for t in trials if t.state.name == "COMPLETE"]
+    return (max(secs) if secs else 0.0) * (1 + val_share) * 1.1
+
+
+def _value(res) -> float:
+    """The trial's quality: validation accuracy (classification) or RMSE (regression)."""
+    val = res.metrics["val"]
+    return val["accuracy"] if "accuracy" in val else val["rmse"]
+
+
+def _finish(trial, tdir: Path, t0: float) -> None:
+    trial.set_user_attr("seconds", time.time() - t0)
+    for f in ("checkpoint.safetensors", "checkpoint.json"):  # unfinished trials keep only their logs
+        (tdir / f).unlink(missing_ok=True)
+
+
+def _latency_ms(run_dir: Path) -> float:
+    """CPU milliseconds per sample of the trial's model, batch 64, median of 5."""
+    import statistics
+
+    import torch
+
+    from cotune.bundle import load
+    b = load(run_dir)
+    x = torch.zeros(64, *b.spec["in_shape"])
+    times = []
+    with torch.no_grad():
+        for _ in range(6):
+            t = time.perf_counter()
+            b.model(x)
+            times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times[1:]) / 64

@@ -1,0 +1,59 @@
+"""The worker side of a search: `cotune worker --storage URL --study NAME` runs trials until the study is done.
+
+Workers are started by `cotune fit` and `cotune scale` (search/parent.py), or by hand on other machines;
+each opens the study from its storage (config, space and sampler come with it) and runs one trial at a
+time until the trial limit, the deadline, or the study's stop flag. Trials never run in the parent.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+from cotune.search.objective import Objective, estimate_final
+from cotune.search.storage import AskLock, open_study
+
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+
+
+def work(url: str, name: str, *, deadline: float | None = None, threads: int = 1, out: str | None = None) -> int:
+    """A worker: run trials of the study until the trial limit, the deadline, or the study's stop flag."""
+    study, cfg, space = open_study(url, name, load_only=True)
+    out_dir = Path(out or study.user_attrs.get("out", "."))
+    deadline = deadline if deadline is not None else study.user_attrs.get("deadline")
+    limit = cfg.search.trials
+    objective = Objective(study, cfg, space, out_dir, deadline, threads)
+    me = f"{socket.gethostname()}:{os.getpid()}"
+
+    lock = AskLock(url)
+
+    def run_trial(trial):
+        lock.release()  # the trial is claimed: the other workers may ask
+        trial.set_user_attr("worker", me)  # lets `fit --resume` tell a dead worker's trial from a live one
+        return objective(trial)
+
+    done = 0
+    while True:
+        lock.acquire()
+        try:
+            trials = study.get_trials(deepcopy=False)
+            retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}  # each runs again as a new trial
+            finished = sum(t.state.name in FINISHED and t.number not in retried for t in trials)
+            if limit is not None and finished + sum(t.state.name == "RUNNING" for t in trials) >= limit:
+                break
+            if deadline is not None and time.time() + _reserve(trials) + estimate_final(trials, cfg.data.split.val) >= deadline:
+                break
+            if study.user_attrs.get("stop"):
+                break
+            study.optimize(run_trial, n_trials=1, catch=(Exception,))
+        finally:
+            lock.release()
+        done += 1
+    return done
+
+
+def _reserve(trials) -> float:
+    """Seconds a new trial is expected to take: the median of the finished ones (0 before any)."""
+    secs = sorted(t.user_attrs["seconds"] for t in trials if "seconds" in t.user_attrs)
+    return secs[len(secs) // 2] if secs else 0.0
