@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn import metrics as skm
@@ -15,10 +16,62 @@ from cotune.errors import fmt_choices, invalid
 TASKS = ("binary", "multiclass", "regression")
 
 
-def primary_metric(task: str) -> tuple[str, str]:
-    """Return ``(metric_name, 'max' | 'min')`` used to rank trials for ``task``."""
+@dataclass(frozen=True)
+class Metric:
+    """A metric that ranks runs or that early stopping watches: its key and its direction.
+
+    ``name`` is a key of a metrics.json part ('accuracy', 'rmse', ...) or 'loss' (the validation loss);
+    a training history row holds it as ``history_key`` ('val_accuracy', 'val_loss')."""
+    name: str
+    maximize: bool
+
+    @property
+    def direction(self) -> str:
+        return "maximize" if self.maximize else "minimize"
+
+    @property
+    def history_key(self) -> str:
+        return f"val_{self.name}"
+
+    def better(self, a: float, b: float) -> bool:
+        """Is ``a`` strictly better than ``b``?"""
+        return a > b if self.maximize else a < b
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "maximize": self.maximize}
+
+
+# every scalar key of evaluate()'s dicts, and whether higher is better
+MAXIMIZE = {"accuracy": True, "balanced_accuracy": True, "precision_macro": True, "recall_macro": True,
+            "f1_macro": True, "precision_weighted": True, "recall_weighted": True, "f1_weighted": True,
+            "roc_auc": True, "log_loss": False, "ece": False, "rmse": False, "mae": False, "r2": True, "loss": False}
+
+
+def metric(name: str) -> Metric:
+    """The Metric of a metrics.json key: metric('rmse') -> Metric('rmse', maximize=False)."""
+    if name not in MAXIMIZE:
+        raise ValueError(invalid("a metric name", f"one of {fmt_choices(MAXIMIZE)}", name))
+    return Metric(name, MAXIMIZE[name])
+
+
+def primary_metric(task: str) -> Metric:
+    """The one source of the metric that ranks runs of ``task``: search trials, the ensemble's keep-or-reject,
+    the scaling study's metric column and the report. Validation accuracy (classification) or RMSE (regression)."""
     _check_task(task)
-    return ("rmse", "min") if task == "regression" else ("accuracy", "max")
+    return metric("rmse" if task == "regression" else "accuracy")
+
+
+def monitored_metric(task: str, monitor: str = "metric") -> Metric:
+    """What early stopping watches (train.monitor): the primary metric, or the validation loss ('loss')."""
+    return metric("loss") if monitor == "loss" else primary_metric(task)
+
+
+def part_loss(part: dict) -> tuple[float, float | None]:
+    """(loss, its standard error over the rows) of one metrics.json part: log loss for classification,
+    mean squared error (rmse ** 2) for regression."""
+    if "log_loss" in part:
+        return part["log_loss"], part.get("log_loss_se")
+    return part["rmse"] ** 2, part.get("mse_se")
 
 
 def _check_task(task):

@@ -212,7 +212,8 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
     show = cfg.runtime.progress if progress is None else progress
     try:
         result = train(model, train_data, val_data, train_cfg, rt, task=ds.task, seed=cfg.runtime.seed, y_scale=data.y_std,
-                       augment=augment, sampling_weights=sampling, on_eval=log_and_forward, checkpoint_dir=out, resume=resume, progress=show)
+                       augment=augment, sampling_weights=sampling, on_eval=log_and_forward, checkpoint_dir=out, resume=resume,
+                       progress=show, monitor=evaluate.monitored_metric(ds.task, train_cfg.monitor))
     except CotuneError:
         if not resume:
             shutil.rmtree(out, ignore_errors=True)  # a run that cannot train leaves nothing behind

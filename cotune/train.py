@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from cotune.data.batches import TensorData
 from cotune.errors import ConfigError, CotuneError
+from cotune.evaluate import Metric, monitored_metric
 from cotune.runtime import Runtime
 from cotune.track import write_json
 
@@ -191,13 +192,16 @@ def _load_checkpoint(ckpt_dir: Path, model, opt) -> tuple[dict, dict]:
 def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData | None, cfg, runtime: Runtime, *,
           task: str, seed: int = 0, y_scale: float = 1.0, augment: Callable | None = None,
           sampling_weights: torch.Tensor | None = None, on_eval: Callable[[int, dict], bool | None] | None = None,
-          checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = False) -> TrainResult:
+          checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = False,
+          monitor: Metric | None = None) -> TrainResult:
     """Train `model` in place and return its history; the best validation weights end up loaded.
 
     cfg: a TrainConfig (optimizer, lr, schedule, loss, epochs, batch_size, patience, ...).
     y_scale: regression only, multiplies RMSE back into target units for the history.
     augment: `aug(x, y) -> (x, y_b, lam)` applied to training batches only (y_b: mixing partner labels or None).
     sampling_weights: (N,) draw each epoch's samples with replacement in proportion to these (balanced batches).
+    monitor: what early stopping and the best weights follow (a history key and its direction); default
+    `evaluate.monitored_metric(task, cfg.monitor)`. Without validation rows, the training loss.
     """
     check_config(cfg, task)
     dev = torch.device(runtime.device)
@@ -209,8 +213,8 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
     steps_per_epoch = max(1, n // bs if n % bs == 1 else math.ceil(n / bs))  # never a lone 1-sample batch (batch norm)
     total_steps = cfg.epochs * steps_per_epoch
     has_val = val_data is not None and len(val_data) > 0
-    minimize = not has_val or cfg.monitor == "loss" or task == "regression"
-    key = ("val_loss" if cfg.monitor == "loss" else "val_rmse" if task == "regression" else "val_accuracy") if has_val else "train_loss"
+    monitor = (monitor or monitored_metric(task, cfg.monitor)) if has_val else Metric("train_loss", False)
+    key = monitor.history_key if has_val else "train_loss"
     weights = [p for p in model.parameters() if p.dim() >= 2] if cfg.l1 > 0 else []
     X, y, w = train_data.X, train_data.y, train_data.w
     res = TrainResult()
@@ -267,7 +271,7 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
                 if has_val:
                     row.update(validate(net, val_data, loss_name, cfg, runtime, task, y_scale))
                 score = row[key]
-                if res.best_epoch == 0 or (score < res.best_score if minimize else score > res.best_score):
+                if res.best_epoch == 0 or monitor.better(score, res.best_score):
                     res.best_epoch, res.best_score = epoch + 1, score
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 bad_epochs = epoch + 1 - res.best_epoch  # epochs since the best

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from cotune.evaluate import calibration_bins, ece, evaluate, primary_metric
+from cotune.evaluate import Metric, calibration_bins, ece, evaluate, metric, monitored_metric, part_loss, primary_metric
 
 
 def _random_probs(rng, n, k):
@@ -122,9 +122,19 @@ def test_regression():
 
 
 def test_primary_metric():
-    assert primary_metric("binary") == ("accuracy", "max")
-    assert primary_metric("multiclass") == ("accuracy", "max")
-    assert primary_metric("regression") == ("rmse", "min")
+    assert primary_metric("binary") == Metric("accuracy", True)
+    assert primary_metric("multiclass") == Metric("accuracy", True)
+    assert primary_metric("regression") == Metric("rmse", False)
+    assert primary_metric("regression").direction == "minimize" and primary_metric("binary").history_key == "val_accuracy"
+    assert monitored_metric("binary", "loss") == Metric("loss", False) and monitored_metric("regression") == Metric("rmse", False)
+    assert Metric("rmse", False).better(0.1, 0.2) and not Metric("accuracy", True).better(0.1, 0.2)
+    with pytest.raises(ValueError, match="metric name"):
+        metric("accuracyy")
+
+
+def test_part_loss_is_log_loss_or_mse():
+    assert part_loss({"log_loss": 0.3, "log_loss_se": 0.01, "accuracy": 0.9}) == (0.3, 0.01)
+    assert part_loss({"rmse": 2.0, "mse_se": 0.5}) == (4.0, 0.5)
 
 
 @pytest.mark.parametrize("args, match", [

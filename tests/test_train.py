@@ -89,6 +89,19 @@ def test_early_stopping_restores_best_weights():
     assert now == pytest.approx(best, rel=1e-5)
 
 
+def test_the_monitor_argument_picks_the_best_epoch():
+    """train() follows the metric it is given, whatever cfg.monitor says: the best epoch is the argmax of the
+    history's val_accuracy for accuracy, the argmin of val_loss for the loss."""
+    from cotune.evaluate import metric
+    tr, va = blobs()
+    cfg = TrainConfig(lr=0.5, optimizer="sgd", momentum=0.0, epochs=12, patience=0, schedule="constant", monitor="loss")
+    for m, pick in ((metric("accuracy"), max), (metric("loss"), min)):
+        res = train(create_model("mlp", (6,), 3, width=16, depth=1, dropout=0.0), tr, va, cfg, RT, task="multiclass",
+                    monitor=m)
+        scores = [r[m.history_key] for r in res.history]
+        assert res.best_score == pick(scores) and res.best_epoch == scores.index(pick(scores)) + 1
+
+
 def test_val_every_validates_some_epochs_and_early_stops_in_epochs():
     tr, va = blobs()
     cfg = TrainConfig(lr=0.5, optimizer="sgd", momentum=0.0, epochs=10, patience=0, val_every=3, schedule="constant",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+from cotune.evaluate import primary_metric
 from cotune.knobs import BY_NAME
 from cotune.report import charts
 from cotune.report.files import fmt, get, knob_value, number
@@ -19,13 +20,16 @@ MAX_REASON = 300
 
 
 def objective(L: Loaded) -> tuple[str, bool]:
-    """(validation metric name, maximize) from the files: the ensemble's metric, the test metrics' keys, the task."""
-    name = get(L.ensemble, "metric")
+    """(validation metric name, maximize) from the files: the metric fit.json records; for a search written
+    before it did, the primary metric of the task its test metrics (or its config) show."""
+    recorded = get(L.fit, "metric")
+    if isinstance(recorded, dict) and isinstance(recorded.get("name"), str):
+        return f"val {recorded['name']}", bool(recorded.get("maximize"))
     test = get(L.run, "metrics", "test") if L.run is not None else None
     test = test or get(L.fit, "test") or {}
-    if name not in ("accuracy", "rmse"):
-        name = "rmse" if "rmse" in test or get(L.config, "data", "task") == "regression" else "accuracy"
-    return f"val {name}", name != "rmse"
+    regression = "rmse" in test or get(L.config, "data", "task") == "regression"
+    m = primary_metric("regression" if regression else "multiclass")
+    return f"val {m.name}", m.maximize
 
 
 def search_range(knob: str, config: dict | None):

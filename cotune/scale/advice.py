@@ -28,6 +28,7 @@ import numpy as np
 
 from cotune.config import RunConfig
 from cotune.errors import ConfigError, one_line
+from cotune.evaluate import metric as metric_named
 from cotune.scale.grid import stretches_with_length
 from cotune.scale.law import FORMS, check_points, compute_optimal, fit_axis, fit_joint
 
@@ -202,7 +203,7 @@ def summarize(rows: list[dict], cfg: RunConfig, widths: list[tuple]) -> dict:
     options = {"2x data": float(law.predict(n_max, 2 * d_max)), "2x params": float(law.predict(2 * n_max, d_max))}
     if epochs["ratio"] is not None:
         options["2x epochs"] = here * epochs["ratio"]
-    higher_better = out["metric"] != "rmse"
+    higher_better = metric_named(out["metric"]).maximize
     advice = []
     for name, loss in options.items():
         gain = None if to_metric is None else (to_metric(loss) - to_metric(here)) * (1 if higher_better else -1)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cotune.config import RunConfig, from_dict
 from cotune.errors import ConfigError, CotuneError
+from cotune.evaluate import part_loss, primary_metric
 from cotune.scale.grid import append_row, grid, read_rows, row_key, widths_for
 from cotune.search.parent import live_view, run_workers
 from cotune.search.storage import open_study, storage_url
@@ -69,7 +70,7 @@ def _same_study(old: dict, new: dict) -> None:
 
 def scale(run, overrides=(), *, out=None, workers: int | None = None, live: bool = True, console=None) -> ScaleResult:
     """Run the missing grid points, then fit and advise. Returns the rows and scale.json's content."""
-    from cotune.pipeline import model_shapes
+    from cotune.pipeline import load_data, model_shapes
     from cotune.scale.advice import summarize
     from cotune.scale.law import check_points
     run = Path(run)
@@ -100,7 +101,8 @@ def scale(run, overrides=(), *, out=None, workers: int | None = None, live: bool
         work_dir = out / "runs" / name
         work_dir.mkdir(parents=True)
         url = storage_url(out, f"sqlite:///{(out / SCALE_DB).resolve()}")
-        study, _, _ = open_study(url, name, cfg.replace(**{"search.trials": len(todo)}), space)
+        study, _, _ = open_study(url, name, cfg.replace(**{"search.trials": len(todo)}), space,
+                                 primary_metric(load_data(cfg).task))
         study.set_user_attr("out", str(work_dir.resolve()))
         study.set_user_attr("stop", False)
         study.set_user_attr("deadline", None)
@@ -157,14 +159,13 @@ def _row(t, flops: dict, rescore=None) -> dict:
     val, p = metrics["val"], t.params
     if t.user_attrs["extrapolated"] and rescore is not None:
         val = rescore(run)
-    regression = "rmse" in val
+    metric = t.user_attrs["metric"]  # the study's primary metric (evaluate.primary_metric)
+    loss, loss_se = part_loss(val)
     samples, epochs = env["rows"]["train_used"], metrics["train"]["epochs_run"]
     return {"size": t.user_attrs["size"], "width": p["model.width"], "fraction": p["data.fraction"],
             "n_samples": p["data.n_samples"], "seed": p["runtime.seed"], "params": metrics["train"]["n_params"],
             "samples": samples, "epochs": epochs, "flops": 3.0 * flops[p["model.width"]] * samples * epochs,
-            "val_loss": val["rmse"] ** 2 if regression else val["log_loss"],
-            "val_loss_se": _number(val.get("mse_se" if regression else "log_loss_se")),
-            "val_metric": val["rmse"] if regression else val["accuracy"], "metric": "rmse" if regression else "accuracy",
+            "val_loss": loss, "val_loss_se": _number(loss_se), "val_metric": val[metric], "metric": metric,
             "seconds": t.user_attrs.get("seconds", 0.0), "extrapolated": t.user_attrs["extrapolated"],
             "longer": t.user_attrs.get("longer", False), "run_dir": str(run)}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cotune.config import RunConfig
+from cotune.search.storage import study_metric
 from cotune.track import read_json, write_json
 
 
@@ -16,16 +17,16 @@ def try_ensemble(cfg: RunConfig, study, done, out: Path) -> dict | None:
     k = cfg.search.top_k
     if k < 2 or len(study.directions) > 1 or len(done) < 2:
         return None
-    maximize = study.directions[0].name == "MAXIMIZE"
-    top = sorted(done, key=lambda t: t.values[0], reverse=maximize)[:k]
+    metric = study_metric(study)
+    top = sorted(done, key=lambda t: t.values[0], reverse=metric.maximize)[:k]
     dirs = [t.user_attrs["run_dir"] for t in top if (Path(t.user_attrs.get("run_dir", "")) / "model.safetensors").exists()]
     if len(dirs) < 2:
         return None
     metrics = evaluate_ensemble(cfg, dirs)
-    name = "accuracy" if "accuracy" in metrics["val"] else "rmse"
-    ens, single = metrics["val"][name], top[0].values[0]
-    kept = ens > single if maximize else ens < single
-    info = {"members": [t.number for t in top[:len(dirs)]], "val": ens, "best_single_val": single, "metric": name, "kept": kept}
+    ens, single = metrics["val"][metric.name], top[0].values[0]
+    kept = metric.better(ens, single)
+    info = {"members": [t.number for t in top[:len(dirs)]], "val": ens, "best_single_val": single, "metric": metric.name,
+            "kept": kept}
     if kept:
         final = out / "final"
         save_ensemble(final, dirs)

@@ -18,7 +18,8 @@ from pathlib import Path
 from cotune.config import RunConfig
 from cotune.errors import CotuneError, one_line
 from cotune.search.space import rungs, suggest
-from cotune.search.storage import import_optuna
+from cotune.evaluate import part_loss
+from cotune.search.storage import import_optuna, study_metric
 from cotune.search.tracking import trial_tracker
 
 CLOCK_REFRESH_S = 5.0  # how often a trial re-reads the study to re-estimate the final refit's time
@@ -31,6 +32,7 @@ class Objective:
         self.study, self.cfg, self.space, self.out, self.deadline, self.threads = study, cfg, space, out, deadline, threads
         self.multi = cfg.search.objective != "quality"
         self.by_epoch = not self.multi and cfg.search.fidelity == "epochs"
+        self.metric = study_metric(study)  # what ranks the trials, and what the pruner sees
         self.track = study.user_attrs.get("mlflow")  # the search's MLflow parent run (None: not tracked)
         self._refreshed, self._stop_at = 0.0, math.inf  # the final refit's estimate changes as trials finish
 
@@ -65,7 +67,7 @@ class Objective:
         for i, f in enumerate(fractions[:-1]):
             part = run(tcfg.replace(**{"data.fraction": f, "out": str(tdir.with_name(f"{tdir.name}.rung{i}"))}),
                        on_eval=on_eval)
-            trial.report(_value(part), 3 ** i)
+            trial.report(part.metrics["val"][self.metric.name], 3 ** i)
             if not self.multi and trial.should_prune():
                 trial.set_user_attr("pruned_fraction", f)
                 raise optuna.TrialPruned(f"pruned on {f:.3g} of the training rows")
@@ -76,7 +78,7 @@ class Objective:
         optuna = import_optuna()
 
         def on_eval(epoch: int, row: dict):
-            key = "val_rmse" if "val_rmse" in row else "val_accuracy"
+            key = self.metric.history_key
             if self.by_epoch and key in row:
                 trial.report(row[key], epoch)
                 if trial.should_prune():
@@ -97,11 +99,11 @@ class Objective:
 
     def record(self, trial, res, tdir: Path, t0: float):
         """A finished trial's attrs; returns its objective value(s)."""
-        name = "accuracy" if "accuracy" in res.metrics["val"] else "rmse"
-        value = _value(res)
-        trial.set_user_attr("val_loss", res.metrics["val"].get("log_loss", res.metrics["val"].get("rmse")))
+        val = res.metrics["val"]
+        value = val[self.metric.name]
+        trial.set_user_attr("val_loss", val.get("log_loss", val.get("rmse")))
         for k, v in (("run_dir", str(tdir)), ("n_params", res.n_params), ("best_epoch", res.train.best_epoch),
-                     ("epochs_run", res.train.epochs_run), ("seconds", time.time() - t0), ("metric", name)):
+                     ("epochs_run", res.train.epochs_run), ("seconds", time.time() - t0), ("metric", self.metric.name)):
             trial.set_user_attr(k, v)
         if not self.multi:
             return value
@@ -125,12 +127,6 @@ def estimate_final(trials, val_share: float) -> float:
     """Seconds the final refit is expected to take: the slowest completed trial, on train+val rows."""
     secs = [t.user_attrs.get("seconds", 0.0) for t in trials if t.state.name == "COMPLETE"]
     return (max(secs) if secs else 0.0) * (1 + val_share) * 1.1
-
-
-def _value(res) -> float:
-    """The trial's quality: validation accuracy (classification) or RMSE (regression)."""
-    val = res.metrics["val"]
-    return val["accuracy"] if "accuracy" in val else val["rmse"]
 
 
 def _finish(trial, tdir: Path, t0: float) -> None:

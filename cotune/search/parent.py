@@ -23,6 +23,7 @@ from typing import Callable
 
 from cotune.config import RunConfig, explicit, from_dict
 from cotune.errors import ConfigError, CotuneError, one_line
+from cotune.evaluate import primary_metric
 from cotune.search.ensemble import try_ensemble
 from cotune.search.space import parse_budget, search_space, start_params
 from cotune.search.storage import import_optuna, open_study, storage_url
@@ -78,7 +79,9 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
              "budget_s": budget, "elapsed": elapsed, "space": {k: list(v) for k, v in space.items()}}
     write_json(out / "fit.json", state)
     write_json(out / "config.json", cfg.to_dict())
-    study, _, _ = open_study(url, name, cfg, space, "minimize" if ds.task == "regression" else "maximize")
+    metric = primary_metric(ds.task)  # what ranks the trials: the one source, recorded for the report
+    state["metric"] = metric.to_dict()
+    study, _, _ = open_study(url, name, cfg, space, metric)
     study.set_user_attr("out", str(out.resolve()))
     study.set_user_attr("stop", False)
     study.set_user_attr("deadline", deadline)  # workers started elsewhere (`cotune worker`) honour it too

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cotune.config import RunConfig, from_dict
 from cotune.errors import ConfigError, CotuneError, one_line
+from cotune.evaluate import Metric, metric as metric_named
 from cotune.knobs import BY_NAME
 from cotune.track import sqlite_wal
 
@@ -134,9 +135,11 @@ def _pruner(cfg: RunConfig):
     return optuna.pruners.NopPruner()
 
 
-def open_study(url: str, name: str, cfg: RunConfig | None = None, space: dict | None = None, direction: str = "maximize",
-               load_only: bool = False):
-    """Create (or load) a study; the base config, space and direction are stored with it."""
+def open_study(url: str, name: str, cfg: RunConfig | None = None, space: dict | None = None,
+               metric: Metric | None = None, load_only: bool = False):
+    """Create (or load) a study; the base config, space, metric and its direction are stored with it.
+
+    metric: what ranks the trials (evaluate.primary_metric of the task; default validation accuracy)."""
     optuna = import_optuna()
     storage = rdb_storage(url)
     if load_only:
@@ -150,9 +153,18 @@ def open_study(url: str, name: str, cfg: RunConfig | None = None, space: dict | 
         start = len(study.get_trials(deepcopy=False))
         study.sampler, study.pruner = _sampler(cfg, space, worker, start), _pruner(cfg)
         return study, cfg, space
-    directions = [direction] + (["minimize"] if cfg.search.objective != "quality" else [])
+    metric = metric or metric_named("accuracy")
+    directions = [metric.direction] + (["minimize"] if cfg.search.objective != "quality" else [])
     study = optuna.create_study(storage=storage, study_name=name, directions=directions, load_if_exists=True,
                                 sampler=_sampler(cfg, space), pruner=_pruner(cfg))
     study.set_user_attr("config", cfg.to_dict())
     study.set_user_attr("space", {k: list(v) for k, v in space.items()})
+    study.set_user_attr("metric", metric.name)
     return study, cfg, space
+
+
+def study_metric(study) -> Metric:
+    """The metric a study ranks its trials by (its first objective); studies made before it was stored
+    ranked by accuracy when maximizing and by RMSE when minimizing."""
+    maximize = study.directions[0].name == "MAXIMIZE"
+    return Metric(study.user_attrs.get("metric") or ("accuracy" if maximize else "rmse"), maximize)
