@@ -142,15 +142,15 @@ def infer(model: torch.nn.Module, X: torch.Tensor, runtime: Runtime, batch_size:
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def validate(model, data: TensorData, loss: str, cfg, runtime: Runtime, task: str, y_scale: float) -> dict:
+def validate(model, data: TensorData, runtime: Runtime, task: str, y_scale: float) -> dict:
+    """val_loss (the plain log loss, or MSE in standardized units, whatever the training loss smooths or
+    weights: early stopping and the scaling study read it as the model's loss) and val_accuracy / val_rmse."""
     out = infer(model, data.X, runtime)
     y = data.y.to(out.device)
-    row = {"val_loss": compute_loss(out, y, None, "mse" if task == "regression" else "cross_entropy", cfg).item()}
     if task == "regression":
-        row["val_rmse"] = math.sqrt(F.mse_loss(out.squeeze(-1), y).item()) * y_scale
-    else:
-        row["val_accuracy"] = (out.argmax(-1) == y).float().mean().item()
-    return row
+        mse = F.mse_loss(out.squeeze(-1), y).item()
+        return {"val_loss": mse, "val_rmse": math.sqrt(mse) * y_scale}
+    return {"val_loss": F.cross_entropy(out, y).item(), "val_accuracy": (out.argmax(-1) == y).float().mean().item()}
 
 
 def _save_checkpoint(ckpt_dir: Path, model, opt, best_state, state: dict) -> None:
@@ -269,7 +269,7 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
             check = not has_val or (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
             if check:
                 if has_val:
-                    row.update(validate(net, val_data, loss_name, cfg, runtime, task, y_scale))
+                    row.update(validate(net, val_data, runtime, task, y_scale))
                 score = row[key]
                 if res.best_epoch == 0 or monitor.better(score, res.best_score):
                     res.best_epoch, res.best_score = epoch + 1, score

@@ -102,6 +102,21 @@ def test_the_monitor_argument_picks_the_best_epoch():
         assert res.best_score == pick(scores) and res.best_epoch == scores.index(pick(scores)) + 1
 
 
+def test_validation_loss_is_the_plain_log_loss_under_label_smoothing():
+    """Label smoothing changes the training loss only: val_loss (what early stopping on loss and the scaling
+    study read) is the unsmoothed cross-entropy of the model's outputs."""
+    tr, va = blobs()
+    cfg = TrainConfig(lr=0.1, optimizer="sgd", epochs=3, patience=0, schedule="constant", label_smoothing=0.3)
+    model = create_model("mlp", (6,), 3, width=16, depth=1, dropout=0.0)
+    res = train(model, tr, va, cfg, RT, task="multiclass")  # the last epoch is the best only by chance: check it
+    with torch.no_grad():
+        model.eval()
+        plain = torch.nn.functional.cross_entropy(model(va.X), va.y).item()
+        smoothed = torch.nn.functional.cross_entropy(model(va.X), va.y, label_smoothing=0.3).item()
+    best = res.history[res.best_epoch - 1]
+    assert best["val_loss"] == pytest.approx(plain, rel=1e-5) and abs(plain - smoothed) > 1e-3
+
+
 def test_val_every_validates_some_epochs_and_early_stops_in_epochs():
     tr, va = blobs()
     cfg = TrainConfig(lr=0.5, optimizer="sgd", momentum=0.0, epochs=10, patience=0, val_every=3, schedule="constant",
