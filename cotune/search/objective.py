@@ -39,10 +39,11 @@ class Objective:
     def __call__(self, trial):
         optuna = import_optuna()
         tdir = self.out / "trials" / f"{trial.number:05d}"
-        tcfg = self.trial_config(trial, tdir)
         t0 = time.time()
         tracker = trial_tracker(self.track, self.study.study_name, trial.number)
-        try:
+        tcfg = None
+        try:  # the trial's config too: knobs that make an invalid config fail the trial with their reason
+            tcfg = self.trial_config(trial, tdir)
             res = self.train(trial, tcfg, tdir, tracker, t0)
         except optuna.TrialPruned as err:
             tracker.set_tags({"pruned": str(err)})
@@ -111,11 +112,12 @@ class Objective:
         trial.set_user_attr("second_objective", second)
         return value, second
 
-    def record_failure(self, trial, tcfg: RunConfig, tdir: Path, tracker, err: Exception, t0: float) -> None:
+    def record_failure(self, trial, tcfg: RunConfig | None, tdir: Path, tracker, err: Exception, t0: float) -> None:
         """The reason on the trial and its MLflow run, the traceback in trials/NNNNN/error.txt."""
         reason = one_line(err) if isinstance(err, CotuneError) else f"{type(err).__name__}: {one_line(err)}"
         trial.set_user_attr("fail_reason", reason[:500])
-        tracker.log_params(tcfg.flat())  # when the run failed before it logged them
+        # when the run failed before it logged them (with no valid config: the base and the trial's knobs)
+        tracker.log_params(tcfg.flat() if tcfg is not None else {**self.cfg.flat(), **trial.params})
         tracker.set_tags({"fail_reason": reason[:500]})
         tracker.close("FAILED")
         tdir.mkdir(parents=True, exist_ok=True)
