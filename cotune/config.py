@@ -2,7 +2,7 @@
 
     cfg = load_config("run.yaml", ["train.lr=1e-3", "model.width=128"])
     cfg.train.lr            # 0.001
-    cfg.stage("train")      # the TrainConfig alone, for stage functions
+    cfg.train               # the TrainConfig alone, for stage functions (train() takes it)
 
 Each stage (data, model, train, runtime) is its own pydantic model generated from knobs.py, so
 the schema cannot drift from the knob declarations. An unknown key or a value of the wrong
@@ -139,6 +139,8 @@ def from_dict(d: dict | None, overrides: list[str] | tuple = ()) -> RunConfig:
                 raise ConfigError(f"Override {o!r} goes inside {p!r}, which is not a section; check the key name.")
             node = nxt
         node[parts[-1]] = value
+    if type(d.get("out")) in (int, float):  # `out: 2024` in YAML names a directory '2024'
+        d["out"] = str(d["out"])
     try:
         return RunConfig.model_validate(d)
     except ValidationError as err:
@@ -161,8 +163,8 @@ def parse_override(text: str) -> tuple[str, Any]:
             value = float(value)
         except ValueError:
             pass
-    if k is not None and k.type is str and value is not None and not isinstance(value, str):
-        value = raw.strip()  # 'data.target=1' names a column '1'
+    if (key == "out" or k is not None and k.type is str) and value is not None and not isinstance(value, str):
+        value = raw.strip()  # 'data.target=1' names a column '1', 'out=2024' a directory '2024'
     return key, value
 
 

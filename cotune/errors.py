@@ -30,6 +30,10 @@ class BundleError(CotuneError):
     """A saved run directory is missing files or cannot be loaded."""
 
 
+class DamagedFileError(CotuneError):
+    """A file cotune wrote (config.json, fit.json, ...) no longer parses."""
+
+
 def fmt_choices(choices) -> str:
     return "{" + ", ".join(repr(c) for c in choices) + "}"
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from cotune import bundle, evaluate
-from cotune.config import RunConfig
+from cotune.config import RunConfig, from_dict
 from cotune.data import sources
 from cotune.data.batches import TensorData
 from cotune.data.preprocess import Preprocessor
@@ -164,7 +164,7 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     if resume:
         prepare_out(out, resume=True)
-        cfg = RunConfig.model_validate(read_json(out / "config.json"))
+        cfg = from_dict(read_json(out / "config.json"))  # a hand-edited value is a ConfigError, not a traceback
     else:
         prepare_out(out, resume=False)
     rt = Runtime.resolve(cfg.runtime.device, cfg.runtime.precision, cfg.runtime.threads, cfg.runtime.compile)

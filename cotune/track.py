@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cotune.errors import ConfigError, one_line
+from cotune.errors import ConfigError, DamagedFileError, one_line
 
 
 _UMASK = os.umask(0)
@@ -72,7 +72,13 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """The file's JSON; a file that no longer parses (cut short, edited by hand) is a DamagedFileError."""
+    text = Path(path).read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DamagedFileError(f"{str(path)!r} is damaged (not valid JSON: {err.msg} at line {err.lineno}); restore it, "
+                               "or start again in a new --out directory.") from None
 
 
 def write_csv(path: str | Path, rows: list[dict]) -> None:

@@ -249,6 +249,45 @@ def test_resume_from_cli_finishes_an_interrupted_run(tmp_path):
     assert json.loads((run / "metrics.json").read_text())["train"]["epochs_run"] == 4
 
 
+def test_damaged_or_hand_edited_run_files_are_one_line(tmp_path):
+    """config.json / fit.json that no longer parse, or hold a value out of range, are one line and exit 2."""
+    cfg = {"data": {"source": "sklearn:wine"}, "model": {"width": 8, "depth": 1}, "train": {"epochs": 3},
+           "runtime": {"progress": False}}
+
+    def die_after_1(epoch, row):
+        raise Kill()
+
+    run = tmp_path / "cut"
+    with pytest.raises(Kill):
+        cotune.train(cfg, out=run, on_eval=die_after_1)
+    good = (run / "config.json").read_text()
+    (run / "config.json").write_text(good[:40])  # cut short
+    assert_user_error(cli("train", "--out", run, "--resume", "-q"), match="config.json.*damaged")
+    edited = json.loads(good)
+    edited["train"]["epochs"] = -1
+    (run / "config.json").write_text(json.dumps(edited))
+    assert_user_error(cli("train", "--out", run, "--resume", "-q"), match="train.epochs")
+    search = tmp_path / "search"
+    search.mkdir()
+    (search / "fit.json").write_text('{"config": ')
+    assert_user_error(cli("fit", "--out", search, "--resume", "-q"), match="fit.json.*damaged")
+    assert_user_error(cli("scale", search), match="fit.json.*damaged")
+
+
+def test_a_worker_on_a_study_cotune_did_not_start_is_one_line(tmp_path):
+    import optuna
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    optuna.create_study(storage=url, study_name="theirs")
+    assert_user_error(cli("worker", "--storage", url, "--study", "theirs"), match="not started by cotune")
+
+
+def test_a_numeric_out_directory_is_a_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ok(cli("train", "--set", "data.source=sklearn:iris", *TINY, "--out", "2024"))
+    assert (tmp_path / "2024" / "metrics.json").is_file()
+    assert cotune.api.resolve_config({"out": 2024}).out == "2024"
+
+
 def test_resume_on_a_finished_run_is_refused(csv_run):
     before = {p.name: p.stat().st_mtime_ns for p in csv_run.iterdir()}
     assert_user_error(cli("train", "--out", csv_run, "--resume", "-q"), match="resume")

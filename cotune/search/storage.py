@@ -147,6 +147,9 @@ def open_study(url: str, name: str, cfg: RunConfig | None = None, space: dict | 
             study = optuna.load_study(study_name=name, storage=storage)
         except KeyError:
             raise ConfigError(f"No study named {name!r} in {url!r}; start it with `cotune fit` first.") from None
+        if "config" not in study.user_attrs or "space" not in study.user_attrs:
+            raise ConfigError(f"The study {name!r} in {url!r} was not started by cotune (it holds no config and space); "
+                              "join a study that `cotune fit` or `cotune scale` started.")
         cfg = from_dict(study.user_attrs["config"])
         space = {k: tuple(v) for k, v in study.user_attrs["space"].items()}
         worker = int(os.environ.get("COTUNE_WORKER_INDEX", os.getpid()))
