@@ -391,3 +391,26 @@ def test_extrapolated_runs_are_scored_on_the_studys_validation_rows(tmp_path):
         assert float(r["val_metric"]) == pytest.approx(np.mean(p.argmax(1) == ds.y[val]))
         e = next(e for e in s["extrapolation"] if e["n_samples"] == int(r["n_samples"]))
         assert e["actual"] == pytest.approx(float(r["val_loss"]))
+
+
+def test_workers_get_the_configurations_threads_wherever_it_was_set(tmp_path, monkeypatch):
+    """runtime.threads set in the run's YAML (so only in its saved config) reaches the workers, as --set does."""
+    from cotune.scale import study as scale_study
+    run = tmp_path / "run"
+    write_json(run / "config.json", from_dict({"data": {"source": "sklearn:iris"}, "runtime": {"threads": 2}}).to_dict())
+    write_json(run / "metrics.json", {})
+    seen = []
+
+    class Seen(Exception):
+        pass
+
+    def record(study, url, n, out, threads, **kw):
+        seen.append(threads)
+        raise Seen()
+
+    monkeypatch.setattr(scale_study, "run_workers", record)
+    for overrides, want in (((), 2), (("runtime.threads=1",), 1)):
+        with pytest.raises(Seen):
+            scale_study.scale(run, ["scale.sizes=3", "scale.fractions=3", "scale.seeds=1", *overrides],
+                              out=tmp_path / f"s{want}", live=False)
+    assert seen == [2, 1]

@@ -109,8 +109,7 @@ def scale(run, overrides=(), *, out=None, workers: int | None = None, live: bool
         for p in todo:
             study.enqueue_trial(p.params(), user_attrs={"point": list(p.key), "size": p.size,
                                                         "extrapolated": p.extrapolated, "longer": p.longer})
-        threads = cfg.runtime.threads if any(o.split("=")[0].strip() == "runtime.threads" for o in overrides) else None
-        _watch(study, url, workers, work_dir, threads, rows, have, csv_path, flops, len(points), live, console,
+        _watch(study, url, workers, work_dir, cfg.runtime.threads, rows, have, csv_path, flops, len(points), live, console,
                rescore=study_rows(cfg))
         failed = [t for t in study.get_trials(deepcopy=False) if t.state.name == "FAIL"]
         if failed:
@@ -170,7 +169,7 @@ def _row(t, flops: dict, rescore=None) -> dict:
             "longer": t.user_attrs.get("longer", False), "run_dir": str(run)}
 
 
-def _watch(study, url: str, workers: int, work_dir: Path, threads: int | None, rows, have, csv_path: Path, flops: dict,
+def _watch(study, url: str, workers: int, work_dir: Path, threads: int, rows, have, csv_path: Path, flops: dict,
            total: int, live: bool, console, rescore=None) -> None:
     """Run the workers; append each finished run to scale.csv as it lands and show progress until they exit."""
     done: set[int] = set()

@@ -101,8 +101,7 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
 
     try:
         with live_view(live, console, refresh=2, transient=False) as view:
-            run_workers(study, url, cfg.search.workers, out, cfg.runtime.threads if "runtime.threads" in state["fixed"] else None,
-                        deadline=deadline, tick=lambda: tick(view), started=_warm_up)
+            run_workers(study, url, cfg.search.workers, out, cfg.runtime.threads, deadline=deadline, tick=lambda: tick(view), started=_warm_up)
             if live:
                 view.update(trial_table(study, study.get_trials(deepcopy=False), deadline))
     except KeyboardInterrupt:
@@ -147,10 +146,11 @@ def best_trial(study):
 # ---------------------------------------------------------------------------------------------
 # worker processes
 
-def run_workers(study, url: str, n: int, out: Path, threads: int | None, *, deadline: float | None = None,
+def run_workers(study, url: str, n: int, out: Path, threads: int, *, deadline: float | None = None,
                 tick: Callable[[], None] | None = None, started: Callable[[], None] | None = None,
                 poll_s: float = 1.0) -> None:
-    """Start n `cotune worker` processes on the study and wait for them, calling `started()` once they are up
+    """Start n `cotune worker` processes on the study, each with `threads` CPU threads (runtime.threads of the
+    study's config, whether set in YAML, with --set or left at its default), and wait for them, calling `started()` once they are up
     and `tick()` every `poll_s`; end those still running GRACE_S past the deadline. On Ctrl-C: set the study's
     stop flag (workers elsewhere see it too), end them, and re-raise."""
     procs = spawn_workers(url, study.study_name, n, deadline, out, threads)
@@ -171,14 +171,12 @@ def run_workers(study, url: str, n: int, out: Path, threads: int | None, *, dead
         raise
 
 
-def spawn_workers(url: str, name: str, n: int, deadline: float | None, out: Path,
-                  threads: int | None = None) -> list[subprocess.Popen]:
-    """N `cotune worker` processes with one CPU thread each unless the user set runtime.threads (`threads`).
+def spawn_workers(url: str, name: str, n: int, deadline: float | None, out: Path, threads: int = 1) -> list[subprocess.Popen]:
+    """N `cotune worker` processes with `threads` CPU threads each.
 
-    One thread per process is the measured default for small models on these 2-core machines: 2 threads
+    One thread per process (runtime.threads' default) is the measured default for small models on these 2-core machines: 2 threads
     ran 0.8-1.1x the time of 1 when idle and 4-5x slower beside another busy process; parallelism comes
     from --workers. With more workers than cores the threads still never exceed one per worker."""
-    threads = threads or 1
     cmd = [sys.executable, "-m", "cotune.cli", "worker", "--storage", url, "--study", name, "--threads", str(threads),
            "--out", str(out)] + (["--deadline", repr(deadline)] if deadline else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
