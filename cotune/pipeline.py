@@ -156,11 +156,12 @@ def audit_data(cfg: RunConfig, checks=None):
 
 
 def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None, progress: bool | None = None,
-        tracker=None, refit_epochs: int | None = None) -> RunResult:
+        tracker=None, refit_epochs: int | None = None, checkpoint: bool = True) -> RunResult:
     """Train one model with fixed knobs and write its run directory. Returns metrics and the path.
 
     refit_epochs: train on train+val for exactly this many epochs (no early stopping): the final
-    model of a search, whose epoch count comes from the best trial's early-stopping point."""
+    model of a search, whose epoch count comes from the best trial's early-stopping point.
+    checkpoint: save the state after each validated epoch, for --resume (search trials, never resumed, go without)."""
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     if resume:
         prepare_out(out, resume=True)
@@ -212,7 +213,7 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
     show = cfg.runtime.progress if progress is None else progress
     try:
         result = train(model, train_data, val_data, train_cfg, rt, task=ds.task, seed=cfg.runtime.seed, y_scale=data.y_std,
-                       augment=augment, sampling_weights=sampling, on_eval=log_and_forward, checkpoint_dir=out, resume=resume,
+                       augment=augment, sampling_weights=sampling, on_eval=log_and_forward, checkpoint_dir=out if checkpoint else None, resume=resume,
                        progress=show, monitor=evaluate.monitored_metric(ds.task, train_cfg.monitor))
     except CotuneError:
         if not resume:

@@ -5,7 +5,7 @@
 Reads top to bottom: optimizer, then per epoch a reseed (so a resumed run replays the same
 shuffles and dropout masks), index-slice batches, the LR from get_lr(step), forward under
 autocast, loss (+ L1), backward, clip, step; then validation, history, early stopping, a
-checkpoint, on_eval, and the progress bar. Best weights are restored at the end.
+checkpoint (after validated epochs), the progress bar and on_eval. Best weights are restored at the end.
 
 `on_eval(epoch, row)` is the one hook: it sees each epoch's metrics and may return True to stop
 or raise (a search uses it to prune). This module never imports optuna.
@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from cotune.data.batches import TensorData
 from cotune.errors import ConfigError, CotuneError
-from cotune.evaluate import Metric, monitored_metric
+from cotune.evaluate import Metric, metric, monitored_metric
 from cotune.runtime import Runtime
 from cotune.track import write_json
 
@@ -202,6 +202,8 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
     sampling_weights: (N,) draw each epoch's samples with replacement in proportion to these (balanced batches).
     monitor: what early stopping and the best weights follow (a history key and its direction); default
     `evaluate.monitored_metric(task, cfg.monitor)`. Without validation rows, the training loss.
+    checkpoint_dir: where the state after each validated epoch goes (None: no checkpoints, as for search
+    trials, which are never resumed); resume=True continues from it.
     """
     check_config(cfg, task)
     dev = torch.device(runtime.device)
@@ -213,9 +215,9 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
     steps_per_epoch = max(1, n // bs if n % bs == 1 else math.ceil(n / bs))  # never a lone 1-sample batch (batch norm)
     total_steps = cfg.epochs * steps_per_epoch
     has_val = val_data is not None and len(val_data) > 0
-    monitor = (monitor or monitored_metric(task, cfg.monitor)) if has_val else Metric("train_loss", False)
+    monitor = (monitor or monitored_metric(task, cfg.monitor)) if has_val else metric("loss")
     key = monitor.history_key if has_val else "train_loss"
-    weights = [p for p in model.parameters() if p.dim() >= 2] if cfg.l1 > 0 else []
+    l1_params = [p for p in model.parameters() if p.dim() >= 2] if cfg.l1 > 0 else []  # matrices and kernels
     X, y, w = train_data.X, train_data.y, train_data.w
     res = TrainResult()
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -226,7 +228,7 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
         start_epoch, step, bad_epochs = state["epoch"], state["step"], state["bad_epochs"]
         res.history, res.best_epoch, res.best_score = state["history"], state["best_epoch"], state["best_score"]
         res.train_time_s = state["train_time_s"]
-    bar = _progress_bar(cfg.epochs, start_epoch) if progress else None
+    bar = ProgressBar(cfg.epochs, start_epoch) if progress else NullProgress()
     try:
         for epoch in range(start_epoch, cfg.epochs):
             torch.manual_seed(seed * 1_000_003 + epoch)  # shuffles and dropout depend only on (seed, epoch)
@@ -250,8 +252,8 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
                 loss = compute_loss(out, yb, wb, loss_name, cfg)
                 if yb2 is not None:  # mixup / cutmix: the loss mixes both label sets
                     loss = lam * loss + (1 - lam) * compute_loss(out, yb2, wb, loss_name, cfg)
-                if weights:
-                    loss = loss + cfg.l1 * sum(p.abs().sum() for p in weights)
+                if l1_params:
+                    loss = loss + cfg.l1 * sum(p.abs().sum() for p in l1_params)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
@@ -277,20 +279,18 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
                 bad_epochs = epoch + 1 - res.best_epoch  # epochs since the best
             res.history.append(row)
             stop = check and cfg.patience > 0 and bad_epochs >= cfg.patience
-            if ckpt is not None:
+            if ckpt is not None and check:  # a resumed run replays the epochs since: each depends only on (seed, epoch)
                 _save_checkpoint(ckpt, model, opt, best_state, {
                     "epoch": epoch + 1, "step": step, "bad_epochs": bad_epochs, "history": res.history,
                     "best_epoch": res.best_epoch, "best_score": res.best_score, "train_time_s": res.train_time_s})
-            if bar is not None:
-                bar[0].update(bar[1], advance=1, loss=train_loss, val=_fmt_val(row))
+            bar.update(train_loss, _fmt_val(row))
             if on_eval is not None and on_eval(epoch + 1, row):
                 stop = True
             if stop:
                 res.stopped_early = epoch + 1 < cfg.epochs
                 break
     finally:
-        if bar is not None:
-            bar[0].stop()
+        bar.stop()
     model.load_state_dict(best_state)
     res.epochs_run, res.steps = len(res.history), step
     res.samples_per_s = res.steps * bs / res.train_time_s if res.train_time_s > 0 else 0.0
@@ -304,11 +304,27 @@ def _fmt_val(row: dict) -> str:
     return ""
 
 
-def _progress_bar(epochs: int, done: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
-                 TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[val]}"), TimeRemainingColumn(),
-                 transient=False)
-    task = p.add_task("train", total=epochs, completed=done, loss=float("nan"), val="")
-    p.start()
-    return p, task
+class NullProgress:
+    """The progress bar's methods, doing nothing: the loop never asks whether a bar is shown."""
+
+    def update(self, loss: float, val: str) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class ProgressBar(NullProgress):
+    """One rich bar over the epochs, with the last training loss and validation value."""
+
+    def __init__(self, epochs: int, done: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        self.p = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
+                          TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[val]}"),
+                          TimeRemainingColumn(), transient=False)
+        self.task = self.p.add_task("train", total=epochs, completed=done, loss=float("nan"), val="")
+        self.p.start()
+
+    def update(self, loss: float, val: str) -> None:
+        self.p.update(self.task, advance=1, loss=loss, val=val)
+
+    def stop(self) -> None:
+        self.p.stop()

@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -135,6 +136,31 @@ def test_val_every_validates_some_epochs_and_early_stops_in_epochs():
     assert all(e % 5 == 0 for e in checked) and res.best_epoch in checked and res.stopped_early
     assert res.epochs_run == checked[-1] and res.epochs_run - res.best_epoch >= 4
     assert all(e - res.best_epoch < 4 for e in checked[:-1] if e > res.best_epoch)  # no earlier check was due to stop
+
+
+def test_checkpoints_are_written_after_validated_epochs_only(tmp_path):
+    tr, va = blobs()
+    cfg = TrainConfig(lr=0.1, optimizer="sgd", epochs=5, patience=0, val_every=2, schedule="constant")
+    seen = {}
+
+    def look(epoch, row):
+        f = tmp_path / "checkpoint.json"
+        seen[epoch] = json.loads(f.read_text())["epoch"] if f.exists() else None
+
+    train(create_model("mlp", (6,), 3, width=8, depth=1, dropout=0.0), tr, va, cfg, RT, task="multiclass",
+          checkpoint_dir=tmp_path, on_eval=look)
+    assert seen == {1: None, 2: 2, 3: 2, 4: 4, 5: 5}  # the last validated epoch's state (the last epoch is validated)
+
+
+def test_search_trials_write_no_checkpoint(tmp_path):
+    from cotune.config import from_dict
+    from cotune.pipeline import run
+    out = tmp_path / "t"
+    cfg = from_dict({"data": {"source": "sklearn:iris"}, "model": {"width": 8}, "train": {"epochs": 3},
+                     "runtime": {"progress": False}, "out": str(out)})
+    files = []
+    run(cfg, checkpoint=False, on_eval=lambda epoch, row: files.extend(p.name for p in out.iterdir()))
+    assert files and not [f for f in files if f.startswith("checkpoint")]
 
 
 def test_divergence_is_a_clear_error():

@@ -67,12 +67,12 @@ class Objective:
         fractions = rungs(tcfg)
         for i, f in enumerate(fractions[:-1]):
             part = run(tcfg.replace(**{"data.fraction": f, "out": str(tdir.with_name(f"{tdir.name}.rung{i}"))}),
-                       on_eval=on_eval)
+                       on_eval=on_eval, checkpoint=False)
             trial.report(part.metrics["val"][self.metric.name], 3 ** i)
             if not self.multi and trial.should_prune():
                 trial.set_user_attr("pruned_fraction", f)
                 raise optuna.TrialPruned(f"pruned on {f:.3g} of the training rows")
-        return run(tcfg, on_eval=on_eval, tracker=tracker)
+        return run(tcfg, on_eval=on_eval, tracker=tracker, checkpoint=False)  # a trial is never resumed
 
     def on_eval_for(self, trial, t0: float):
         """train()'s hook for this trial: report each validated epoch to the pruner; stop when out of time."""
@@ -132,9 +132,7 @@ def estimate_final(trials, val_share: float) -> float:
 
 
 def _finish(trial, tdir: Path, t0: float) -> None:
-    trial.set_user_attr("seconds", time.time() - t0)
-    for f in ("checkpoint.safetensors", "checkpoint.json"):  # unfinished trials keep only their logs
-        (tdir / f).unlink(missing_ok=True)
+    trial.set_user_attr("seconds", time.time() - t0)  # an unfinished trial keeps only its logs: it has no checkpoint
 
 
 def _latency_ms(run_dir: Path) -> float:
