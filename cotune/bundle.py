@@ -154,13 +154,15 @@ class Ensemble(Bundle):
 
 
 def save_ensemble(out: str | Path, member_dirs: list[str | Path]) -> None:
-    """Copy the member run directories into out/members/<i>/ and write ensemble.json."""
+    """Copy the member run directories into out/members/<i>/ (a member trained there already stays) and write
+    ensemble.json."""
     import shutil
     out = Path(out)
     names = []
     for i, d in enumerate(member_dirs):
         name = f"members/{i}"
-        shutil.copytree(d, out / name, ignore=shutil.ignore_patterns("metrics.jsonl", ".*"))
+        if Path(d).resolve() != (out / name).resolve():
+            shutil.copytree(d, out / name, ignore=shutil.ignore_patterns("metrics.jsonl", ".*"))
         names.append(name)
     write_json(out / ENSEMBLE, {"members": names, "voting": "soft"})
 

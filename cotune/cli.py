@@ -36,11 +36,18 @@ def friendly(fn):
     return wrapper
 
 
-def print_metrics(result) -> None:
+def print_metrics(result, how: dict | None = None) -> None:
+    """The run's metrics; `how` (a search's fit.json 'final') names an ensemble's members instead of epochs."""
     keys = [k for k in ("accuracy", "f1_macro", "roc_auc", "log_loss", "ece", "rmse", "mae", "r2")
             if any(k in (result.metrics.get(p) or {}) for p in ("val", "test"))]
-    table = Table(title=f"{result.config.model.family}, {result.n_params:,} parameters, best epoch "
-                        f"{result.train.best_epoch}/{result.train.epochs_run}")
+    if how is not None and how.get("kind") == "ensemble":
+        trained = "each refitted on train+val" if how["trained_on"] == "train+val" else "as trained in the search"
+        title = (f"soft-voting ensemble of trials {', '.join(f'#{n}' for n in how['trials'])} ({trained}), "
+                 f"{result.n_params:,} parameters in all")
+    else:
+        title = (f"{result.config.model.family}, {result.n_params:,} parameters, best epoch "
+                 f"{result.train.best_epoch}/{result.train.epochs_run}")
+    table = Table(title=title)
     table.add_column("split")
     for k in keys:
         table.add_column(k, justify="right")
@@ -111,7 +118,7 @@ def fit(data: Optional[str] = typer.Argument(None, help="CSV / Parquet / .npz / 
     res = api.fit(data, target=target, config=config, overrides=set_, budget=budget, trials=trials, workers=workers,
                   sampler=sampler, objective=objective, storage=storage, study=study, mlflow=mlflow, out=out, resume=resume,
                   live=not quiet, console=out_console)
-    print_metrics(res.final)
+    print_metrics(res.final, res.how)
     c = res.counts
     out_console.print(f"trials: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed; best #{res.best['number']}")
     out_console.print(f"search directory: [bold]{res.path}[/] (final model in {res.path / 'final'})")
@@ -181,7 +188,7 @@ def demo(out: Optional[Path] = typer.Option(None, "--out", "-o", help="Search di
     """End to end on built-in data (sklearn digits): audit, joint search, final model, report."""
     from cotune import api
     res, rep = api.demo(out=out, budget=budget, live=not quiet, console=out_console)
-    print_metrics(res.final)
+    print_metrics(res.final, res.how)
     c = res.counts
     out_console.print(f"search: {c['COMPLETE']} trials complete, {c['PRUNED']} pruned, {c['FAIL']} failed; "
                       f"best trial #{res.best['number']}")

@@ -10,6 +10,7 @@ both), and stay under 5 MB for a 200-trial search.
 from __future__ import annotations
 
 import csv
+from html import unescape
 import json
 import os
 import random
@@ -127,6 +128,7 @@ def test_search_report_shows_the_files_numbers(search_dir):
     assert f"Test accuracy {final['test']['accuracy']:.4f}" in text
     best = fit["best"]
     assert f"Best trial #{best['number']}: val accuracy {best['values'][0]:.4f}" in text
+    assert f"The final model: {fit['final']['summary']}." in unescape(text)  # how it was made, as fit.json says
     with open(search_dir / "trials.csv") as f:
         trials = list(csv.DictReader(f))
     assert f"{len(trials)} trials:" in text

@@ -75,7 +75,10 @@ def quality(page: Page, L: Loaded) -> None:
         else:
             sec.p(f"A soft-voting ensemble of trials {members} scored {fmt(ens.get('val'))} validation {metric}, "
                   f"no better than the best single trial ({fmt(ens.get('best_single_val'))}): the single model was kept.")
-    if L.kind == "search" and not get(ens, "kept"):
+    how = get(L.fit, "final", "summary")
+    if isinstance(how, str):
+        sec.p(f"The final model: {how}.")
+    elif L.kind == "search" and not get(ens, "kept"):  # a search directory written before fit.json said how
         sec.p("The final model was retrained on train + validation with the best trial's knobs, then evaluated "
               "once on the held-out test part.")
     if not isinstance(test, dict) and not isinstance(val, dict):

@@ -1,38 +1,98 @@
-"""The ensemble candidate of a search: soft voting over its top-k trials, kept as the final model only
-when it beats the best single trial on validation."""
+"""The search's final model: the best trial refitted, or a soft-voting ensemble of the top-k trials when
+that ensemble beats the best single trial on validation.
+
+    choice = ensemble_choice(cfg, study, done)     # None, or the candidate and the keep-or-reject decision
+    final, how = final_model(cfg, study, best, choice, out, deadline)
+
+Both ways the final model is refitted on train+val like the single model: each member with its own
+knobs for its own early-stopping epoch count, when the budget's remainder covers all of them (estimated
+from the members' own times); otherwise the members stay as the search trained them, on the training
+part only. `how` (fit.json 'final') says which, and the report shows it.
+"""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from cotune.config import RunConfig
 from cotune.search.storage import study_metric
 from cotune.track import read_json, write_json
 
+REFIT_MARGIN = 1.1  # a refit on train+val takes about the trial's time x (1 + val share), with this margin
 
-def try_ensemble(cfg: RunConfig, study, done, out: Path) -> dict | None:
-    """Soft voting over the top-k trials; kept (as final/) only if it beats the best trial on validation."""
-    from cotune.bundle import save_ensemble
-    from cotune.pipeline import RunResult, evaluate_ensemble
-    from cotune.train import TrainResult
+
+def refit_seconds(trial, val_share: float) -> float:
+    """Expected seconds to refit a completed trial on train+val."""
+    return trial.user_attrs.get("seconds", 0.0) * (1 + val_share) * REFIT_MARGIN
+
+
+def ensemble_choice(cfg: RunConfig, study, done) -> dict | None:
+    """Soft voting over the top-k completed trials, scored on validation as the search trained them; kept
+    only if it beats the best single trial there. None when there is no candidate (top_k 1, two objectives,
+    fewer than two trials with a saved model)."""
+    from cotune.pipeline import evaluate_ensemble
     k = cfg.search.top_k
     if k < 2 or len(study.directions) > 1 or len(done) < 2:
         return None
     metric = study_metric(study)
     top = sorted(done, key=lambda t: t.values[0], reverse=metric.maximize)[:k]
-    dirs = [t.user_attrs["run_dir"] for t in top if (Path(t.user_attrs.get("run_dir", "")) / "model.safetensors").exists()]
-    if len(dirs) < 2:
+    top = [t for t in top if (Path(t.user_attrs.get("run_dir", "")) / "model.safetensors").exists()]
+    if len(top) < 2:
         return None
-    metrics = evaluate_ensemble(cfg, dirs)
+    metrics = evaluate_ensemble(cfg, [t.user_attrs["run_dir"] for t in top])
     ens, single = metrics["val"][metric.name], top[0].values[0]
-    kept = metric.better(ens, single)
-    info = {"members": [t.number for t in top[:len(dirs)]], "val": ens, "best_single_val": single, "metric": metric.name,
-            "kept": kept}
-    if kept:
-        final = out / "final"
-        save_ensemble(final, dirs)
-        write_json(final / "metrics.json", {**metrics, "ensemble": info})
-        write_json(final / "config.json", cfg.to_dict())
-        n_params = sum(int(read_json(Path(d) / "model.json").get("n_params", 0)) for d in dirs)
-        info["result"] = RunResult(path=final, metrics=metrics, train=TrainResult(), n_params=n_params,
-                                   config=cfg.replace(**top[0].params))
-    return info
+    return {"members": [t.number for t in top], "val": ens, "best_single_val": single, "metric": metric.name,
+            "kept": metric.better(ens, single), "trials": top, "metrics": metrics}
+
+
+def final_model(cfg: RunConfig, best, choice: dict | None, out: Path, deadline: float | None):
+    """Train (or assemble) out/final; returns (RunResult, how) with how = fit.json's 'final' record."""
+    from cotune.pipeline import run
+    if choice is None or not choice["kept"]:
+        epochs = _epochs(best, cfg)
+        final = run(cfg.replace(**best.params, **{"out": str(out / "final"), "runtime.progress": False}),
+                    refit_epochs=epochs)
+        return final, {"kind": "single", "trials": [best.number], "epochs": [epochs], "trained_on": "train+val",
+                       "summary": f"trial #{best.number}'s knobs, refitted on train + validation for its "
+                                  f"early-stopping epoch count ({epochs}), then tested once"}
+    return _ensemble(cfg, choice, out, deadline)
+
+
+def _epochs(trial, cfg: RunConfig) -> int:
+    return max(1, int(trial.user_attrs.get("best_epoch", cfg.train.epochs)))
+
+
+def _ensemble(cfg: RunConfig, choice: dict, out: Path, deadline: float | None):
+    from cotune.bundle import save_ensemble
+    from cotune.pipeline import RunResult, evaluate_ensemble, run
+    from cotune.train import TrainResult
+    trials, final = choice["trials"], out / "final"
+    need = sum(refit_seconds(t, cfg.data.split.val) for t in trials)
+    refit = deadline is None or time.time() + need <= deadline
+    epochs = [_epochs(t, cfg) for t in trials]
+    members = ", ".join(f"#{t.number}" for t in trials)
+    if refit:
+        dirs = []
+        for i, (t, n) in enumerate(zip(trials, epochs)):
+            d = final / "members" / str(i)
+            run(cfg.replace(**t.params, **{"out": str(d), "runtime.progress": False}), refit_epochs=n)
+            dirs.append(d)
+        save_ensemble(final, dirs)  # in place: only the index is written
+        metrics = {k: v for k, v in evaluate_ensemble(cfg, dirs).items() if k == "test"}  # val rows were trained on
+        summary = (f"a soft-voting ensemble of trials {members}, each refitted on train + validation with its own "
+                   f"knobs for its early-stopping epoch count ({', '.join(map(str, epochs))}), then tested once")
+    else:
+        save_ensemble(final, [t.user_attrs["run_dir"] for t in trials])
+        metrics = choice["metrics"]
+        summary = (f"a soft-voting ensemble of trials {members} as the search trained them, on the training part "
+                   f"only: refitting them on train + validation needed about {need:.0f} s, more than the budget had "
+                   "left")
+    info = {k: v for k, v in choice.items() if k not in ("trials", "metrics")}
+    write_json(final / "metrics.json", {**metrics, "ensemble": info})
+    write_json(final / "config.json", cfg.to_dict())
+    n_params = sum(int(read_json(d / "model.json").get("n_params", 0)) for d in sorted((final / "members").iterdir()))
+    result = RunResult(path=final, metrics=metrics, train=TrainResult(), n_params=n_params,
+                       config=cfg.replace(**trials[0].params))
+    how = {"kind": "ensemble", "trials": [t.number for t in trials], "epochs": epochs,
+           "trained_on": "train+val" if refit else "train", "refit_seconds_needed": need, "summary": summary}
+    return result, how

@@ -24,7 +24,7 @@ from typing import Callable
 from cotune.config import RunConfig, explicit, from_dict
 from cotune.errors import ConfigError, CotuneError, one_line
 from cotune.evaluate import primary_metric
-from cotune.search.ensemble import try_ensemble
+from cotune.search.ensemble import ensemble_choice, final_model
 from cotune.search.space import parse_budget, search_space, start_params
 from cotune.search.storage import import_optuna, open_study, storage_url
 from cotune.search.tracking import track_study
@@ -41,12 +41,13 @@ class FitResult:
     final: object       # RunResult of the final model
     test: dict          # final test metrics
     counts: dict        # trials per state
+    how: dict           # how the final model was made (fit.json 'final'): kind, trials, epochs, trained_on, summary
 
 
 def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, storage: str | None = None,
         study_name: str | None = None, live: bool = True, console=None) -> FitResult:
     """Search, then refit the best config on train+val and evaluate it once on test."""
-    from cotune.pipeline import default_out, load_data, run
+    from cotune.pipeline import default_out, load_data
     t0 = time.time()
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     if resume:
@@ -116,14 +117,10 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
                           "raise --budget or --trials, or narrow the space.")
     best = best_trial(study)
     importances(study, out)
-    ensemble = try_ensemble(cfg, study, done, out)
-    if ensemble is not None and ensemble["kept"]:
-        final = ensemble["result"]
-    else:
-        best_cfg = cfg.replace(**best.params)
-        final = run(best_cfg.replace(**{"out": str(out / "final"), "runtime.progress": False}),
-                    refit_epochs=max(1, best.user_attrs.get("best_epoch", cfg.train.epochs)))
-    state["ensemble"] = None if ensemble is None else {k: v for k, v in ensemble.items() if k != "result"}
+    choice = ensemble_choice(cfg, study, done)
+    final, how = final_model(cfg, best, choice, out, deadline)
+    state["ensemble"] = None if choice is None else {k: v for k, v in choice.items() if k not in ("trials", "metrics")}
+    state["final"] = how  # how the final model was made, for the report and the command's summary
     counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
     best_d = {"number": best.number, "values": best.values, "params": best.params, "run_dir": best.user_attrs.get("run_dir")}
     state.update(elapsed=elapsed + time.time() - t0, best=best_d, counts=counts, test=final.test, finished=True)
@@ -132,7 +129,7 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
     tracker.log_summary(final.metrics)
     tracker.log_artifacts(out / "final")
     tracker.close()
-    return FitResult(path=out, study_name=name, best=best_d, final=final, test=final.test, counts=counts)
+    return FitResult(path=out, study_name=name, best=best_d, final=final, test=final.test, counts=counts, how=how)
 
 
 def best_trial(study):
