@@ -181,27 +181,27 @@ ENSEMBLE = "ensemble.json"
 
 
 class Ensemble(Bundle):
-    """Soft voting over member bundles (the top trials of a search): probabilities (or values) averaged."""
+    """Soft voting over member bundles (the top trials of a search): probabilities (or values) averaged.
+
+    `spec` is member 0's, as the description of the raw data every member takes (`pre` is member 0's
+    too; each member transforms with its own). There is no single model: `.model` raises rather than
+    hand one member to latency measurement or export."""
 
     def __init__(self, path: Path, members: list[Bundle]):
         first = members[0]
-        super().__init__(path, first.spec, first.model, first.pre)
-        self.members = members
+        self.path, self.spec, self.pre, self.runtime, self.members = path, first.spec, first.pre, first.runtime, members
+
+    @property
+    def model(self) -> torch.nn.Module:
+        raise BundleError(f"An ensemble has {len(self.members)} member models, not one; use .members[i].model.")
 
     def __repr__(self) -> str:
         return f"Ensemble({str(self.path)!r}, members={len(self.members)}, task={self.task!r})"
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_output(self, X) -> np.ndarray:
         if isinstance(X, (str, Path)):
-            X = read_features(str(X), self.spec)
-        return np.mean([m.predict_proba(X) for m in self.members], axis=0)
-
-    def predict(self, X) -> np.ndarray:
-        if self.task != "regression":
-            return super().predict(X)
-        if isinstance(X, (str, Path)):
-            X = read_features(str(X), self.spec)
-        return np.mean([m.predict(X) for m in self.members], axis=0)
+            X = read_features(str(X), self.spec)  # read once, not once per member
+        return np.mean([m.predict_output(X) for m in self.members], axis=0)
 
 
 def save_ensemble(out: str | Path, member_dirs: list[str | Path]) -> None:

@@ -248,13 +248,10 @@ def evaluate_ensemble(cfg: RunConfig, member_dirs: list) -> dict:
     """Validation and test metrics of soft voting over trained run directories (same split as cfg)."""
     ds = load_data(cfg)
     _, va, te = split_indices(ds, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed)
-    members = [bundle.load(d) for d in member_dirs]
+    # the saved ensemble's own voting, before it is saved (its path: where the members are)
+    ens = bundle.Ensemble(Path(member_dirs[0]).parent, [bundle.load(d) for d in member_dirs])
     out = {}
     for part, idx in (("val", va), ("test", te)):
         X = ds.X.iloc[idx] if ds.modality == "tabular" else ds.X[idx]
-        if ds.task == "regression":
-            out[part] = evaluate.evaluate(ds.y[idx], np.mean([m.predict(X) for m in members], axis=0), ds.task)
-        else:
-            probs = np.mean([m.predict_proba(X) for m in members], axis=0)
-            out[part] = evaluate.evaluate(ds.y[idx], probs, ds.task, classes=list(ds.classes))
+        out[part] = evaluate.evaluate(ds.y[idx], ens.predict_output(X), ds.task, classes=list(ds.classes))
     return out
