@@ -4,11 +4,13 @@
     b.predict(df)            # class labels or values
     b.predict_proba(df)      # (N, K) class probabilities
     b.predict_frame("new.csv")  # DataFrame: prediction + one proba_<class> column per class
+    b.predict_output(df)     # probabilities or values, whatever the task: what cotune.evaluate takes
 
 Loading reads JSON and safetensors only; nothing is ever unpickled.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -28,43 +30,92 @@ SPEC = "model.json"
 REQUIRED = (WEIGHTS, SPEC, "preprocess.json")
 
 
-def save(run_dir: str | Path, model: torch.nn.Module, spec: dict, pre: Preprocessor) -> None:
-    """spec: family, in_shape, out_dim, kwargs, task, classes, target, modality, y_mean, y_std, source meta."""
+@dataclass(frozen=True, kw_only=True)
+class Spec:
+    """model.json: how to rebuild the model, the data it takes and what its outputs mean (fields in file order)."""
+    family: str
+    in_shape: tuple[int, ...]            # one preprocessed sample, the model's input
+    out_dim: int
+    kwargs: dict                         # the model knobs create_model was called with
+    task: str
+    classes: list = field(default_factory=list)  # original label values, in output order; [] for regression
+    target: str | None
+    modality: str
+    columns: list[str] | None = None     # tabular: the raw feature columns, in order
+    raw_shape: tuple[int, ...]           # one raw sample, before preprocessing
+    y_mean: float = 0.0                  # regression: the model predicts (y - y_mean) / y_std
+    y_std: float = 1.0
+    meta: dict = field(default_factory=dict)  # the source's description (image size and mode, mnist1d generator)
+    n_params: int = 0
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        return d | {"in_shape": list(self.in_shape), "raw_shape": list(self.raw_shape), "classes": list(self.classes)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Spec:
+        """From a model.json's content; keys it does not know are ignored, a missing required one is a TypeError."""
+        s = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        s.update({k: tuple(s[k]) for k in ("in_shape", "raw_shape") if k in s})
+        if "classes" in s:
+            s["classes"] = list(s["classes"] or [])
+        return cls(**s)
+
+
+def predictions(outputs: torch.Tensor, spec: Spec) -> np.ndarray:
+    """Raw model outputs -> (N, K) class probabilities (classification) or (N,) values in target units.
+
+    The one place outputs become predictions: the evaluation after training, every Bundle and every
+    ensemble member go through it, so a calibration temperature or class thresholds hook in here."""
+    outputs = outputs.cpu()
+    if spec.task == "regression":
+        return outputs.squeeze(-1).numpy() * spec.y_std + spec.y_mean
+    return torch.softmax(outputs, -1).numpy()
+
+
+def save(run_dir: str | Path, model: torch.nn.Module, spec: Spec, pre: Preprocessor) -> None:
+    """Weights, preprocessing state and model.json (spec.to_dict()) into run_dir."""
     run_dir = Path(run_dir)
     tmp = run_dir / f".{WEIGHTS}.tmp"
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
     tmp.replace(run_dir / WEIGHTS)
     pre.save(run_dir)
-    write_json(run_dir / SPEC, spec)
+    write_json(run_dir / SPEC, spec.to_dict())
 
 
 class Bundle:
     """A trained model loaded from a run directory, ready to predict on raw features."""
 
-    def __init__(self, path: Path, spec: dict, model: torch.nn.Module, pre: Preprocessor):
+    def __init__(self, path: Path, spec: Spec, model: torch.nn.Module, pre: Preprocessor):
         self.path, self.spec, self.model, self.pre = path, spec, model, pre
-        self.task: str = spec["task"]
-        self.classes_ = list(spec.get("classes") or [])
         self.runtime = Runtime(device="cpu", precision="fp32", threads=torch.get_num_threads())
 
-    def __repr__(self) -> str:
-        return f"Bundle({str(self.path)!r}, family={self.spec['family']!r}, task={self.task!r})"
+    @property
+    def task(self) -> str:
+        return self.spec.task
 
-    def _outputs(self, X) -> torch.Tensor:
+    @property
+    def classes_(self) -> list:
+        return list(self.spec.classes)
+
+    def __repr__(self) -> str:
+        return f"Bundle({str(self.path)!r}, family={self.spec.family!r}, task={self.task!r})"
+
+    def predict_output(self, X) -> np.ndarray:
+        """`predictions` on X, for any task: what cotune.evaluate.evaluate takes."""
         feats = self.pre.transform(self._features(X))
-        return infer(self.model, torch.as_tensor(feats), self.runtime)
+        return predictions(infer(self.model, torch.as_tensor(feats), self.runtime), self.spec)
 
     def predict_proba(self, X) -> np.ndarray:
         """(N, K) class probabilities, columns in the order of `classes_`."""
         if self.task == "regression":
             raise BundleError("predict_proba needs a classification model but this one is regression; use predict().")
-        return torch.softmax(self._outputs(X), dim=-1).numpy()
+        return self.predict_output(X)
 
     def predict(self, X) -> np.ndarray:
         """Predicted class labels (original label values) or regression values in target units."""
         if self.task == "regression":
-            out = self._outputs(X).squeeze(-1).numpy()
-            return out * self.spec["y_std"] + self.spec["y_mean"]
+            return self.predict_output(X)
         return np.asarray(self.classes_, dtype=object)[self.predict_proba(X).argmax(1)]
 
     def predict_frame(self, X) -> pd.DataFrame:
@@ -80,25 +131,25 @@ class Bundle:
         """Raw features from a DataFrame, an array, or a path / built-in name (the target is dropped if present)."""
         if isinstance(X, (str, Path)):
             X = read_features(str(X), self.spec)
-        if self.spec["modality"] == "tabular":
+        if self.spec.modality == "tabular":
             if isinstance(X, np.ndarray):
-                cols = self.spec["columns"]
+                cols = self.spec.columns
                 if X.ndim != 2 or X.shape[1] != len(cols):
                     raise DataError(f"Expected a table with columns {cols[:8]}...; got an array of shape {X.shape}; pass a DataFrame or CSV.")
                 X = pd.DataFrame(X, columns=cols)
             if not isinstance(X, pd.DataFrame):
                 raise DataError(f"This model takes a table (DataFrame, CSV or Parquet); got {type(X).__name__}.")
-            return X.drop(columns=[c for c in [self.spec["target"]] if c in X.columns])
+            return X.drop(columns=[c for c in [self.spec.target] if c in X.columns])
         X = np.asarray(X, dtype=np.float32)
-        shape = tuple(self.spec["raw_shape"])
-        if X.ndim == len(shape) and self.spec["modality"] == "sequence" and len(shape) == 2:
+        shape = self.spec.raw_shape
+        if X.ndim == len(shape) and self.spec.modality == "sequence" and len(shape) == 2:
             X = X[:, None, :] if X.shape[1:] == shape[1:] else X
         if tuple(X.shape[1:]) != shape:
             raise DataError(f"Expected samples of shape {shape}; got {tuple(X.shape[1:])}; pass data shaped like the training data.")
         return X
 
 
-def read_features(source: str, spec: dict):
+def read_features(source: str, spec: Spec):
     """Features of new data: a table file, an .npz with X, an image folder, or a built-in name."""
     from cotune.data import sources
     p = Path(source)
@@ -119,10 +170,10 @@ def read_features(source: str, spec: dict):
     except Exception as err:
         raise DataError(f"Could not read {source!r} ({type(err).__name__}: {' '.join(str(err).split())[:120]}); check the file.") from None
     if p.is_dir():
-        return sources.read_images(p, spec["meta"].get("image_size", 32), spec["meta"].get("image_mode", "rgb"))[0]
-    gen = spec["meta"].get("generator") or {}  # mnist1d: regenerate the data the run was trained on
+        return sources.read_images(p, spec.meta.get("image_size", 32), spec.meta.get("image_mode", "rgb"))[0]
+    gen = spec.meta.get("generator") or {}  # mnist1d: regenerate the data the run was trained on
     kw = {"n_samples": gen["num_samples"], "generator_seed": gen["seed"]} if "num_samples" in gen else {}
-    ds = sources.load(source, target=spec["target"] if spec["modality"] == "tabular" else None, **kw)
+    ds = sources.load(source, target=spec.target if spec.modality == "tabular" else None, **kw)
     return ds.X
 
 
@@ -130,27 +181,27 @@ ENSEMBLE = "ensemble.json"
 
 
 class Ensemble(Bundle):
-    """Soft voting over member bundles (the top trials of a search): probabilities (or values) averaged."""
+    """Soft voting over member bundles (the top trials of a search): probabilities (or values) averaged.
+
+    `spec` is member 0's, as the description of the raw data every member takes (`pre` is member 0's
+    too; each member transforms with its own). There is no single model: `.model` raises rather than
+    hand one member to latency measurement or export."""
 
     def __init__(self, path: Path, members: list[Bundle]):
         first = members[0]
-        super().__init__(path, first.spec, first.model, first.pre)
-        self.members = members
+        self.path, self.spec, self.pre, self.runtime, self.members = path, first.spec, first.pre, first.runtime, members
+
+    @property
+    def model(self) -> torch.nn.Module:
+        raise BundleError(f"An ensemble has {len(self.members)} member models, not one; use .members[i].model.")
 
     def __repr__(self) -> str:
         return f"Ensemble({str(self.path)!r}, members={len(self.members)}, task={self.task!r})"
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_output(self, X) -> np.ndarray:
         if isinstance(X, (str, Path)):
-            X = read_features(str(X), self.spec)
-        return np.mean([m.predict_proba(X) for m in self.members], axis=0)
-
-    def predict(self, X) -> np.ndarray:
-        if self.task != "regression":
-            return super().predict(X)
-        if isinstance(X, (str, Path)):
-            X = read_features(str(X), self.spec)
-        return np.mean([m.predict(X) for m in self.members], axis=0)
+            X = read_features(str(X), self.spec)  # read once, not once per member
+        return np.mean([m.predict_output(X) for m in self.members], axis=0)
 
 
 def save_ensemble(out: str | Path, member_dirs: list[str | Path]) -> None:
@@ -181,8 +232,8 @@ def load(path: str | Path) -> Bundle:
     if missing:
         raise BundleError(f"Run directory {str(path)!r} has no {missing[0]}; it is not a finished run (resume it with --resume).")
     try:
-        spec = read_json(path / SPEC)
-        model = create_model(spec["family"], tuple(spec["in_shape"]), spec["out_dim"], **spec["kwargs"])
+        spec = Spec.from_dict(read_json(path / SPEC))
+        model = create_model(spec.family, spec.in_shape, spec.out_dim, **spec.kwargs)
         model.load_state_dict(load_file(str(path / WEIGHTS)))
         pre = Preprocessor.load(path)
     except CotuneError:

@@ -220,23 +220,18 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
             shutil.rmtree(out, ignore_errors=True)  # a run that cannot train leaves nothing behind
         raise
 
-    # ---- evaluate once on val and on the untouched test part
-    metrics = {}
-    y_mean, y_std = data.y_mean, data.y_std
-    for part, idx in (("val", va), ("test", data.test)):
-        if len(idx) == 0:
-            continue
-        outp = infer(model, torch.as_tensor(X[idx]), rt).cpu()
-        if regression:
-            pred = outp.squeeze(-1).numpy() * y_std + y_mean
-            metrics[part] = evaluate.evaluate(ds.y[idx], pred, ds.task)
-        else:
-            metrics[part] = evaluate.evaluate(ds.y[idx], torch.softmax(outp, -1).numpy(), ds.task, classes=list(ds.classes))
+    # ---- evaluate once on val and on the untouched test part, through the bundle's own predictions
     n_params = sum(p.numel() for p in model.parameters())
-    spec = {"family": cfg.model.family, "in_shape": list(data.pre.in_shape_), "out_dim": out_dim, "kwargs": kwargs,
-            "task": ds.task, "classes": list(ds.classes), "target": ds.target, "modality": ds.modality,
-            "columns": list(ds.X.columns) if ds.modality == "tabular" else None, "raw_shape": list(ds.feature_shape),
-            "y_mean": y_mean, "y_std": y_std, "meta": ds.meta, "n_params": n_params}
+    spec = bundle.Spec(family=cfg.model.family, in_shape=tuple(data.pre.in_shape_), out_dim=out_dim, kwargs=kwargs,
+                       task=ds.task, classes=list(ds.classes), target=ds.target, modality=ds.modality,
+                       columns=list(ds.X.columns) if ds.modality == "tabular" else None,
+                       raw_shape=tuple(ds.feature_shape), y_mean=data.y_mean, y_std=data.y_std, meta=ds.meta,
+                       n_params=n_params)
+    metrics = {}
+    for part, idx in (("val", va), ("test", data.test)):
+        if len(idx):
+            pred = bundle.predictions(infer(model, torch.as_tensor(X[idx]), rt), spec)
+            metrics[part] = evaluate.evaluate(ds.y[idx], pred, ds.task, classes=list(ds.classes))
     bundle.save(out, model, spec, data.pre)
     write_csv(out / "history.csv", result.history)
     write_json(out / "metrics.json", {**metrics, "train": {
@@ -254,13 +249,10 @@ def evaluate_ensemble(cfg: RunConfig, member_dirs: list) -> dict:
     """Validation and test metrics of soft voting over trained run directories (same split as cfg)."""
     ds = load_data(cfg)
     _, va, te = split_indices(ds, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed)
-    members = [bundle.load(d) for d in member_dirs]
+    # the saved ensemble's own voting, before it is saved (its path: where the members are)
+    ens = bundle.Ensemble(Path(member_dirs[0]).parent, [bundle.load(d) for d in member_dirs])
     out = {}
     for part, idx in (("val", va), ("test", te)):
         X = ds.X.iloc[idx] if ds.modality == "tabular" else ds.X[idx]
-        if ds.task == "regression":
-            out[part] = evaluate.evaluate(ds.y[idx], np.mean([m.predict(X) for m in members], axis=0), ds.task)
-        else:
-            probs = np.mean([m.predict_proba(X) for m in members], axis=0)
-            out[part] = evaluate.evaluate(ds.y[idx], probs, ds.task, classes=list(ds.classes))
+        out[part] = evaluate.evaluate(ds.y[idx], ens.predict_output(X), ds.task, classes=list(ds.classes))
     return out

@@ -1,4 +1,5 @@
-"""Bundles through the Python API: save -> cotune.load -> predict, damaged run directories, no pickle anywhere."""
+"""Bundles through the Python API: save -> cotune.load -> predict, the model.json Spec, outputs -> predictions,
+damaged run directories, no pickle anywhere."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import torch
 
 import cotune
 from cotune import evaluate
-from cotune.bundle import Bundle
+from cotune.bundle import Bundle, Spec, predictions
 from cotune.data.split import split_indices
 from cotune.errors import BundleError, DataError
 from cotune.pipeline import load_data
@@ -110,6 +111,54 @@ def test_regression_bundle(tmp_path):
     with pytest.raises(BundleError) as e:
         b.predict_proba(X)
     assert "regression" in one_line(e, BundleError)
+
+
+# model.json as every run so far has written it (an iris run with IRIS's model), keys in file order
+OLD_SPEC = {
+    "family": "mlp", "in_shape": [4], "out_dim": 3,
+    "kwargs": {"width": 16, "depth": 1, "dropout": 0.1, "norm": "none", "activation": "relu", "kernel_size": 5,
+               "pool": "auto", "bidirectional": False, "heads": 4},
+    "task": "multiclass", "classes": [0, 1, 2], "target": "target", "modality": "tabular",
+    "columns": ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal width (cm)"], "raw_shape": [4],
+    "y_mean": 0.0, "y_std": 1.0,
+    "meta": {"source": "sklearn:iris", "columns": ["sepal length (cm)", "sepal width (cm)", "petal length (cm)",
+                                                   "petal width (cm)", "target"],
+             "builtin": "sklearn:iris", "class_names": ["setosa", "versicolor", "virginica"]},
+    "n_params": 131,
+}
+
+
+def test_spec_round_trips_and_writes_the_model_json_keys(iris_run):
+    on_disk = json.loads((iris_run.path / "model.json").read_text())
+    b = cotune.load(iris_run.path)
+    assert isinstance(b.spec, Spec) and b.spec.in_shape == (4,) and b.spec.n_params == iris_run.n_params
+    assert list(b.spec.to_dict()) == list(on_disk) == list(OLD_SPEC)  # the same keys, in the same order
+    assert b.spec.to_dict() == on_disk and json.loads(json.dumps(b.spec.to_dict())) == on_disk
+    assert Spec.from_dict(b.spec.to_dict()) == b.spec
+    assert Spec.from_dict(OLD_SPEC).to_dict() == OLD_SPEC
+    assert Spec.from_dict({**OLD_SPEC, "added_later": 1}) == Spec.from_dict(OLD_SPEC)  # a newer file still loads
+    with pytest.raises(TypeError):
+        Spec.from_dict({k: v for k, v in OLD_SPEC.items() if k != "in_shape"})
+
+
+def test_a_model_json_written_before_the_spec_loads(iris_run, damaged):
+    (damaged / "model.json").write_text(json.dumps(OLD_SPEC, indent=2))
+    b = cotune.load(damaged)
+    assert b.spec == Spec.from_dict(OLD_SPEC) and b.spec.columns == OLD_SPEC["columns"]
+    np.testing.assert_array_equal(b.predict_proba(iris_frame()), cotune.load(iris_run.path).predict_proba(iris_frame()))
+
+
+def test_predictions_from_outputs():
+    out = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0], [-3.0, 5.0, 1.0]])
+    clf = Spec.from_dict(OLD_SPEC)
+    p = predictions(out, clf)
+    assert p.shape == (3, 3) and np.allclose(p.sum(1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(p, torch.softmax(out, -1).numpy())
+    np.testing.assert_allclose(p[1], [1 / 3] * 3, rtol=1e-6)
+    reg = Spec.from_dict({**OLD_SPEC, "task": "regression", "out_dim": 1, "classes": [], "y_mean": 150.0, "y_std": 10.0})
+    v = predictions(torch.tensor([[0.0], [1.0], [-2.5]]), reg)
+    assert v.shape == (3,)
+    np.testing.assert_allclose(v, [150.0, 160.0, 125.0])
 
 
 @pytest.mark.parametrize("missing", ["model.safetensors", "model.json", "preprocess.json"])

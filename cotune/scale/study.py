@@ -145,7 +145,7 @@ def study_rows(cfg: RunConfig):
             _, val, _ = split_indices(ds, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed)
             held.update(X=ds.X[val], y=ds.y[val])
         bundle = load(run_dir)
-        return evaluate(held["y"], bundle.predict_proba(held["X"]), bundle.task)
+        return evaluate(held["y"], bundle.predict_output(held["X"]), bundle.task)
 
     return score
 

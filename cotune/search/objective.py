@@ -143,7 +143,7 @@ def _latency_ms(run_dir: Path) -> float:
 
     from cotune.bundle import load
     b = load(run_dir)
-    x = torch.zeros(64, *b.spec["in_shape"])
+    x = torch.zeros(64, *b.spec.in_shape)
     times = []
     with torch.no_grad():
         for _ in range(6):
