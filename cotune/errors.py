@@ -30,8 +30,8 @@ class BundleError(CotuneError):
     """A saved run directory is missing files or cannot be loaded."""
 
 
-class DamagedFileError(CotuneError):
-    """A file cotune wrote (config.json, fit.json, ...) no longer parses."""
+class DamagedFileError(BundleError):
+    """A file cotune wrote in a run or search directory (config.json, fit.json, model.json, ...) no longer parses."""
 
 
 def fmt_choices(choices) -> str:
