@@ -1,8 +1,9 @@
 """The search space: which knobs a search draws, from what, and the trial's config.
 
 The space comes from knobs.py (every knob with a `search` range that the user did not set),
-conditional where a knob says `when`, narrowed by `search.space`, with model families limited
-to those that fit the data's modality.
+conditional where a knob says `when`, for the tasks and modalities it declares, narrowed by
+`search.space`, with model families from the registry: those searched on the data's modality
+(cotune.models declares them per family).
 """
 from __future__ import annotations
 
@@ -13,14 +14,6 @@ from cotune.errors import ConfigError
 from cotune.knobs import BY_NAME, searchable
 from cotune.search.storage import FIDELITY_RUNGS
 
-FAMILIES_FOR = {"tabular": ("mlp", "transformer"), "image": ("mlp", "cnn2d"),
-                "sequence": ("mlp", "cnn1d", "gru", "lstm", "transformer")}
-# On CPU the recurrent and attention families cost 10-50x a CNN per epoch on the same data (an LSTM
-# trial on MNIST-1D took 230 s against 20-60 s for a CNN), so the default space leaves them out
-# there; name them in search.space to search them anyway.
-FAMILIES_FOR_CPU = {"tabular": ("mlp",), "image": ("mlp", "cnn2d"), "sequence": ("mlp", "cnn1d")}
-CLASSIFICATION_ONLY = ("data.balance", "data.clean.label_issues", "data.clean.label_threshold", "train.label_smoothing",
-                       "train.focal_gamma")
 # search.warm_start: a new study's first trial, per modality, over the knob defaults (as AutoML portfolios
 # begin with configurations that do well on their kind of data); the sampler proposes every later trial.
 # Sequences: a deeper CNN with batch norm and the modality's augmentations (MNIST-1D test accuracy with
@@ -45,19 +38,25 @@ def parse_budget(text) -> float | None:
 
 def search_space(cfg: RunConfig, fixed: set[str], modality: str, task: str, cpu: bool | None = None) -> dict[str, tuple]:
     """{knob: choices or (low, high)} for every searchable knob not fixed by the user."""
+    from cotune.models import searched_families  # torch: imported when a space is built, not with this module
     if cpu is None:
         import torch
         cpu = cfg.runtime.device == "cpu" or (cfg.runtime.device == "auto" and not torch.cuda.is_available())
     space = {}
     for k in searchable():
-        if k.name in fixed or (task == "regression" and k.name in CLASSIFICATION_ONLY):
+        if k.name in fixed or (k.tasks and task not in k.tasks):
             continue
-        spec = tuple(cfg.search.space.get(k.name, k.search))
-        if k.name == "model.family":
-            fits = FAMILIES_FOR[modality] if k.name in cfg.search.space or not cpu else FAMILIES_FOR_CPU[modality]
-            spec = tuple(f for f in spec if f in fits) or (cfg.model.family,)
-        if k.name == "data.balance" and modality != "tabular":
-            spec = tuple(b for b in spec if b != "smote")
+        named = k.name in cfg.search.space
+        spec = tuple(cfg.search.space[k.name]) if named else k.search
+        if k.name == "model.family":  # search=(): the registry's for the modality; named ones skip the CPU cut
+            fits = searched_families(modality, cpu=cpu and not named)
+            spec = tuple(f for f in (spec if named else fits) if f in fits) or (cfg.model.family,)
+        if k.choice_modalities:
+            only = dict(k.choice_modalities)
+            spec = tuple(c for c in spec if modality in only.get(c, (modality,)))
+            if not spec:
+                why = ", ".join(f"{c!r} is for {'/'.join(m)} data" for c, m in only.items())
+                raise ConfigError(f"search.space[{k.name!r}] leaves no choice for {modality} data ({why}); add another.")
         if not (k.choices or k.type in (bool, str)):
             if len(spec) != 2:
                 raise ConfigError(f"search.space[{k.name!r}] must be [low, high]. Got {list(spec)!r} instead.")
