@@ -129,6 +129,8 @@ def test_search_space_narrows_ranges_and_choices():
         seen.add(tcfg.data.balance)
         study.tell(trial, 0.0)
     assert seen == {"none", "oversample"}
+    # YAML reads 1e-4 as a string: a numeric string is a number
+    assert space_of(["search.space={train.lr: [1e-4, 1e-3], model.width: [16, 32.0]}"])[1]["train.lr"] == (1e-4, 1e-3)
 
 
 @pytest.mark.parametrize("modality", ["tabular", "image", "sequence"])
@@ -196,14 +198,44 @@ def test_smote_is_searched_only_on_tables():
         space_of(["search.space={data.balance: [smote]}"], modality="image")
 
 
-@pytest.mark.parametrize("space", ["{train.lrr: [0.001, 0.01]}", "{train.epochs: [1, 5]}", "{runtime.seed: [0, 1]}",
-                                   "{train.lr: [0.001]}"])
-def test_bad_search_space_is_one_line_config_error(space):
+@pytest.mark.parametrize("space, needle", [
+    ("{train.lrr: [0.001, 0.01]}", "'train.lrr', which is not a searchable knob"),
+    ("{train.epochs: [1, 5]}", "'train.epochs', which is not a searchable knob"),
+    ("{runtime.seed: [0, 1]}", "'runtime.seed', which is not a searchable knob"),
+    ("{train.lr: [0.001]}", r"search.space\['train.lr'\] must be \[low, high\]. Got \[0.001\]"),
+    ("{train.lr: [0.001, 0.002, 0.003]}", r"search.space\['train.lr'\] must be \[low, high\]"),
+    ("{train.lr: [low, .01]}", r"search.space\['train.lr'\] must be a number > 0 and <= 10. Got 'low'"),
+    ("{train.lr: [0.01, 0.001]}", r"search.space\['train.lr'\] must be \[low, high\] with low <= high. Got \[0.01, 0.001\]"),
+    ("{train.l1: [0, 1e-4]}", r"low bound in search.space\['train.l1'\] must be > 0 \(the knob is searched on a log scale\). Got 0"),
+    ("{model.dropout: [0, .99]}", r"search.space\['model.dropout'\] must be a number >= 0 and <= 0.95. Got 0.99"),
+    ("{model.width: [16.5, 32]}", r"search.space\['model.width'\] must be an integer >= 1 and <= 8192. Got 16.5"),
+    ("{model.depth: [null, 3]}", r"search.space\['model.depth'\] must be an integer .* Got None"),
+    ("{train.optimizer: [adam, adamx]}", r"search.space\['train.optimizer'\] must be one of \{'sgd', .*\}. Got 'adamx' instead; use 'adam'"),
+    ("{model.norm: []}", r"search.space\['model.norm'\] must be a list of choices, each one of"),
+    ("{model.family: [mlp, resnet]}", r"search.space\['model.family'\] must be a registered model family, one of \{'mlp', .*\}. Got 'resnet'"),
+    ("{model.family: [mlp_s]}", r"model.family.*Got 'mlp_s'"),
+    ("{model.bidirectional: [maybe]}", r"search.space\['model.bidirectional'\] must be true or false. Got 'maybe'"),
+    ("{data.clean.duplicates: [0]}", r"search.space\['data.clean.duplicates'\] must be one of .* Got 0"),
+])
+def test_bad_search_space_is_one_line_config_error(space, needle):
     with pytest.raises(ConfigError) as err:
         space_of([f"search.space={space}"])
     msg = str(err.value)
-    assert "\n" not in msg and "search.space" in msg
-    assert any(name in msg for name in ("train.lrr", "train.epochs", "runtime.seed", "train.lr"))
+    assert "\n" not in msg and re.search(needle, msg), msg
+    assert msg.endswith(".") and ("; " in msg or "which is not" in msg), msg  # says how to fix it
+    # a bad value is caught even where the knob is fixed (its range is not searched) or the task drops it
+    with pytest.raises(ConfigError):
+        space_of(["train.lr=0.01", "model.width=16", "model.family=mlp", f"search.space={space}"], task="regression")
+
+
+@pytest.mark.parametrize("space, needle", [("{train.optimizer: [adamx]}", "train.optimizer.*'adamx'"),
+                                           ("{model.dropout: [0, .99]}", "model.dropout.*0.99"),
+                                           ("{train.lr: [low, .01]}", "train.lr.*'low'")])
+def test_bad_search_space_stops_fit_before_anything_is_written(tmp_path, space, needle):
+    out = tmp_path / "run"
+    assert_user_error(cli("fit", "sklearn:iris", "--trials", 2, "--set", f"search.space={space}", *NO_TRACK,
+                          "--out", out), match=needle)
+    assert not out.exists()
 
 
 def test_conditional_knobs_are_asked_only_when_their_condition_holds():
