@@ -6,6 +6,10 @@ report all read this table; nothing else declares a knob. Units go in the help t
 A knob with `search` set is searchable: a (low, high) range for numbers (log-scaled when
 `log=True`) or a tuple of choices. `when` makes it conditional: it is only searched when the
 named knob holds one of the listed values (momentum only for SGD-like optimizers, ...).
+`tasks` limits it to some tasks (label cleaning only for classification); `choice_modalities`
+limits single choices to some modalities (SMOTE only for tables). An empty `search` means the
+choices are not declared here: model.family's are the registered families that fit the data
+(cotune.models declares them per family; the search space fills them in).
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ class Knob:
     search: tuple | None = None   # searchable range (low, high) or choices
     log: bool = False             # search on a log scale
     when: tuple = ()              # ((knob name, (values...)), ...): searched only under these conditions
+    tasks: tuple = ()             # searched only for these tasks (empty: every task)
+    choice_modalities: tuple = ()  # ((choice, (modalities...)), ...): that choice searched only on these
 
     @property
     def stage(self) -> str:
@@ -39,6 +45,7 @@ def _k(name, type, default, help, **kw) -> Knob:
 
 SGD_LIKE = ("sgd", "rmsprop")
 ADAM_LIKE = ("adam", "adamw")
+CLASSIFICATION = ("binary", "multiclass")
 
 KNOBS: tuple[Knob, ...] = (
     # ---- data: where it comes from and how it is split
@@ -61,9 +68,9 @@ KNOBS: tuple[Knob, ...] = (
     _k("data.clean.duplicates", str, "keep", "drop exact duplicate training rows ('drop', also conflicting-label copies) or near duplicates too ('drop_near')", choices=("keep", "drop", "drop_near"), search=("keep", "drop", "drop_near")),
     _k("data.clean.leakage", str, "keep", "drop training rows that duplicate a validation or test row", choices=("keep", "drop"), search=("keep", "drop")),
     _k("data.clean.outlier_score", float, 1.0, "drop training rows whose outlier score (0.5 typical, near 1 anomalous) is at least this (1.0 = off)", low=0.5, high=1.0, open_low=True, search=(0.55, 1.0)),
-    _k("data.clean.label_issues", str, "keep", "training rows whose label looks wrong (cleanlab on out-of-fold probabilities): keep, drop or relabel to the proxy's prediction", choices=("keep", "drop", "relabel"), search=("keep", "drop", "relabel")),
-    _k("data.clean.label_threshold", float, 0.0, "act only on flagged rows whose label-issue score (1 - label quality) is at least this", low=0.0, high=0.99, search=(0.0, 0.9), when=(("data.clean.label_issues", ("drop", "relabel")),)),
-    _k("data.balance", str, "none", "class imbalance: loss weights, over/under-sampling, SMOTE (tables), class-balanced batches, or focal loss", choices=("none", "class_weights", "oversample", "undersample", "smote", "balanced_batches", "focal"), search=("none", "class_weights", "oversample", "undersample", "balanced_batches", "focal")),
+    _k("data.clean.label_issues", str, "keep", "training rows whose label looks wrong (cleanlab on out-of-fold probabilities): keep, drop or relabel to the proxy's prediction", choices=("keep", "drop", "relabel"), search=("keep", "drop", "relabel"), tasks=CLASSIFICATION),
+    _k("data.clean.label_threshold", float, 0.0, "act only on flagged rows whose label-issue score (1 - label quality) is at least this", low=0.0, high=0.99, search=(0.0, 0.9), when=(("data.clean.label_issues", ("drop", "relabel")),), tasks=CLASSIFICATION),
+    _k("data.balance", str, "none", "class imbalance: loss weights, over/under-sampling, SMOTE (tables), class-balanced batches, or focal loss", choices=("none", "class_weights", "oversample", "undersample", "smote", "balanced_batches", "focal"), search=("none", "class_weights", "oversample", "undersample", "balanced_batches", "focal"), tasks=CLASSIFICATION, choice_modalities=(("smote", ("tabular",)),)),
     _k("data.augment.policy", str, "none", "augmentation: 'auto' turns on the modality's default ops (images flip+crop+cutout; sequences shift+scale+jitter; tables noise)", choices=("none", "auto"), search=("none", "auto")),
     _k("data.augment.strength", float, 0.5, "magnitude of every 'auto' op, 0..1", low=0.0, high=1.0, search=(0.1, 1.0), when=(("data.augment.policy", ("auto",)),)),
     *(_k(f"data.augment.{op}", float, None, f"{where}: strength of '{op}' (overrides the policy; 0 = off)", low=0.0, high=1.0, optional=True)
@@ -71,7 +78,7 @@ KNOBS: tuple[Knob, ...] = (
                         ("mixup", "images and tables"), ("shift", "sequences"), ("scale", "sequences"), ("jitter", "sequences"),
                         ("mask", "sequences"), ("noise", "tables"))),
     # ---- model: one family, one size (width x depth)
-    _k("model.family", str, "mlp", "model family from the registry (`cotune models`)", search=("mlp", "cnn1d", "cnn2d", "gru", "lstm", "transformer")),
+    _k("model.family", str, "mlp", "model family from the registry (`cotune models`)", search=()),
     _k("model.width", int, 64, "hidden units / channels per layer: the size knob", low=1, high=8192, search=(16, 256), log=True),
     _k("model.depth", int, 2, "hidden layers / conv stages / recurrent layers (mlp depth 0 = linear model)", low=0, high=64, search=(1, 4)),
     _k("model.dropout", float, 0.1, "dropout probability", low=0.0, high=0.95, search=(0.0, 0.5)),
@@ -95,8 +102,8 @@ KNOBS: tuple[Knob, ...] = (
     _k("train.step_every", int, 10, "step schedule: epochs between decays", low=1, high=100000),
     _k("train.gamma", float, 0.1, "step / exponential schedules: decay factor (step: per step_every epochs; exponential: over the whole run)", low=0.0, high=1.0, open_low=True),
     _k("train.loss", str, "auto", "loss: auto = cross_entropy (classification) or mse (regression)", choices=("auto", "cross_entropy", "focal", "mse", "huber")),
-    _k("train.label_smoothing", float, 0.0, "cross-entropy label smoothing", low=0.0, high=0.5, search=(0.0, 0.2), when=(("train.loss", ("auto", "cross_entropy")),)),
-    _k("train.focal_gamma", float, 2.0, "focal loss: focusing exponent (searched when data.balance=focal)", low=0.0, high=10.0, search=(0.5, 4.0), when=(("data.balance", ("focal",)),)),
+    _k("train.label_smoothing", float, 0.0, "cross-entropy label smoothing", low=0.0, high=0.5, search=(0.0, 0.2), when=(("train.loss", ("auto", "cross_entropy")),), tasks=CLASSIFICATION),
+    _k("train.focal_gamma", float, 2.0, "focal loss: focusing exponent (searched when data.balance=focal)", low=0.0, high=10.0, search=(0.5, 4.0), when=(("data.balance", ("focal",)),), tasks=CLASSIFICATION),
     _k("train.huber_delta", float, 1.0, "huber loss: transition point, in standardized target units", low=0.0, high=100.0, open_low=True),
     _k("train.grad_clip", float, 0.0, "clip the gradient norm to this (0 = off)", low=0.0, high=1e6),
     _k("train.epochs", int, 30, "maximum epochs (passes over the training part)", low=1, high=100000),

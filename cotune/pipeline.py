@@ -70,20 +70,19 @@ _DATA_CACHE: dict[str, object] = {}  # one Dataset per source settings, reused b
 
 def load_data(cfg: RunConfig):
     """Load the source (kept in memory per process: Datasets are immutable, trials share them)."""
-    d = cfg.data
-    key = json.dumps(d.model_dump(include={"source", "target", "task", "modality", "categorical", "drop", "image_size",
-                                           "image_mode", "n_samples", "generator_seed"}) | {"column": d.split.column},
-                     sort_keys=True)
+    kwargs = _source_args(cfg.data)
+    key = json.dumps(kwargs, sort_keys=True)  # exactly what sources.load reads, so no setting escapes the key
     if key not in _DATA_CACHE:
         _DATA_CACHE.clear()
-        _DATA_CACHE[key] = _load(d)
+        _DATA_CACHE[key] = sources.load(**kwargs)
     return _DATA_CACHE[key]
 
 
-def _load(d):
-    return sources.load(d.source, target=d.target, task=d.task, modality=d.modality, categorical=d.categorical,
-                        split_column=d.split.column, drop=tuple(d.drop), image_size=d.image_size, image_mode=d.image_mode,
-                        n_samples=d.n_samples, generator_seed=d.generator_seed)
+def _source_args(d) -> dict:
+    """The sources.load keyword arguments of a data config."""
+    return dict(source=d.source, target=d.target, task=d.task, modality=d.modality, categorical=d.categorical,
+                split_column=d.split.column, drop=tuple(d.drop), image_size=d.image_size, image_mode=d.image_mode,
+                n_samples=d.n_samples, generator_seed=d.generator_seed)
 
 
 @dataclass

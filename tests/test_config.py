@@ -4,7 +4,7 @@ import pytest
 
 from cotune.config import RunConfig, TrainConfig, from_dict, json_schema, load_config, parse_override
 from cotune.errors import ConfigError
-from cotune.knobs import KNOBS, searchable
+from cotune.knobs import BY_NAME, KNOBS, searchable
 
 
 def test_defaults_come_from_knobs():
@@ -71,3 +71,15 @@ def test_schema_and_searchable_knobs_are_valid():
         elif k.type in (int, float):
             lo, hi = k.search
             assert lo < hi and (k.low is None or lo >= k.low) and (k.high is None or hi <= k.high), k.name
+
+
+def test_search_facts_name_real_tasks_choices_and_modalities():
+    tasks = set(BY_NAME["data.task"].choices) - {"auto"}
+    modalities = set(BY_NAME["data.modality"].choices) - {"auto"}
+    assert [k.name for k in searchable() if not k.search] == ["model.family"]  # its choices: the model registry's
+    for k in KNOBS:
+        assert set(k.tasks) <= tasks, k.name
+        assert not (k.tasks or k.choice_modalities) or k.search is not None, k.name
+        for choice, mods in k.choice_modalities:
+            assert choice in k.choices and mods and set(mods) <= modalities, k.name
+    assert dict(BY_NAME["data.balance"].choice_modalities) == {"smote": ("tabular",)}

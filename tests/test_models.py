@@ -6,7 +6,9 @@ from safetensors.torch import load_file, save_file
 
 from cotune.errors import ModelError
 from cotune.models import FAMILIES, create_model, list_models, model_info
-from cotune.models.registry import family_of, n_params
+from cotune.knobs import KNOBS
+from cotune.models.registry import DEFAULTS, KNOBS as MODEL_KNOBS, family_of, n_params, register_model
+from cotune.models.mlp import mlp
 from cotune.models.transformer import fit_heads
 
 torch.set_num_threads(1)
@@ -111,6 +113,29 @@ def test_other_knobs_build_and_run():
     assert fit_heads(30, 4) == 3 and fit_heads(64, 4) == 4 and fit_heads(7, 4) == 1
     assert create_model("transformer", SEQ, 2, width=30, heads=4)(x).shape == (2, 2)
     assert create_model("gru", IMG, 2, width=8)(torch.randn(2, *IMG)).shape == (2, 2)
+
+
+def test_model_knobs_and_defaults_come_from_the_knob_table():
+    assert FAMILIES == ("mlp", "cnn1d", "cnn2d", "gru", "lstm", "transformer")  # registration order
+    assert MODEL_KNOBS == tuple(k.name[len("model."):] for k in KNOBS if k.stage == "model" and k.name != "model.family")
+    assert MODEL_KNOBS == ("width", "depth", "dropout", "norm", "activation", "kernel_size", "pool", "bidirectional",
+                           "heads")
+    # a model built directly: the factories' defaults, without the training config's dropout
+    assert DEFAULTS == {"width": 64, "depth": 2, "dropout": 0.0, "norm": "none", "activation": "relu", "kernel_size": 5,
+                        "pool": "auto", "bidirectional": False, "heads": 4}
+    model = create_model("mlp", (4,), 2)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+    assert n_params(model) == n_params(create_model("mlp", (4,), 2, **DEFAULTS)) == (4 * 64 + 64) + (64 * 64 + 64) + 130
+    assert any(isinstance(m, torch.nn.Dropout) for m in create_model("mlp", (4,), 2, dropout=0.1).modules())
+
+
+def test_factories_check_knob_names_themselves():
+    with pytest.raises(ModelError, match="a model knob must be one of .* Got 'colour'"):
+        mlp((4,), 2, colour="red")
+    with pytest.raises(ValueError, match="modalities="):
+        register_model(searched=("tabular",))
+    with pytest.raises(ValueError, match="only on modalities it accepts"):
+        register_model(modalities=("image",), searched=("tabular",))
 
 
 def test_none_knobs_are_dropped():

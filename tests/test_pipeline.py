@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 import cotune
+from cotune.config import from_dict
 from cotune.errors import ConfigError
+from cotune.pipeline import load_data
 
 FAST = {"model": {"family": "mlp", "width": 32, "depth": 1}, "train": {"epochs": 2, "batch_size": 64},
         "runtime": {"progress": False}}
@@ -90,3 +92,13 @@ def test_audit_api_and_cli(tmp_path):
         bad = subprocess.run(cli + args, capture_output=True, text=True)
         assert bad.returncode == 2 and "Traceback" not in bad.stderr and needle in bad.stderr
         assert len([ln for ln in bad.stderr.splitlines() if ln.strip()]) == 1
+
+
+def test_the_data_cache_is_keyed_on_what_the_source_reads():
+    base = from_dict({"data": {"source": "sklearn:iris"}})
+    ds = load_data(base)
+    assert load_data(base.replace(**{"train.lr": 0.01, "data.fraction": 0.5, "model.width": 8})) is ds
+    fewer = load_data(base.replace(**{"data.drop": ["petal width (cm)"]}))
+    assert fewer is not ds and fewer.X.shape[1] == ds.X.shape[1] - 1
+    assert load_data(base.replace(**{"data.task": "multiclass"})) is not fewer
+    assert load_data(base) is not ds  # one source at a time: a new key evicts the old

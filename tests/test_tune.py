@@ -29,7 +29,8 @@ from cotune.cli import app
 from cotune.config import explicit, from_dict
 from cotune.errors import ConfigError
 from cotune.knobs import BY_NAME, searchable
-from cotune.search.space import CLASSIFICATION_ONLY, FAMILIES_FOR, START, parse_budget, rungs, search_space, start_params, suggest
+from cotune.models import FAMILIES, searched_families
+from cotune.search.space import START, parse_budget, rungs, search_space, start_params, suggest
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -99,7 +100,7 @@ def test_space_holds_every_searchable_knob_the_user_did_not_set():
     for name, spec in space.items():
         k = BY_NAME[name]
         if k.choices or k.type in (bool, str):
-            assert set(spec) <= set(k.search) and spec, name
+            assert set(spec) <= set(k.search or FAMILIES) and spec, name  # model.family: the registry's
         else:
             assert spec == tuple(k.type(v) for v in k.search), name
     # the fixed values reach every suggested config, whatever the sampler proposes
@@ -128,6 +129,8 @@ def test_search_space_narrows_ranges_and_choices():
         seen.add(tcfg.data.balance)
         study.tell(trial, 0.0)
     assert seen == {"none", "oversample"}
+    # YAML reads 1e-4 as a string: a numeric string is a number
+    assert space_of(["search.space={train.lr: [1e-4, 1e-3], model.width: [16, 32.0]}"])[1]["train.lr"] == (1e-4, 1e-3)
 
 
 @pytest.mark.parametrize("modality", ["tabular", "image", "sequence"])
@@ -137,9 +140,9 @@ def test_model_families_fit_the_modality(modality):
         for cpu in (False, True):
             _, space = space_of(overrides, modality=modality, cpu=cpu)
             fams = set(space["model.family"])
-            assert fams and fams <= set(FAMILIES_FOR[modality]), (overrides, cpu, fams)
+            assert fams and fams <= set(searched_families(modality)), (overrides, cpu, fams)
             if overrides:  # naming the families searches every one that fits
-                assert fams == set(FAMILIES_FOR[modality])
+                assert fams == set(searched_families(modality))
     _, space = space_of(modality="image")
     assert not {"gru", "lstm", "transformer", "cnn1d"} & set(space["model.family"])
     _, space = space_of(modality="tabular")
@@ -149,22 +152,90 @@ def test_model_families_fit_the_modality(modality):
     assert "smote" not in space_of(modality="image")[1].get("data.balance", ())
 
 
+# what the space held before the families, tasks and modalities were declared with the knobs and the models
+FAMILIES_FOR = {"tabular": ("mlp", "transformer"), "image": ("mlp", "cnn2d"),
+                "sequence": ("mlp", "cnn1d", "gru", "lstm", "transformer")}
+FAMILIES_FOR_CPU = {"tabular": ("mlp",), "image": ("mlp", "cnn2d"), "sequence": ("mlp", "cnn1d")}
+CLASSIFICATION_ONLY = ("data.balance", "data.clean.label_issues", "data.clean.label_threshold", "train.label_smoothing",
+                       "train.focal_gamma")
+
+
+@pytest.mark.parametrize("modality", ["tabular", "image", "sequence"])
+def test_families_searched_come_from_the_registry(modality):
+    assert FAMILIES == ("mlp", "cnn1d", "cnn2d", "gru", "lstm", "transformer")
+    assert searched_families(modality) == FAMILIES_FOR[modality]
+    assert searched_families(modality, cpu=True) == FAMILIES_FOR_CPU[modality]
+    every = "search.space={model.family: [mlp, cnn1d, cnn2d, gru, lstm, transformer]}"
+    for overrides, cpu, fams in (([], False, FAMILIES_FOR), ([], True, FAMILIES_FOR_CPU),
+                                 ([every], False, FAMILIES_FOR), ([every], True, FAMILIES_FOR)):
+        assert space_of(overrides, modality=modality, cpu=cpu)[1]["model.family"] == fams[modality], (overrides, cpu)
+    # the order named is the order searched; names that do not fit the data are left out
+    named = space_of(["search.space={model.family: [transformer, cnn2d, mlp]}"], modality=modality)[1]
+    assert named["model.family"] == tuple(f for f in ("transformer", "cnn2d", "mlp") if f in FAMILIES_FOR[modality])
+    # none left: the configured family
+    _, space = space_of(["model.width=16", "search.space={model.family: [cnn2d]}"], modality="sequence")
+    assert space["model.family"] == ("mlp",)
+
+
 def test_regression_drops_classification_only_knobs():
+    assert {k.name for k in searchable() if k.tasks} == set(CLASSIFICATION_ONLY)
     _, reg = space_of(["data.source=sklearn:diabetes"], task="regression")
     _, cls = space_of(task="multiclass")
+    _, binary = space_of(task="binary")
     assert not set(CLASSIFICATION_ONLY) & set(reg)
-    assert set(CLASSIFICATION_ONLY) <= set(cls)
+    assert set(CLASSIFICATION_ONLY) <= set(cls) and set(binary) == set(cls)
     assert set(cls) - set(reg) == set(CLASSIFICATION_ONLY)
 
 
-@pytest.mark.parametrize("space", ["{train.lrr: [0.001, 0.01]}", "{train.epochs: [1, 5]}", "{runtime.seed: [0, 1]}",
-                                   "{train.lr: [0.001]}"])
-def test_bad_search_space_is_one_line_config_error(space):
+def test_smote_is_searched_only_on_tables():
+    assert "smote" not in BY_NAME["data.balance"].search  # only when named
+    named = "search.space={data.balance: [none, smote, focal]}"
+    assert space_of([named], modality="tabular")[1]["data.balance"] == ("none", "smote", "focal")
+    for modality in ("image", "sequence"):
+        assert space_of([named], modality=modality)[1]["data.balance"] == ("none", "focal")
+        assert "smote" not in space_of(modality=modality)[1]["data.balance"]
+    with pytest.raises(ConfigError, match=r"data.balance.*no choice for image data.*'smote' is for tabular"):
+        space_of(["search.space={data.balance: [smote]}"], modality="image")
+
+
+@pytest.mark.parametrize("space, needle", [
+    ("{train.lrr: [0.001, 0.01]}", "'train.lrr', which is not a searchable knob"),
+    ("{train.epochs: [1, 5]}", "'train.epochs', which is not a searchable knob"),
+    ("{runtime.seed: [0, 1]}", "'runtime.seed', which is not a searchable knob"),
+    ("{train.lr: [0.001]}", r"search.space\['train.lr'\] must be \[low, high\]. Got \[0.001\]"),
+    ("{train.lr: [0.001, 0.002, 0.003]}", r"search.space\['train.lr'\] must be \[low, high\]"),
+    ("{train.lr: [low, .01]}", r"search.space\['train.lr'\] must be a number > 0 and <= 10. Got 'low'"),
+    ("{train.lr: [0.01, 0.001]}", r"search.space\['train.lr'\] must be \[low, high\] with low <= high. Got \[0.01, 0.001\]"),
+    ("{train.l1: [0, 1e-4]}", r"low bound in search.space\['train.l1'\] must be > 0 \(the knob is searched on a log scale\). Got 0"),
+    ("{model.dropout: [0, .99]}", r"search.space\['model.dropout'\] must be a number >= 0 and <= 0.95. Got 0.99"),
+    ("{model.width: [16.5, 32]}", r"search.space\['model.width'\] must be an integer >= 1 and <= 8192. Got 16.5"),
+    ("{model.depth: [null, 3]}", r"search.space\['model.depth'\] must be an integer .* Got None"),
+    ("{train.optimizer: [adam, adamx]}", r"search.space\['train.optimizer'\] must be one of \{'sgd', .*\}. Got 'adamx' instead; use 'adam'"),
+    ("{model.norm: []}", r"search.space\['model.norm'\] must be a list of choices, each one of"),
+    ("{model.family: [mlp, resnet]}", r"search.space\['model.family'\] must be a registered model family, one of \{'mlp', .*\}. Got 'resnet'"),
+    ("{model.family: [mlp_s]}", r"model.family.*Got 'mlp_s'"),
+    ("{model.bidirectional: [maybe]}", r"search.space\['model.bidirectional'\] must be true or false. Got 'maybe'"),
+    ("{data.clean.duplicates: [0]}", r"search.space\['data.clean.duplicates'\] must be one of .* Got 0"),
+])
+def test_bad_search_space_is_one_line_config_error(space, needle):
     with pytest.raises(ConfigError) as err:
         space_of([f"search.space={space}"])
     msg = str(err.value)
-    assert "\n" not in msg and "search.space" in msg
-    assert any(name in msg for name in ("train.lrr", "train.epochs", "runtime.seed", "train.lr"))
+    assert "\n" not in msg and re.search(needle, msg), msg
+    assert msg.endswith(".") and ("; " in msg or "which is not" in msg), msg  # says how to fix it
+    # a bad value is caught even where the knob is fixed (its range is not searched) or the task drops it
+    with pytest.raises(ConfigError):
+        space_of(["train.lr=0.01", "model.width=16", "model.family=mlp", f"search.space={space}"], task="regression")
+
+
+@pytest.mark.parametrize("space, needle", [("{train.optimizer: [adamx]}", "train.optimizer.*'adamx'"),
+                                           ("{model.dropout: [0, .99]}", "model.dropout.*0.99"),
+                                           ("{train.lr: [low, .01]}", "train.lr.*'low'")])
+def test_bad_search_space_stops_fit_before_anything_is_written(tmp_path, space, needle):
+    out = tmp_path / "run"
+    assert_user_error(cli("fit", "sklearn:iris", "--trials", 2, "--set", f"search.space={space}", *NO_TRACK,
+                          "--out", out), match=needle)
+    assert not out.exists()
 
 
 def test_conditional_knobs_are_asked_only_when_their_condition_holds():

@@ -3,7 +3,10 @@
 Importing this package registers every family (mlp, cnn1d, cnn2d, gru, lstm, transformer) and its
 sized variants (`<family>_s`, `_m`, `_l`).
 """
-from cotune.models.registry import FAMILIES, create_model, list_models, model_info, register_model
+from cotune.models.registry import (create_model, families, list_models, model_info, register_model,
+                                    searched_families)
 from cotune.models import mlp, cnn1d, cnn2d, rnn, transformer  # noqa: F401  (registers the families)
 
-__all__ = ["FAMILIES", "create_model", "list_models", "model_info", "register_model"]
+FAMILIES = families()  # the registered families, in registration order
+
+__all__ = ["FAMILIES", "create_model", "families", "list_models", "model_info", "register_model", "searched_families"]

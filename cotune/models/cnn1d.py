@@ -54,13 +54,13 @@ class CNN1D(nn.Module):
         return self.head(h)  # (B, out_dim)
 
 
-@register_model(modalities=("tabular", "sequence"))
-def cnn1d(in_shape: tuple, out_dim: int, *, width=64, depth=2, dropout=0.0, norm="none", activation="relu",
-          kernel_size=5, pool="auto", bidirectional=False, heads=4) -> nn.Module:
+@register_model(modalities=("tabular", "sequence"), searched=("sequence",))
+def cnn1d(in_shape: tuple, out_dim: int, **knobs) -> nn.Module:
     """1-D convolutional net: stride-2 convs, then mean-pool (or flatten) and a linear head."""
-    check_knobs("cnn1d", in_shape, locals())
-    check_pool("cnn1d", pool, ("auto", "flatten", "mean"))
-    return CNN1D(tuple(in_shape), out_dim, width, depth, dropout, norm, activation, kernel_size, pool)
+    k = check_knobs("cnn1d", in_shape, knobs)
+    check_pool("cnn1d", k["pool"], ("auto", "flatten", "mean"))
+    return CNN1D(tuple(in_shape), out_dim, k["width"], k["depth"], k["dropout"], k["norm"], k["activation"],
+                 k["kernel_size"], k["pool"])
 
 
 @register_model

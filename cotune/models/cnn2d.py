@@ -59,13 +59,12 @@ class CNN2D(nn.Module):
         return self.head(f)  # (B, out_dim)
 
 
-@register_model(modalities=("image",))
-def cnn2d(in_shape: tuple, out_dim: int, *, width=64, depth=2, dropout=0.0, norm="none", activation="relu",
-          kernel_size=5, pool="auto", bidirectional=False, heads=4) -> nn.Module:
+@register_model(modalities=("image",), searched=("image",))
+def cnn2d(in_shape: tuple, out_dim: int, **knobs) -> nn.Module:
     """Small ResNet-style 2-D CNN with global average pooling."""
-    check_knobs("cnn2d", in_shape, locals())
-    check_pool("cnn2d", pool, ("auto", "mean", "flatten"))
-    return CNN2D(tuple(in_shape), out_dim, width, depth, dropout, norm, activation, pool)
+    k = check_knobs("cnn2d", in_shape, knobs)
+    check_pool("cnn2d", k["pool"], ("auto", "mean", "flatten"))
+    return CNN2D(tuple(in_shape), out_dim, k["width"], k["depth"], k["dropout"], k["norm"], k["activation"], k["pool"])
 
 
 @register_model

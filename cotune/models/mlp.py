@@ -32,12 +32,11 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-@register_model(modalities=("tabular", "sequence", "image"))
-def mlp(in_shape: tuple, out_dim: int, *, width=64, depth=2, dropout=0.0, norm="none", activation="relu",
-        kernel_size=5, pool="auto", bidirectional=False, heads=4) -> nn.Module:
+@register_model(modalities=("tabular", "sequence", "image"), searched=("tabular", "sequence", "image"))
+def mlp(in_shape: tuple, out_dim: int, **knobs) -> nn.Module:
     """Multilayer perceptron on the flattened input (depth 0 = linear model)."""
-    check_knobs("mlp", in_shape, locals(), min_depth=0)
-    return MLP(tuple(in_shape), out_dim, width, depth, dropout, norm, activation)
+    k = check_knobs("mlp", in_shape, knobs, min_depth=0)
+    return MLP(tuple(in_shape), out_dim, k["width"], k["depth"], k["dropout"], k["norm"], k["activation"])
 
 
 @register_model

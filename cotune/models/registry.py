@@ -1,30 +1,43 @@
 """Model registry (timm style) plus the knob checks and small helpers every family shares.
 
 A family file defines an nn.Module, a base factory named after the family (e.g. `mlp`) and sized
-variants (`mlp_s`, `mlp_m`, `mlp_l`), each decorated with `@register_model`. Every factory has the
-same signature `(in_shape, out_dim, *, width, depth, dropout, norm, activation, kernel_size, pool,
-bidirectional, heads)`; a family ignores the knobs that do not apply to it.
+variants (`mlp_s`, `mlp_m`, `mlp_l`), each decorated with `@register_model`; the base factory's
+decorator declares the family's facts (what it accepts, where a search holds it by default). Every
+factory takes `(in_shape, out_dim, **knobs)`, the model knobs of knobs.py (stage 'model' except
+'family'), and fills them with `check_knobs`; a family ignores the knobs that do not apply to it.
 """
 from __future__ import annotations
 
 import difflib
 import fnmatch
 import numbers
+from dataclasses import dataclass
 
 import torch.nn as nn
 import torch.nn.functional as F
 
 from cotune.errors import ModelError, fmt_choices, invalid
+from cotune.knobs import BY_NAME, KNOBS as KNOB_TABLE
 
-FAMILIES = ("mlp", "cnn1d", "cnn2d", "gru", "lstm", "transformer")
-NORMS = ("none", "batch", "layer")
-ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
-POOLS = ("auto", "flatten", "mean", "last")
-KNOBS = ("width", "depth", "dropout", "norm", "activation", "kernel_size", "pool", "bidirectional", "heads")
+KNOBS = tuple(k.name.split(".", 1)[1] for k in KNOB_TABLE if k.stage == "model" and k.name != "model.family")
+# a factory called directly (not from a config) builds without dropout; the config's default is for training
+DEFAULTS = {**{n: BY_NAME[f"model.{n}"].default for n in KNOBS}, "dropout": 0.0}
+NORMS, ACTIVATIONS, POOLS = (BY_NAME[f"model.{n}"].choices for n in ("norm", "activation", "pool"))
 MODALITY_OF_NDIM = {1: "tabular", 2: "sequence", 3: "image"}  # per-sample shape (F,) / (C, L) / (C, H, W)
 
-_MODELS: dict = {}      # name -> factory
-_MODALITIES: dict = {}  # family -> accepted input modalities
+
+@dataclass(frozen=True)
+class Family:
+    modalities: tuple          # input modalities it accepts
+    searched: tuple = ()       # modalities whose default search space holds it
+    # On CPU the recurrent and attention families cost 10-50x a CNN per epoch on the same data (an LSTM
+    # trial on MNIST-1D took 230 s against 20-60 s for a CNN), so the default space leaves them out
+    # there; name them in search.space to search them anyway.
+    cpu_costly: bool = False
+
+
+_MODELS: dict = {}    # name -> factory
+_FAMILIES: dict = {}  # family -> Family, in registration order
 
 
 def family_of(name: str) -> str:
@@ -32,17 +45,39 @@ def family_of(name: str) -> str:
     return name.partition("_")[0]
 
 
-def register_model(fn=None, *, modalities=None):
+def register_model(fn=None, *, modalities=None, searched=(), cpu_costly=False):
     """Register a factory under its function name. Use as `@register_model` or, on a family's base
-    factory, `@register_model(modalities=("tabular", ...))`; variants inherit the family's modalities."""
+    factory, `@register_model(modalities=("tabular", ...), searched=(...), cpu_costly=...)` (see Family);
+    variants inherit the family's facts."""
+    if modalities is None and (searched or cpu_costly):
+        raise ValueError("searched= and cpu_costly= are facts of a family: declare modalities= with them")
+    if not set(searched) <= set(modalities or ()):
+        raise ValueError(f"a family is searched only on modalities it accepts: {searched} vs {modalities}")
+
     def deco(f):
         if f.__name__ in _MODELS:
             raise ValueError(f"model {f.__name__!r} is registered twice")
         _MODELS[f.__name__] = f
         if modalities is not None:
-            _MODALITIES[family_of(f.__name__)] = tuple(modalities)
+            _FAMILIES[family_of(f.__name__)] = Family(tuple(modalities), tuple(searched), bool(cpu_costly))
         return f
     return deco(fn) if fn is not None else deco
+
+
+def families() -> tuple:
+    """The registered families, in registration order."""
+    return tuple(_FAMILIES)
+
+
+def searched_families(modality: str, cpu: bool = False) -> tuple:
+    """The families a search holds by default for `modality` data, in registration order; on CPU (cpu=True)
+    without the costly ones."""
+    return tuple(f for f, fam in _FAMILIES.items() if modality in fam.searched and not (cpu and fam.cpu_costly))
+
+
+def _accepted(family: str) -> tuple:
+    fam = _FAMILIES.get(family)
+    return fam.modalities if fam else tuple(MODALITY_OF_NDIM.values())
 
 
 def list_models(pattern: str = "*") -> list:
@@ -52,7 +87,7 @@ def list_models(pattern: str = "*") -> list:
 def _lookup(name: str):
     if name not in _MODELS:
         close = difflib.get_close_matches(str(name), list(_MODELS), n=3, cutoff=0.5)
-        hint = f"closest: {', '.join(map(repr, close))}" if close else f"families: {', '.join(FAMILIES)}"
+        hint = f"closest: {', '.join(map(repr, close))}" if close else f"families: {', '.join(families())}"
         raise ModelError(invalid("'model.family'", f"a registered model ({hint})", name,
                                  "run `cotune models` to list them"))
     return _MODELS[name]
@@ -62,7 +97,7 @@ def model_info(name: str) -> dict:
     """Family, accepted input modalities and the first docstring line of a registered model."""
     fn, fam = _lookup(name), family_of(name)
     doc = (fn.__doc__ or "").strip().splitlines()
-    return {"name": name, "family": fam, "modalities": _MODALITIES.get(fam, tuple(MODALITY_OF_NDIM.values())),
+    return {"name": name, "family": fam, "modalities": _accepted(fam),
             "summary": doc[0].strip() if doc else ""}
 
 
@@ -72,14 +107,18 @@ def create_model(name: str, in_shape, out_dim: int, **kw) -> nn.Module:
     Knobs passed as None are dropped here (so the factory default applies); unknown knobs raise."""
     fn = _lookup(name)
     kw = {k: v for k, v in kw.items() if v is not None}  # None means "use the default"
-    unknown = sorted(set(kw) - set(KNOBS))
-    if unknown:
-        raise ModelError(invalid("a model knob", f"one of {fmt_choices(KNOBS)}", unknown[0],
-                                 "remove it or fix its spelling"))
+    _check_names(kw)
     return fn(check_shape(in_shape), check_int("out_dim", out_dim, 1), **kw)
 
 
 # ---- shared checks -------------------------------------------------------------------------------
+def _check_names(knobs: dict) -> None:
+    unknown = sorted(set(knobs) - set(KNOBS))
+    if unknown:
+        raise ModelError(invalid("a model knob", f"one of {fmt_choices(KNOBS)}", unknown[0],
+                                 "remove it or fix its spelling"))
+
+
 def check_int(key: str, v, lo: int) -> int:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:  # numpy ints are fine
         raise ModelError(invalid(f"'model.{key}'" if key != "out_dim" else "'out_dim'", f"an integer >= {lo}", v))
@@ -98,28 +137,30 @@ def check_shape(in_shape) -> tuple:
     return shape
 
 
-def check_knobs(family: str, in_shape, knobs: dict, min_depth: int = 1) -> str:
-    """Validate every knob in `knobs` (a factory's `locals()`; even knobs the family ignores) and that
-    the family accepts the input's modality; return the modality."""
-    width, depth, dropout, norm, activation, kernel_size, pool, bidirectional, heads = (knobs[k] for k in KNOBS)
-    check_int("width", width, 1)
-    check_int("depth", depth, min_depth)
-    check_int("kernel_size", kernel_size, 1)
-    check_int("heads", heads, 1)
+def check_knobs(family: str, in_shape, knobs: dict, min_depth: int = 1) -> dict:
+    """`knobs` (a factory's keyword arguments) over DEFAULTS, every one validated (even knobs the family
+    ignores), and the check that the family accepts the input's modality."""
+    _check_names(knobs)
+    k = {**DEFAULTS, **knobs}
+    check_int("width", k["width"], 1)
+    check_int("depth", k["depth"], min_depth)
+    check_int("kernel_size", k["kernel_size"], 1)
+    check_int("heads", k["heads"], 1)
+    dropout = k["dropout"]
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ModelError(invalid("'model.dropout'", "a number in [0, 1)", dropout))
-    for key, v, choices in (("norm", norm, NORMS), ("activation", activation, ACTIVATIONS), ("pool", pool, POOLS)):
-        if v not in choices:
-            raise ModelError(invalid(f"'model.{key}'", f"one of {fmt_choices(choices)}", v))
-    if not isinstance(bidirectional, bool):
-        raise ModelError(invalid("'model.bidirectional'", "true or false", bidirectional))
+    for key, choices in (("norm", NORMS), ("activation", ACTIVATIONS), ("pool", POOLS)):
+        if k[key] not in choices:
+            raise ModelError(invalid(f"'model.{key}'", f"one of {fmt_choices(choices)}", k[key]))
+    if not isinstance(k["bidirectional"], bool):
+        raise ModelError(invalid("'model.bidirectional'", "true or false", k["bidirectional"]))
     modality = MODALITY_OF_NDIM[len(check_shape(in_shape))]
-    accepted = _MODALITIES.get(family, tuple(MODALITY_OF_NDIM.values()))
+    accepted = _accepted(family)
     if modality not in accepted:
-        fits = [f for f in FAMILIES if modality in _MODALITIES.get(f, ())]
+        fits = [f for f, fam in _FAMILIES.items() if modality in fam.modalities]
         raise ModelError(invalid(f"the input of model family {family!r}", f"{_or(accepted)} data",
                                  tuple(in_shape), f"for {modality} data use {_or(fits)}"))
-    return modality
+    return k
 
 
 def _or(words) -> str:

@@ -58,20 +58,18 @@ class RNN(nn.Module):
         return self.head(h)  # (B, out_dim)
 
 
-@register_model(modalities=("tabular", "sequence", "image"))
-def gru(in_shape: tuple, out_dim: int, *, width=64, depth=2, dropout=0.0, norm="none", activation="relu",
-        kernel_size=5, pool="auto", bidirectional=False, heads=4) -> nn.Module:
+@register_model(modalities=("tabular", "sequence", "image"), searched=("sequence",), cpu_costly=True)
+def gru(in_shape: tuple, out_dim: int, **knobs) -> nn.Module:
     """GRU recurrent net over timesteps with a linear head on the pooled outputs."""
-    check_knobs("gru", in_shape, locals())
-    return RNN("gru", tuple(in_shape), out_dim, width, depth, dropout, pool, bidirectional)
+    k = check_knobs("gru", in_shape, knobs)
+    return RNN("gru", tuple(in_shape), out_dim, k["width"], k["depth"], k["dropout"], k["pool"], k["bidirectional"])
 
 
-@register_model(modalities=("tabular", "sequence", "image"))
-def lstm(in_shape: tuple, out_dim: int, *, width=64, depth=2, dropout=0.0, norm="none", activation="relu",
-         kernel_size=5, pool="auto", bidirectional=False, heads=4) -> nn.Module:
+@register_model(modalities=("tabular", "sequence", "image"), searched=("sequence",), cpu_costly=True)
+def lstm(in_shape: tuple, out_dim: int, **knobs) -> nn.Module:
     """LSTM recurrent net over timesteps with a linear head on the pooled outputs."""
-    check_knobs("lstm", in_shape, locals())
-    return RNN("lstm", tuple(in_shape), out_dim, width, depth, dropout, pool, bidirectional)
+    k = check_knobs("lstm", in_shape, knobs)
+    return RNN("lstm", tuple(in_shape), out_dim, k["width"], k["depth"], k["dropout"], k["pool"], k["bidirectional"])
 
 
 @register_model

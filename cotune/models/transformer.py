@@ -64,12 +64,12 @@ class Transformer(nn.Module):
         return self.head(h)  # (B, out_dim)
 
 
-@register_model(modalities=("tabular", "sequence", "image"))
-def transformer(in_shape: tuple, out_dim: int, *, width=64, depth=2, dropout=0.0, norm="none",
-                activation="relu", kernel_size=5, pool="auto", bidirectional=False, heads=4) -> nn.Module:
+@register_model(modalities=("tabular", "sequence", "image"), searched=("tabular", "sequence"), cpu_costly=True)
+def transformer(in_shape: tuple, out_dim: int, **knobs) -> nn.Module:
     """Pre-norm transformer encoder over feature / timestep / row tokens with a CLS token."""
-    check_knobs("transformer", in_shape, locals())
-    return Transformer(tuple(in_shape), out_dim, width, depth, dropout, activation, pool, heads)
+    k = check_knobs("transformer", in_shape, knobs)
+    return Transformer(tuple(in_shape), out_dim, k["width"], k["depth"], k["dropout"], k["activation"], k["pool"],
+                       k["heads"])
 
 
 @register_model

@@ -1,26 +1,21 @@
 """The search space: which knobs a search draws, from what, and the trial's config.
 
 The space comes from knobs.py (every knob with a `search` range that the user did not set),
-conditional where a knob says `when`, narrowed by `search.space`, with model families limited
-to those that fit the data's modality.
+conditional where a knob says `when`, for the tasks and modalities it declares, narrowed by
+`search.space` (every value checked against the knob first), with model families from the
+registry: those searched on the data's modality (cotune.models declares them per family).
 """
 from __future__ import annotations
 
+import difflib
+import math
 import re
 
-from cotune.config import RunConfig
-from cotune.errors import ConfigError
-from cotune.knobs import BY_NAME, searchable
+from cotune.config import RunConfig, expected
+from cotune.errors import ConfigError, fmt_choices, invalid
+from cotune.knobs import BY_NAME, Knob, searchable
 from cotune.search.storage import FIDELITY_RUNGS
 
-FAMILIES_FOR = {"tabular": ("mlp", "transformer"), "image": ("mlp", "cnn2d"),
-                "sequence": ("mlp", "cnn1d", "gru", "lstm", "transformer")}
-# On CPU the recurrent and attention families cost 10-50x a CNN per epoch on the same data (an LSTM
-# trial on MNIST-1D took 230 s against 20-60 s for a CNN), so the default space leaves them out
-# there; name them in search.space to search them anyway.
-FAMILIES_FOR_CPU = {"tabular": ("mlp",), "image": ("mlp", "cnn2d"), "sequence": ("mlp", "cnn1d")}
-CLASSIFICATION_ONLY = ("data.balance", "data.clean.label_issues", "data.clean.label_threshold", "train.label_smoothing",
-                       "train.focal_gamma")
 # search.warm_start: a new study's first trial, per modality, over the knob defaults (as AutoML portfolios
 # begin with configurations that do well on their kind of data); the sampler proposes every later trial.
 # Sequences: a deeper CNN with batch norm and the modality's augmentations (MNIST-1D test accuracy with
@@ -44,29 +39,76 @@ def parse_budget(text) -> float | None:
 
 
 def search_space(cfg: RunConfig, fixed: set[str], modality: str, task: str, cpu: bool | None = None) -> dict[str, tuple]:
-    """{knob: choices or (low, high)} for every searchable knob not fixed by the user."""
+    """{knob: choices or (low, high)} for every searchable knob not fixed by the user. Every value of
+    search.space is checked first, so a bad one is a ConfigError before the first trial."""
+    from cotune.models import searched_families  # torch: imported when a space is built, not with this module
+    check_space(cfg.search.space)
     if cpu is None:
         import torch
         cpu = cfg.runtime.device == "cpu" or (cfg.runtime.device == "auto" and not torch.cuda.is_available())
     space = {}
     for k in searchable():
-        if k.name in fixed or (task == "regression" and k.name in CLASSIFICATION_ONLY):
+        if k.name in fixed or (k.tasks and task not in k.tasks):
             continue
-        spec = tuple(cfg.search.space.get(k.name, k.search))
-        if k.name == "model.family":
-            fits = FAMILIES_FOR[modality] if k.name in cfg.search.space or not cpu else FAMILIES_FOR_CPU[modality]
-            spec = tuple(f for f in spec if f in fits) or (cfg.model.family,)
-        if k.name == "data.balance" and modality != "tabular":
-            spec = tuple(b for b in spec if b != "smote")
+        named = k.name in cfg.search.space
+        spec = tuple(cfg.search.space[k.name]) if named else k.search
+        if k.name == "model.family":  # search=(): the registry's for the modality; named ones skip the CPU cut
+            fits = searched_families(modality, cpu=cpu and not named)
+            spec = tuple(f for f in (spec if named else fits) if f in fits) or (cfg.model.family,)
+        if k.choice_modalities:
+            only = dict(k.choice_modalities)
+            spec = tuple(c for c in spec if modality in only.get(c, (modality,)))
+            if not spec:
+                why = ", ".join(f"{c!r} is for {'/'.join(m)} data" for c, m in only.items())
+                raise ConfigError(f"search.space[{k.name!r}] leaves no choice for {modality} data ({why}); add another.")
         if not (k.choices or k.type in (bool, str)):
-            if len(spec) != 2:
-                raise ConfigError(f"search.space[{k.name!r}] must be [low, high]. Got {list(spec)!r} instead.")
             spec = tuple(k.type(float(v)) for v in spec)
         space[k.name] = spec
-    for name in cfg.search.space:
-        if name not in BY_NAME or BY_NAME[name].search is None:
-            raise ConfigError(f"search.space names {name!r}, which is not a searchable knob; see `cotune knobs` (column 'searched').")
     return space
+
+
+def check_space(space: dict) -> None:
+    """Every name and value of search.space against its knob: the knob's choices (the registered families
+    for model.family), or two numbers low <= high in its valid range (above 0 where searched on a log scale)."""
+    from cotune.models import families
+    for name, values in space.items():
+        k = BY_NAME.get(name)
+        if k is None or k.search is None:
+            raise ConfigError(f"search.space names {name!r}, which is not a searchable knob; see `cotune knobs` (column 'searched').")
+        where = f"search.space[{name!r}]"
+        if k.choices or k.type in (bool, str):
+            allowed = k.choices or ((False, True) if k.type is bool else families())
+            must = expected(k) if k.choices or k.type is bool else f"a registered model family, one of {fmt_choices(allowed)}"
+            if not values:
+                raise ConfigError(invalid(where, f"a list of choices, each {must}", values, f"name one or drop {name}"))
+            for v in values:
+                if v not in allowed or isinstance(v, bool) != (k.type is bool):
+                    close = difflib.get_close_matches(str(v), [str(c) for c in allowed], n=1)
+                    fix = f"use {close[0]!r} or drop it" if close else "drop it or see `cotune knobs`"
+                    raise ConfigError(invalid(f"Each value in {where}", must, v, fix))
+            continue
+        example = f"e.g. {{{name}: [{k.search[0]:g}, {k.search[1]:g}]}}"
+        if len(values) != 2:
+            raise ConfigError(invalid(where, "[low, high]", values, example))
+        for v in values:
+            if not _in_range(k, v):
+                raise ConfigError(invalid(f"Each bound in {where}", expected(k), v, example))
+        low, high = (float(v) for v in values)
+        if low > high:
+            raise ConfigError(invalid(where, "[low, high] with low <= high", values, f"write [{values[1]}, {values[0]}]"))
+        if k.log and low <= 0:
+            raise ConfigError(invalid(f"The low bound in {where}", "> 0 (the knob is searched on a log scale)",
+                                      values[0], example))
+
+
+def _in_range(k: Knob, v) -> bool:
+    """A number (YAML reads 1e-3 as a string: a numeric string counts) of the knob's type in its valid range."""
+    try:
+        x = float(v) if not isinstance(v, bool) else math.nan
+    except (TypeError, ValueError):
+        return False
+    return (math.isfinite(x) and (k.type is float or x.is_integer())
+            and (k.low is None or (x > k.low if k.open_low else x >= k.low)) and (k.high is None or x <= k.high))
 
 
 def suggest(trial, cfg: RunConfig, space: dict[str, tuple]) -> RunConfig:
