@@ -212,6 +212,7 @@ REASONS = ("RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB " + "(d
 
 def synthetic_trials(header: list[str], n: int, seed: int = 0) -> list[dict]:
     from cotune.knobs import BY_NAME
+    from cotune.models import FAMILIES
     rng = random.Random(seed)
     rows = []
     for i in range(n):
@@ -221,7 +222,7 @@ def synthetic_trials(header: list[str], n: int, seed: int = 0) -> list[dict]:
                "pruned_at": 1 if state == "PRUNED" else "", "pruned_fraction": "",
                "fail_reason": rng.choice(REASONS) if state == "FAIL" else ""}
         for k in header[len(row):]:
-            spec = BY_NAME[k].search
+            spec = BY_NAME[k].search or FAMILIES  # model.family's choices come from the registry
             row[k] = rng.choice(spec) if BY_NAME[k].type in (str, bool) else (
                 rng.randint(*spec) if BY_NAME[k].type is int else rng.uniform(*spec))
         rows.append(row)

@@ -204,7 +204,7 @@ def _search(page: Page, L: Loaded, actions: list) -> None:
            if isinstance(r, dict)}
     edges = []
     for k, v in (best.get("params") or {}).items():
-        rng = search_range(k, L.config)
+        rng = search_range(k, L.config, L.fit)
         side = edge(k, v, rng)
         if side:
             edges.append((imp.get(k, 0), k, v, rng, side))

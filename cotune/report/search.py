@@ -32,11 +32,12 @@ def objective(L: Loaded) -> tuple[str, bool]:
     return f"val {m.name}", m.maximize
 
 
-def search_range(knob: str, config: dict | None):
-    """The range the search drew `knob` from: search.space in the config, else the knob table's range."""
-    space = get(config, "search", "space", default={}) or {}
-    if knob in space and isinstance(space[knob], (list, tuple)):
-        return tuple(space[knob])
+def search_range(knob: str, config: dict | None, fit: dict | None = None):
+    """The range the search drew `knob` from: the space fit.json records (what the study drew from: model
+    families included), else search.space in the config, else the knob table's range."""
+    for space in (get(fit, "space"), get(config, "search", "space")):
+        if isinstance(space, dict) and isinstance(space.get(knob), (list, tuple)):
+            return tuple(space[knob])
     k = BY_NAME.get(knob)
     return None if k is None else k.search
 
@@ -110,7 +111,7 @@ def search(page: Page, L: Loaded) -> None:
                if isinstance(r, dict)}
         rows = []
         for k, v in params.items():
-            rng = search_range(k, L.config)
+            rng = search_range(k, L.config, L.fit)
             e = edge(k, v, rng)
             rows.append([k, Cell(k.split(".")[0], f"stage stage-{k.split('.')[0]}"), Cell(knob_value(v), "num"),
                          _range_text(rng, _tried(L.trials, k)), Cell(fmt(number(imp.get(k))), "num"),
