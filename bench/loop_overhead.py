@@ -139,7 +139,7 @@ def main():
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['model']} | {r['batch']} | {r['hand_samples_s']:,} | {r['cotune_samples_s']:,} | {r['cotune_vs_hand']:.3f} | "
-              f"{r.get('lightning_samples_s', '-'):,} | {r.get('lightning_vs_hand', '-')} |")
+              f"{format(r['lightning_samples_s'], ',') if 'lightning_samples_s' in r else '-'} | {r.get('lightning_vs_hand', '-')} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
