@@ -18,7 +18,6 @@ from pathlib import Path
 from cotune.config import RunConfig
 from cotune.errors import CotuneError, one_line
 from cotune.search.space import rungs, suggest
-from cotune.evaluate import part_loss
 from cotune.search.storage import import_optuna, study_metric
 from cotune.search.tracking import trial_tracker
 
