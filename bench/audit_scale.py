@@ -1,7 +1,7 @@
 """Data audit at scale: time, peak memory and recall of planted defects on a synthetic table.
 
     .venv/bin/python bench/audit_scale.py --rows 100000            # try small first
-    .venv/bin/python bench/audit_scale.py --json /tmp/audit.json   # 1,000,000 rows (target: < 3 min, < 8 GiB)
+    .venv/bin/python bench/audit_scale.py --json .bench-out/audit.json   # 1,000,000 rows (target: < 3 min, < 8 GiB)
 
 Data: `--rows` rows x 20 columns (14 numeric with assorted means / scales, 6 string categorical
 with 3..10 levels); a 3-class target = argmax of a linear function of the numeric columns plus
