@@ -6,7 +6,8 @@
 #   bash scripts/postgres.sh status  # exit 0 when it is running
 #   bash scripts/postgres.sh stop
 #
-# The cluster lives in $COTUNE_PG_DIR (default /tmp/cotune-pg): data/, server.log, its socket and the
+# The cluster lives in $COTUNE_PG_DIR (default: cotune-pg in the system temporary folder, whatever TMPDIR
+# says, since the postgres user must reach it): data/, server.log, its socket and the
 # port it listens on. It listens on 127.0.0.1 only, on $COTUNE_PG_PORT (default 55432) or the next
 # free port, with trust authentication for the `postgres` user and a database `cotune`; it is a
 # throwaway server for one machine (fsync off), not for data you want to keep. As root, the server
@@ -14,7 +15,8 @@
 # Everything but the URL goes to stderr, so `URL=$(bash scripts/postgres.sh start)` works.
 set -euo pipefail
 
-PG_DIR="${COTUNE_PG_DIR:-/tmp/cotune-pg}"
+SYS_TMP=$(env -u TMPDIR mktemp -u)  # a name in the system temporary folder; nothing is created
+PG_DIR="${COTUNE_PG_DIR:-${SYS_TMP%/*}/cotune-pg}"
 PG_PORT="${COTUNE_PG_PORT:-55432}"
 DATA="$PG_DIR/data"
 DB=cotune
