@@ -51,18 +51,19 @@ def audit(data=None, *, target=None, config=None, overrides=(), checks=None, out
 
 
 def fit(data=None, *, target=None, config=None, overrides=(), budget=None, trials=None, workers=None, sampler=None,
-        objective=None, storage=None, study=None, mlflow=None, out=None, resume: bool = False, live: bool = False,
+        objective=None, metric=None, storage=None, study=None, mlflow=None, out=None, resume: bool = False, live: bool = False,
         console=None):
     """Search data and model knobs together, refit the best on train+val, test it once. Returns a FitResult.
 
     Knobs you set (in `config`, `overrides` or these arguments) are fixed; every other searchable knob is searched.
+    metric: search.metric, what ranks the trials and stops them early (accuracy, f1_macro, log_loss, r2, ...).
     mlflow: tracking URI (default: SQLite in the search directory; 'none': no tracking)."""
     from cotune.config import explicit
     from cotune.search.parent import fit as _fit
     extra = [f"data.source={data}"] if data is not None else []
     extra += [f"data.target={target}"] if target is not None else []
     for key, value in (("budget", budget), ("trials", trials), ("workers", workers), ("sampler", sampler),
-                       ("objective", objective), ("mlflow", mlflow)):
+                       ("objective", objective), ("metric", metric), ("mlflow", mlflow)):
         if value is not None:
             extra.append(f"search.{key}={value}")
     if resume:

@@ -6,7 +6,10 @@
     b.predict_frame("new.csv")  # DataFrame: prediction + one proba_<class> column per class
     b.predict_output(df)     # probabilities or values, whatever the task: what cotune.evaluate takes
 
-Loading reads JSON and safetensors only; nothing is ever unpickled.
+A classifier's bundle may hold decision.json: a temperature applied to its probabilities (an
+ensemble's: to the averaged ones) and, for a binary model tuned for a label metric, the decision
+threshold `predict` applies to P(second class). Loading reads JSON and safetensors only; nothing is
+ever unpickled.
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ from cotune.train import infer
 WEIGHTS = "model.safetensors"
 SPEC = "model.json"
 REQUIRED = (WEIGHTS, SPEC, "preprocess.json")
+DECISION = "decision.json"
+NO_DECISION = {"temperature": 1.0, "threshold": None}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,9 +91,28 @@ def save(run_dir: str | Path, model: torch.nn.Module, spec: Spec, pre: Preproces
 class Bundle:
     """A trained model loaded from a run directory, ready to predict on raw features."""
 
-    def __init__(self, path: Path, spec: Spec, model: torch.nn.Module, pre: Preprocessor):
+    def __init__(self, path: Path, spec: Spec, model: torch.nn.Module, pre: Preprocessor, decision: dict | None = None):
         self.path, self.spec, self.model, self.pre = path, spec, model, pre
         self.runtime = Runtime(device="cpu", precision="fp32", threads=torch.get_num_threads())
+        self.decision = dict(decision or NO_DECISION)
+
+    @property
+    def threshold(self) -> float | None:
+        """The decision threshold on P(second class) that `predict` applies (binary models tuned for a label
+        metric), or None: the most probable class."""
+        return self.decision.get("threshold")
+
+    def _decide(self, output: np.ndarray) -> np.ndarray:
+        """The decision's temperature on a classifier's probabilities (regression values pass through)."""
+        t = float(self.decision.get("temperature") or 1.0)
+        if self.task == "regression" or t == 1.0:
+            return output
+        from cotune.calibrate import apply_temperature
+        return apply_temperature(output, t)
+
+    def _labels(self, proba: np.ndarray) -> np.ndarray:
+        from cotune.evaluate import labels
+        return np.asarray(self.classes_, dtype=object)[labels(proba, self.threshold)]
 
     @property
     def task(self) -> str:
@@ -104,7 +128,7 @@ class Bundle:
     def predict_output(self, X) -> np.ndarray:
         """`predictions` on X, for any task: what cotune.evaluate.evaluate takes."""
         feats = self.pre.transform(self._features(X))
-        return predictions(infer(self.model, torch.as_tensor(feats), self.runtime), self.spec)
+        return self._decide(predictions(infer(self.model, torch.as_tensor(feats), self.runtime), self.spec))
 
     def predict_proba(self, X) -> np.ndarray:
         """(N, K) class probabilities, columns in the order of `classes_`."""
@@ -116,15 +140,17 @@ class Bundle:
         """Predicted class labels (original label values) or regression values in target units."""
         if self.task == "regression":
             return self.predict_output(X)
-        return np.asarray(self.classes_, dtype=object)[self.predict_proba(X).argmax(1)]
+        return self._labels(self.predict_proba(X))
 
     def predict_frame(self, X) -> pd.DataFrame:
         if self.task == "regression":
             return pd.DataFrame({"prediction": self.predict(X)})
         proba = self.predict_proba(X)
-        df = pd.DataFrame({"prediction": np.asarray(self.classes_, dtype=object)[proba.argmax(1)]})
+        df = pd.DataFrame({"prediction": self._labels(proba)})
         for j, c in enumerate(self.classes_):
             df[f"proba_{c}"] = proba[:, j]
+        if self.threshold is not None:  # the cut the prediction column applied to the last probability column
+            df["threshold"] = self.threshold
         return df
 
     def _features(self, X):
@@ -187,9 +213,10 @@ class Ensemble(Bundle):
     too; each member transforms with its own). There is no single model: `.model` raises rather than
     hand one member to latency measurement or export."""
 
-    def __init__(self, path: Path, members: list[Bundle]):
+    def __init__(self, path: Path, members: list[Bundle], decision: dict | None = None):
         first = members[0]
         self.path, self.spec, self.pre, self.runtime, self.members = path, first.spec, first.pre, first.runtime, members
+        self.decision = dict(decision or NO_DECISION)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -201,7 +228,7 @@ class Ensemble(Bundle):
     def predict_output(self, X) -> np.ndarray:
         if isinstance(X, (str, Path)):
             X = read_features(str(X), self.spec)  # read once, not once per member
-        return np.mean([m.predict_output(X) for m in self.members], axis=0)
+        return self._decide(np.mean([m.predict_output(X) for m in self.members], axis=0))
 
 
 def save_ensemble(out: str | Path, member_dirs: list[str | Path]) -> None:
@@ -227,7 +254,7 @@ def load(path: str | Path) -> Bundle:
             names = read_json(path / ENSEMBLE)["members"]
         except Exception as err:
             raise BundleError(f"{str(path / ENSEMBLE)!r} is damaged ({one_line(err)[:120]}); rerun the search.") from None
-        return Ensemble(path, [load(path / n) for n in names])
+        return Ensemble(path, [load(path / n) for n in names], load_decision(path))
     missing = [f for f in REQUIRED if not (path / f).is_file()]
     if missing:
         raise BundleError(f"Run directory {str(path)!r} has no {missing[0]}; it is not a finished run (resume it with --resume).")
@@ -242,4 +269,23 @@ def load(path: str | Path) -> Bundle:
         raise BundleError(f"Run directory {str(path)!r} could not be loaded ({type(err).__name__}: {' '.join(str(err).split())[:150]}); "
                           "its files are damaged: retrain it.") from None
     model.eval()
-    return Bundle(path, spec, model, pre)
+    return Bundle(path, spec, model, pre, load_decision(path))
+
+
+def save_decision(path: str | Path, decision: dict) -> None:
+    """Write decision.json (temperature, threshold and how they were chosen) into a bundle's directory."""
+    write_json(Path(path) / DECISION, decision)
+
+
+def load_decision(path: Path) -> dict:
+    """A bundle's decision.json (its temperature and threshold checked), or no decision when there is none."""
+    f = Path(path) / DECISION
+    if not f.is_file():
+        return dict(NO_DECISION)
+    d = read_json(f)
+    t, thr = d.get("temperature", 1.0), d.get("threshold")
+    if (not isinstance(t, (int, float)) or isinstance(t, bool) or not t > 0
+            or (thr is not None and (not isinstance(thr, (int, float)) or not 0.0 <= thr <= 1.0))):
+        raise BundleError(f"{str(f)!r} holds an invalid temperature or threshold ({t!r}, {thr!r}); "
+                          "delete it to predict without them, or rerun the search.")
+    return {**d, "temperature": float(t), "threshold": None if thr is None else float(thr)}

@@ -105,6 +105,7 @@ def fit(data: Optional[str] = typer.Argument(None, help="CSV / Parquet / .npz / 
         workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Trials at once (worker processes)."),
         sampler: Optional[str] = typer.Option(None, "--sampler", help="tpe, random, grid, cmaes, nsga2."),
         objective: Optional[str] = typer.Option(None, "--objective", help="quality, quality,size or quality,latency."),
+        metric: Optional[str] = typer.Option(None, "--metric", "-m", help="What ranks the trials: accuracy, balanced_accuracy, f1_macro, f1, roc_auc, log_loss; rmse, mae, r2."),
         storage: Optional[str] = typer.Option(None, "--storage", help="Study storage URL (default: SQLite in --out)."),
         study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the --out folder name)."),
         mlflow: Optional[str] = typer.Option(None, "--mlflow", help="MLflow tracking URI (default: SQLite in --out; 'none': off)."),
@@ -116,7 +117,7 @@ def fit(data: Optional[str] = typer.Argument(None, help="CSV / Parquet / .npz / 
     if resume and (data is not None or config is not None or set_):
         raise CotuneError("--resume continues the search in --out with its saved config; drop DATA, --config and --set.")
     res = api.fit(data, target=target, config=config, overrides=set_, budget=budget, trials=trials, workers=workers,
-                  sampler=sampler, objective=objective, storage=storage, study=study, mlflow=mlflow, out=out, resume=resume,
+                  sampler=sampler, objective=objective, metric=metric, storage=storage, study=study, mlflow=mlflow, out=out, resume=resume,
                   live=not quiet, console=out_console)
     print_metrics(res.final, res.how)
     c = res.counts

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn import metrics as skm
 
-from cotune.errors import fmt_choices, invalid
+from cotune.errors import ConfigError, fmt_choices, invalid
 
 TASKS = ("binary", "multiclass", "regression")
 
@@ -44,7 +44,15 @@ class Metric:
 # every scalar key of evaluate()'s dicts, and whether higher is better
 MAXIMIZE = {"accuracy": True, "balanced_accuracy": True, "precision_macro": True, "recall_macro": True,
             "f1_macro": True, "precision_weighted": True, "recall_weighted": True, "f1_weighted": True,
-            "roc_auc": True, "log_loss": False, "ece": False, "rmse": False, "mae": False, "r2": True, "loss": False}
+            "f1": True, "roc_auc": True, "log_loss": False, "brier": False, "ece": False, "rmse": False, "mae": False,
+            "r2": True, "loss": False}
+# the metrics a user may rank by (search.metric), per task; f1 is the second class's, so binary only
+RANKING = {"binary": ("accuracy", "balanced_accuracy", "f1_macro", "f1", "roc_auc", "log_loss"),
+           "multiclass": ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "log_loss"),
+           "regression": ("rmse", "mae", "r2")}
+# metrics of predicted labels, not of probabilities: a binary model's decision threshold can be tuned for them
+LABEL_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "f1")
+THRESHOLD_METRICS = ("balanced_accuracy", "f1_macro", "f1")  # accuracy's best threshold is 0.5 for calibrated probabilities
 
 
 def metric(name: str) -> Metric:
@@ -54,16 +62,64 @@ def metric(name: str) -> Metric:
     return Metric(name, MAXIMIZE[name])
 
 
-def primary_metric(task: str) -> Metric:
+def primary_metric(task: str, name: str = "auto") -> Metric:
     """The one source of the metric that ranks runs of ``task``: search trials, the ensemble's keep-or-reject,
-    the scaling study's metric column and the report. Validation accuracy (classification) or RMSE (regression)."""
+    the scaling study's metric column and the report. ``name`` is search.metric: 'auto' is validation accuracy
+    (classification) or RMSE (regression). A metric that does not fit the task is a ConfigError."""
     _check_task(task)
-    return metric("rmse" if task == "regression" else "accuracy")
+    if name == "auto":
+        name = "rmse" if task == "regression" else "accuracy"
+    if name not in RANKING[task]:
+        fits = [t for t, names in RANKING.items() if name in names]
+        why = f"it is for {' / '.join(fits)} targets" if fits else "it is not a metric cotune ranks by"
+        raise ConfigError(f"search.metric={name!r} does not fit this {task} target ({why}); use one of "
+                          f"{fmt_choices(('auto',) + RANKING[task])}.")
+    return metric(name)
 
 
-def monitored_metric(task: str, monitor: str = "metric") -> Metric:
-    """What early stopping watches (train.monitor): the primary metric, or the validation loss ('loss')."""
-    return metric("loss") if monitor == "loss" else primary_metric(task)
+def monitored_metric(task: str, monitor: str = "metric", name: str = "auto") -> Metric:
+    """What early stopping watches (train.monitor): the ranking metric (search.metric), or the validation loss."""
+    return metric("loss") if monitor == "loss" else primary_metric(task, name)
+
+
+def score(name: str, y_true, output, task: str, threshold: float | None = None) -> float | None:
+    """One metric of evaluate()'s, cheaply (per validated epoch): ``output`` as evaluate() takes it;
+    ``threshold``: a binary model's cut on P(second class) for the label metrics (default argmax)."""
+    if task == "regression":
+        y, pred = np.asarray(y_true, dtype=float), np.asarray(output, dtype=float).reshape(len(y_true), -1)[:, 0]
+        if name == "rmse":
+            return float(np.sqrt(np.mean((y - pred) ** 2)))
+        if name == "mae":
+            return float(np.mean(np.abs(y - pred)))
+        if name == "r2":
+            return _num(skm.r2_score(y, pred, force_finite=False)) if len(y) > 1 else None
+        raise ValueError(invalid("a regression metric", "rmse, mae or r2", name))
+    y, p = np.asarray(y_true).reshape(-1).astype(int), np.asarray(output, dtype=float)
+    if name == "log_loss":
+        return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0)).mean())
+    if name == "brier":
+        return float(((p - np.eye(p.shape[1])[y]) ** 2).sum(1).mean())
+    if name == "roc_auc":
+        return _roc_auc(y, p)
+    pred = labels(p, threshold)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if name == "accuracy":
+            return float(np.mean(pred == y))
+        if name == "balanced_accuracy":
+            return _num(skm.balanced_accuracy_score(y, pred))
+        if name == "f1_macro":
+            return _num(skm.f1_score(y, pred, average="macro", zero_division=0))
+        if name == "f1":
+            return _num(skm.f1_score(y, pred, pos_label=1, average="binary", zero_division=0))
+    raise ValueError(invalid("a classification metric", fmt_choices(RANKING["binary"]), name))
+
+
+def labels(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Predicted class codes: argmax, or for two classes P(second class) >= threshold when one is set."""
+    if threshold is not None and probs.shape[1] == 2:
+        return (probs[:, 1] >= threshold).astype(int)
+    return probs.argmax(1)
 
 
 def part_loss(part: dict) -> tuple[float, float | None]:
@@ -172,11 +228,11 @@ def _roc_auc(y, p) -> float | None:
     return _num(np.mean([skm.roc_auc_score(y == k, p[:, k]) for k in present]))
 
 
-def _classification(y, p, classes) -> dict:
+def _classification(y, p, classes, threshold=None) -> dict:
     k = p.shape[1]
     if classes is not None and len(classes) != k:
         raise ValueError(invalid("'classes'", f"{k} labels (one per prob column)", len(classes)))
-    pred = p.argmax(1)
+    pred = labels(p, threshold)
     out = {"n": int(len(y)), "accuracy": float(skm.accuracy_score(y, pred))}
     prfs = skm.precision_recall_fscore_support
     with warnings.catch_warnings():  # absent / never-predicted classes warn; handled below
@@ -186,10 +242,13 @@ def _classification(y, p, classes) -> dict:
             pr, rc, f1, _ = prfs(y, pred, average=avg, zero_division=0)
             out.update({f"precision_{avg}": _num(pr), f"recall_{avg}": _num(rc),
                         f"f1_{avg}": _num(f1)})
+        if k == 2:  # the second class's F1 (search.metric f1)
+            out["f1"] = _num(skm.f1_score(y, pred, pos_label=1, average="binary", zero_division=0))
         pr, rc, f1, sup = prfs(y, pred, labels=list(range(k)), zero_division=np.nan)
     row_loss = -np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))
     out["log_loss"] = float(row_loss.mean())
     out["log_loss_se"] = _se(row_loss)  # how far another draw of as many rows could move log_loss
+    out["brier"] = float(((p - np.eye(k)[y]) ** 2).sum(1).mean())  # multiclass Brier score: squared error of the probabilities
     out["roc_auc"] = _roc_auc(y, p)
     out["ece"] = ece(y, p)
     names = list(range(k)) if classes is None else list(classes)
@@ -218,7 +277,7 @@ def _regression(y_true, output) -> dict:
             "residual_quantiles": {f"p{q}": float(v) for q, v in zip((5, 25, 50, 75, 95), qs)}}
 
 
-def evaluate(y_true, output, task: str, classes=None) -> dict:
+def evaluate(y_true, output, task: str, classes=None, threshold: float | None = None) -> dict:
     """Compute every metric for ``task`` as a JSON-serializable dict.
 
     Parameters
@@ -231,12 +290,15 @@ def evaluate(y_true, output, task: str, classes=None) -> dict:
     task : {'binary', 'multiclass', 'regression'}
     classes : sequence of length K, optional
         Display labels for ``per_class``; defaults to the codes 0..K-1.
+    threshold : float, optional
+        Binary only: predict the second class when its probability is at least this (a tuned decision
+        threshold); the label metrics follow it, the probability metrics do not. Default: argmax.
 
     Returns
     -------
     dict
         Classification: n, accuracy, balanced_accuracy, precision/recall/f1 _macro and _weighted,
-        log_loss, log_loss_se (its standard error over the rows), roc_auc, ece, per_class,
+        f1 (binary: the second class's), brier, log_loss, log_loss_se (its standard error over the rows), roc_auc, ece, per_class,
         confusion_matrix (rows true, cols predicted), calibration. Regression: n, rmse, mse_se (the
         standard error of rmse**2 over the rows), mae, r2, residual_quantiles (p5..p95 of y - pred).
         Undefined values are None.
@@ -247,4 +309,4 @@ def evaluate(y_true, output, task: str, classes=None) -> dict:
     y, p = _check_probs(y_true, output)
     if task == "binary" and p.shape[1] != 2:
         raise ValueError(invalid("binary 'output'", "shape (N, 2)", f"shape {p.shape}"))
-    return _classification(y, p, classes)
+    return _classification(y, p, classes, threshold)

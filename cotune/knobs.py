@@ -7,7 +7,8 @@ A knob with `search` set is searchable: a (low, high) range for numbers (log-sca
 `log=True`) or a tuple of choices. `when` makes it conditional: it is only searched when the
 named knob holds one of the listed values (momentum only for SGD-like optimizers, ...).
 `tasks` limits it to some tasks (label cleaning only for classification); `choice_modalities`
-limits single choices to some modalities (SMOTE only for tables). An empty `search` means the
+limits single choices to some modalities (SMOTE only for tables); `unless_metric` leaves it out
+under some ranking metrics (label smoothing distorts the probabilities that log loss and AUC score). An empty `search` means the
 choices are not declared here: model.family's are the registered families that fit the data
 (cotune.models declares them per family; the search space fills them in).
 """
@@ -33,6 +34,7 @@ class Knob:
     when: tuple = ()              # ((knob name, (values...)), ...): searched only under these conditions
     tasks: tuple = ()             # searched only for these tasks (empty: every task)
     choice_modalities: tuple = ()  # ((choice, (modalities...)), ...): that choice searched only on these
+    unless_metric: tuple = ()     # not searched when search.metric is one of these
 
     @property
     def stage(self) -> str:
@@ -46,6 +48,8 @@ def _k(name, type, default, help, **kw) -> Knob:
 SGD_LIKE = ("sgd", "rmsprop")
 ADAM_LIKE = ("adam", "adamw")
 CLASSIFICATION = ("binary", "multiclass")
+# search.metric's choices (cotune.evaluate knows which tasks each fits and its direction)
+METRICS = ("auto", "accuracy", "balanced_accuracy", "f1_macro", "f1", "roc_auc", "log_loss", "rmse", "mae", "r2")
 
 KNOBS: tuple[Knob, ...] = (
     # ---- data: where it comes from and how it is split
@@ -102,7 +106,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("train.step_every", int, 10, "step schedule: epochs between decays", low=1, high=100000),
     _k("train.gamma", float, 0.1, "step / exponential schedules: decay factor (step: per step_every epochs; exponential: over the whole run)", low=0.0, high=1.0, open_low=True),
     _k("train.loss", str, "auto", "loss: auto = cross_entropy (classification) or mse (regression)", choices=("auto", "cross_entropy", "focal", "mse", "huber")),
-    _k("train.label_smoothing", float, 0.0, "cross-entropy label smoothing", low=0.0, high=0.5, search=(0.0, 0.2), when=(("train.loss", ("auto", "cross_entropy")),), tasks=CLASSIFICATION),
+    _k("train.label_smoothing", float, 0.0, "cross-entropy label smoothing", low=0.0, high=0.5, search=(0.0, 0.2), when=(("train.loss", ("auto", "cross_entropy")),), tasks=CLASSIFICATION, unless_metric=("log_loss", "roc_auc")),
     _k("train.focal_gamma", float, 2.0, "focal loss: focusing exponent (searched when data.balance=focal)", low=0.0, high=10.0, search=(0.5, 4.0), when=(("data.balance", ("focal",)),), tasks=CLASSIFICATION),
     _k("train.huber_delta", float, 1.0, "huber loss: transition point, in standardized target units", low=0.0, high=100.0, open_low=True),
     _k("train.grad_clip", float, 0.0, "clip the gradient norm to this (0 = off)", low=0.0, high=1e6),
@@ -110,8 +114,9 @@ KNOBS: tuple[Knob, ...] = (
     _k("train.batch_size", int, 128, "samples per step", low=1, high=1_000_000, search=(32, 512), log=True),
     _k("train.patience", int, 10, "early stopping: epochs without validation improvement before stopping (0 = off); best weights are restored", low=0, high=100000),
     _k("train.val_every", int, 1, "validate every this many epochs (and after the last); early stopping and the best weights see only those epochs, and patience still counts epochs", low=1, high=100000),
-    _k("train.monitor", str, "metric", "early stopping watches the validation 'metric' (accuracy / rmse) or 'loss'", choices=("metric", "loss")),
+    _k("train.monitor", str, "metric", "early stopping watches the validation 'metric' (search.metric: by default accuracy / rmse) or 'loss'", choices=("metric", "loss")),
     # ---- search: how `cotune fit` explores the knobs above (never searched itself)
+    _k("search.metric", str, "auto", "what ranks runs and trials, stops training early, prunes, picks the best trial and decides the ensemble: auto = accuracy (classification) or rmse (regression); f1 (the second class's F1), f1_macro and balanced_accuracy are label metrics: a binary model's decision threshold is tuned on validation for them", choices=METRICS),
     _k("search.budget", str, None, "wall-clock budget for the whole fit, final training included: '90s', '10m', '1h'", optional=True),
     _k("search.trials", int, None, "stop after this many finished trials (complete, pruned or failed)", low=1, high=1_000_000, optional=True),
     _k("search.workers", int, 1, "trials run at once, each in its own worker process (CPU threads are split between them)", low=1, high=256),

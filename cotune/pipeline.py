@@ -187,6 +187,8 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
     kwargs = cfg.model.model_dump(exclude={"family"})
     model = create_model(cfg.model.family, data.pre.in_shape_, out_dim, **kwargs)
     check_config(train_cfg, ds.task)
+    ranking = evaluate.primary_metric(ds.task, cfg.search.metric)  # a metric that does not fit the task: ConfigError
+    monitor = evaluate.monitored_metric(ds.task, train_cfg.monitor, cfg.search.metric)
 
     # ---- everything is valid: only now does the run directory appear
     out.mkdir(parents=True, exist_ok=True)
@@ -213,7 +215,7 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
     try:
         result = train(model, train_data, val_data, train_cfg, rt, task=ds.task, seed=cfg.runtime.seed, y_scale=data.y_std,
                        augment=augment, sampling_weights=sampling, on_eval=log_and_forward, checkpoint_dir=out if checkpoint else None, resume=resume,
-                       progress=show, monitor=evaluate.monitored_metric(ds.task, train_cfg.monitor))
+                       progress=show, monitor=monitor, ranking=ranking)
     except CotuneError:
         if not resume:
             shutil.rmtree(out, ignore_errors=True)  # a run that cannot train leaves nothing behind

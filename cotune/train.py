@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from cotune.data.batches import TensorData
 from cotune.errors import ConfigError, CotuneError
-from cotune.evaluate import Metric, metric, monitored_metric
+from cotune.evaluate import Metric, metric, monitored_metric, score as metric_score
 from cotune.runtime import Runtime
 from cotune.track import write_json
 
@@ -142,15 +142,33 @@ def infer(model: torch.nn.Module, X: torch.Tensor, runtime: Runtime, batch_size:
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def validate(model, data: TensorData, runtime: Runtime, task: str, y_scale: float) -> dict:
+def validate(model, data: TensorData, runtime: Runtime, task: str, y_scale: float, metrics=(),
+             inverse: Callable | None = None) -> dict:
     """val_loss (the plain log loss, or MSE in standardized units, whatever the training loss smooths or
-    weights: early stopping and the scaling study read it as the model's loss) and val_accuracy / val_rmse."""
+    weights: early stopping and the scaling study read it as the model's loss), val_accuracy / val_rmse, and
+    val_<name> for each further metric name in `metrics` (search.metric's, for early stopping and pruning).
+    inverse: regression, model outputs (standardized) -> target units, so RMSE / MAE / R2 are in the target's
+    units whatever transform it trains under (default: times y_scale)."""
     out = infer(model, data.X, runtime)
     y = data.y.to(out.device)
+    extra = [m for m in metrics if m not in ("loss", "accuracy", "rmse")]
     if task == "regression":
         mse = F.mse_loss(out.squeeze(-1), y).item()
-        return {"val_loss": mse, "val_rmse": math.sqrt(mse) * y_scale}
-    return {"val_loss": F.cross_entropy(out, y).item(), "val_accuracy": (out.argmax(-1) == y).float().mean().item()}
+        row = {"val_loss": mse}
+        if inverse is None:
+            row["val_rmse"] = math.sqrt(mse) * y_scale
+            if not extra:
+                return row
+            inverse = lambda v: v * y_scale  # noqa: E731
+        yt, pt = inverse(y.cpu().numpy()), inverse(out.squeeze(-1).cpu().numpy())
+        row["val_rmse"] = metric_score("rmse", yt, pt, task)
+        row.update({f"val_{m}": metric_score(m, yt, pt, task) for m in extra})
+        return row
+    row = {"val_loss": F.cross_entropy(out, y).item(), "val_accuracy": (out.argmax(-1) == y).float().mean().item()}
+    if extra:
+        p = torch.softmax(out, -1).cpu().numpy()
+        row.update({f"val_{m}": metric_score(m, y.cpu().numpy(), p, task) for m in extra})
+    return row
 
 
 def _save_checkpoint(ckpt_dir: Path, model, opt, best_state, state: dict) -> None:
@@ -193,7 +211,7 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
           task: str, seed: int = 0, y_scale: float = 1.0, augment: Callable | None = None,
           sampling_weights: torch.Tensor | None = None, on_eval: Callable[[int, dict], bool | None] | None = None,
           checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = False,
-          monitor: Metric | None = None) -> TrainResult:
+          monitor: Metric | None = None, ranking: Metric | None = None, inverse: Callable | None = None) -> TrainResult:
     """Train `model` in place and return its history; the best validation weights end up loaded.
 
     cfg: a TrainConfig (optimizer, lr, schedule, loss, epochs, batch_size, patience, ...).
@@ -202,6 +220,8 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
     sampling_weights: (N,) draw each epoch's samples with replacement in proportion to these (balanced batches).
     monitor: what early stopping and the best weights follow (a history key and its direction); default
     `evaluate.monitored_metric(task, cfg.monitor)`. Without validation rows, the training loss.
+    ranking: the metric that ranks the run (search.metric), validated each time too so a search can prune on it.
+    inverse: regression, the target transform's inverse (model outputs -> target units) for the history's metrics.
     checkpoint_dir: where the state after each validated epoch goes (None: no checkpoints, as for search
     trials, which are never resumed); resume=True continues from it.
     """
@@ -217,6 +237,7 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
     has_val = val_data is not None and len(val_data) > 0
     monitor = (monitor or monitored_metric(task, cfg.monitor)) if has_val else metric("loss")
     key = monitor.history_key if has_val else "train_loss"
+    names = tuple(sorted({monitor.name, *([ranking.name] if ranking is not None else [])}))
     l1_params = [p for p in model.parameters() if p.dim() >= 2] if cfg.l1 > 0 else []  # matrices and kernels
     X, y, w = train_data.X, train_data.y, train_data.w
     res = TrainResult()
@@ -271,7 +292,7 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
             check = not has_val or (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
             if check:
                 if has_val:
-                    row.update(validate(net, val_data, runtime, task, y_scale))
+                    row.update(validate(net, val_data, runtime, task, y_scale, names, inverse))
                 score = row[key]
                 if res.best_epoch == 0 or monitor.better(score, res.best_score):
                     res.best_epoch, res.best_score = epoch + 1, score

@@ -96,3 +96,75 @@ def _ensemble(cfg: RunConfig, choice: dict, out: Path, deadline: float | None):
     how = {"kind": "ensemble", "trials": [t.number for t in trials], "epochs": epochs,
            "trained_on": "train+val" if refit else "train", "refit_seconds_needed": need, "summary": summary}
     return result, how
+
+
+def decide(cfg: RunConfig, metric, best, choice: dict | None, how: dict, final) -> dict | None:
+    """Calibrate the final classifier and, for a binary one ranked by a label metric, tune its decision threshold.
+
+    Both are fitted on validation predictions that the validation rows did not train: those of the final
+    model's counterpart as the search trained it (the best trial's own model, or the ensemble of the trials'
+    models), since the final model itself was refitted on train + validation. The temperature (applied
+    after ensembling) is kept only when it lowers the cross-fitted validation log loss; the threshold only
+    when it raises the validation metric. decision.json goes into final/, metrics.json's test part is then
+    the calibrated, thresholded model's, and its 'calibration' part holds log loss, Brier score and ECE on
+    test before and after. Returns that part (None for regression)."""
+    import numpy as np
+
+    from cotune import bundle, evaluate
+    from cotune.calibrate import apply_temperature, temperature_check, threshold_check
+    from cotune.data.split import split_indices
+    from cotune.pipeline import load_data
+    ds = load_data(cfg)
+    if ds.task == "regression":
+        return None
+    _, va, te = split_indices(ds, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed)
+    rows = (lambda idx: ds.X.iloc[idx]) if ds.modality == "tabular" else (lambda idx: ds.X[idx])  # noqa: E731
+    if choice is not None and choice["kept"]:
+        dirs = [t.user_attrs["run_dir"] for t in choice["trials"]]
+        counterpart, source = (final.path, "the ensemble itself") if how["trained_on"] == "train" else (dirs, "the ensemble of the search's member models")
+    else:
+        counterpart, source = best.user_attrs.get("run_dir"), f"trial #{best.number}'s model"
+    try:
+        if isinstance(counterpart, list):
+            model = bundle.Ensemble(Path(counterpart[0]).parent, [bundle.load(d) for d in counterpart])
+        else:
+            model = bundle.load(counterpart)
+            model.decision = dict(bundle.NO_DECISION)  # the raw probabilities, whatever was saved
+    except Exception as err:  # a trial directory removed by hand: the final model stays uncalibrated
+        return {"skipped": f"no validation predictions ({type(err).__name__}); the final model is not calibrated"}
+    if not len(va):
+        return {"skipped": "no validation rows; the final model is not calibrated"}
+    y_val = ds.y[va]
+    p_val = model.predict_output(rows(va))
+    cal = temperature_check(p_val, y_val, seed=cfg.runtime.seed)
+    p_val = apply_temperature(p_val, cal["temperature"])
+    threshold = None
+    thr_info = None
+    if ds.task == "binary" and metric.name in evaluate.THRESHOLD_METRICS:
+        thr_info = threshold_check(p_val, y_val, metric.name, seed=cfg.runtime.seed)
+        threshold = thr_info["threshold"]
+    decision = {"temperature": cal["temperature"], "threshold": threshold, "metric": metric.name,
+                "positive_class": str(ds.classes[1]) if ds.task == "binary" else None, "fitted_on": source,
+                "temperature_check": cal, "threshold_check": thr_info}
+    bundle.save_decision(final.path, decision)
+    part = {"temperature": cal["temperature"], "kept": cal["kept"], "threshold": threshold, "fitted_on": source,
+            "val": cal, "threshold_check": thr_info}
+    if len(te):
+        fresh = bundle.load(final.path)
+        p_after = fresh.predict_output(rows(te))
+        fresh.decision = dict(bundle.NO_DECISION)
+        p_before = fresh.predict_output(rows(te))
+        y_te = ds.y[te]
+        keys = ("log_loss", "brier", "ece", "accuracy", metric.name)
+        part["test_before"] = {k: evaluate.score(k, y_te, p_before, ds.task) if k != "ece" else evaluate.ece(y_te, p_before)
+                               for k in dict.fromkeys(keys)}
+        final.metrics["test"] = evaluate.evaluate(y_te, p_after, ds.task, classes=list(ds.classes), threshold=threshold)
+        part["test_after"] = {k: final.metrics["test"].get(k) for k in dict.fromkeys(keys)}
+        part["test_after"]["ece"] = final.metrics["test"]["ece"]
+        prior = np.bincount(ds.y[np.setdiff1d(np.arange(len(ds.y)), np.concatenate([va, te]))], minlength=len(ds.classes))
+        prior = prior / max(1, prior.sum())
+        part["test_prior_log_loss"] = evaluate.score("log_loss", y_te, np.tile(np.clip(prior, 1e-15, 1), (len(te), 1)), ds.task)
+    final.metrics["calibration"] = part
+    m = read_json(final.path / "metrics.json")
+    write_json(final.path / "metrics.json", {**m, **{k: v for k, v in final.metrics.items() if k in ("test", "calibration")}})
+    return part

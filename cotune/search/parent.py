@@ -24,7 +24,7 @@ from typing import Callable
 from cotune.config import RunConfig, explicit, from_dict
 from cotune.errors import ConfigError, CotuneError, one_line
 from cotune.evaluate import primary_metric
-from cotune.search.ensemble import ensemble_choice, final_model
+from cotune.search.ensemble import decide, ensemble_choice, final_model
 from cotune.search.space import parse_budget, search_space, start_params
 from cotune.search.storage import import_optuna, open_study, storage_url
 from cotune.search.tracking import track_study
@@ -67,6 +67,7 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
     if cfg.data.split.val <= 0:
         raise ConfigError("A search ranks trials on the validation part: set data.split.val > 0 (e.g. 0.15).")
     ds = load_data(cfg)  # validates the source before anything is written
+    metric = primary_metric(ds.task, cfg.search.metric)  # what ranks the trials: the one source, recorded for the report
     space = search_space(cfg, fixed or explicit(cfg), ds.modality, ds.task)
     if resume and "space" in state:  # the study's own space: other defaults (a new version, no GPU here) would clash
         space = {k: tuple(v) for k, v in state["space"].items()}
@@ -80,7 +81,6 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
              "budget_s": budget, "elapsed": elapsed, "space": {k: list(v) for k, v in space.items()}}
     write_json(out / "fit.json", state)
     write_json(out / "config.json", cfg.to_dict())
-    metric = primary_metric(ds.task)  # what ranks the trials: the one source, recorded for the report
     state["metric"] = metric.to_dict()
     study, _, _ = open_study(url, name, cfg, space, metric)
     study.set_user_attr("out", str(out.resolve()))
@@ -119,6 +119,9 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
     importances(study, out)
     choice = ensemble_choice(cfg, study, done)
     final, how = final_model(cfg, best, choice, out, deadline)
+    calibration = decide(cfg, metric, best, choice, how, final)  # temperature and threshold, on held-out predictions
+    if calibration is not None:
+        how["calibration"] = {k: calibration.get(k) for k in ("temperature", "kept", "threshold", "skipped") if k in calibration}
     state["ensemble"] = None if choice is None else {k: v for k, v in choice.items() if k not in ("trials", "metrics")}
     state["final"] = how  # how the final model was made, for the report and the command's summary
     counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}

@@ -41,14 +41,16 @@ def parse_budget(text) -> float | None:
 def search_space(cfg: RunConfig, fixed: set[str], modality: str, task: str, cpu: bool | None = None) -> dict[str, tuple]:
     """{knob: choices or (low, high)} for every searchable knob not fixed by the user. Every value of
     search.space is checked first, so a bad one is a ConfigError before the first trial."""
+    from cotune.evaluate import primary_metric
     from cotune.models import searched_families  # torch: imported when a space is built, not with this module
     check_space(cfg.search.space)
+    ranked_by = primary_metric(task, cfg.search.metric).name
     if cpu is None:
         import torch
         cpu = cfg.runtime.device == "cpu" or (cfg.runtime.device == "auto" and not torch.cuda.is_available())
     space = {}
     for k in searchable():
-        if k.name in fixed or (k.tasks and task not in k.tasks):
+        if k.name in fixed or (k.tasks and task not in k.tasks) or ranked_by in k.unless_metric:
             continue
         named = k.name in cfg.search.space
         spec = tuple(cfg.search.space[k.name]) if named else k.search
