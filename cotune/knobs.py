@@ -101,7 +101,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("train.beta2", float, 0.999, "adam / adamw: second-moment decay", low=0.0, high=0.99999, search=(0.95, 0.9999), when=(("train.optimizer", ADAM_LIKE),)),
     _k("train.weight_decay", float, 1e-4, "weight decay: decoupled for adamw, L2 added to the gradient for the others", low=0.0, high=10.0, search=(1e-6, 1e-1), log=True),
     _k("train.l1", float, 0.0, "L1 penalty on weights, added to the loss (per weight, not averaged)", low=0.0, high=1.0, search=(1e-8, 1e-4), log=True),
-    _k("train.schedule", str, "cosine", "learning-rate schedule over all steps", choices=("constant", "step", "exponential", "cosine", "onecycle"), search=("constant", "cosine", "onecycle")),
+    _k("train.schedule", str, "cosine", "learning-rate schedule over all steps", choices=("constant", "step", "exponential", "cosine", "onecycle", "coslog4"), search=("constant", "cosine", "onecycle", "coslog4")),
     _k("train.warmup", float, 0.0, "linear warmup, as a fraction of all steps", low=0.0, high=0.5, search=(0.0, 0.2)),
     _k("train.step_every", int, 10, "step schedule: epochs between decays", low=1, high=100000),
     _k("train.gamma", float, 0.1, "step / exponential schedules: decay factor (step: per step_every epochs; exponential: over the whole run)", low=0.0, high=1.0, open_low=True),

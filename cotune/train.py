@@ -79,6 +79,8 @@ def get_lr(step: int, total: int, base: float, schedule: str, warmup: float, gam
         return base * gamma ** t
     if schedule == "cosine":
         return base * 0.5 * (1 + math.cos(math.pi * t))
+    if schedule == "coslog4":  # RealMLP's: four cosine cycles, each shorter than the last (log-spaced restarts)
+        return base * 0.5 * (1 - math.cos(2 * math.pi * math.log2(1 + 15 * t)))
     if schedule == "onecycle":  # rise from base/25 over 30%, then anneal to base/1e4 (as torch's OneCycleLR)
         lo, hi, end = base / 25, base, base / 1e4
         if t < 0.3:

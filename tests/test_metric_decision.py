@@ -167,3 +167,10 @@ def test_bad_metric_is_one_line_exit_2_nothing_written(tmp_path, data, metric, w
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0] and "Traceback" not in p.stderr
     assert not out.exists()
+
+
+def test_coslog4_schedule_restarts_four_times_and_ends_near_zero():
+    from cotune.train import get_lr
+    lrs = [get_lr(s, 1000, 1.0, "coslog4", 0.0, 0.1, 1) for s in range(1000)]
+    lows = [i for i in range(1, 999) if lrs[i] < lrs[i - 1] and lrs[i] <= lrs[i + 1]]
+    assert len(lows) == 3 and lrs[0] == 0.0 and max(lrs) == pytest.approx(1.0, abs=1e-3) and lrs[-1] < 0.01

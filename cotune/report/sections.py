@@ -15,7 +15,9 @@ METRICS = {  # name -> what it means, in the order shown
     "recall_macro": "recall averaged over classes",
     "f1_weighted": "F1 averaged over classes, weighted by support",
     "roc_auc": "ranking quality of the probabilities (1 = perfect)",
+    "f1": "F1 of the second class (binary)",
     "log_loss": "cross-entropy of the probabilities (lower is better)",
+    "brier": "squared error of the probabilities (lower is better)",
     "ece": "expected calibration error: confidence vs accuracy gap (lower is better)",
     "rmse": "root mean squared error (lower is better)",
     "mae": "mean absolute error (lower is better)",
@@ -92,6 +94,7 @@ def quality(page: Page, L: Loaded) -> None:
     if not isinstance(test, dict):
         return
     src = f"{L.run.prefix}metrics.json" if get(metrics, "test") else "fit.json"
+    _calibration(sec, get(metrics, "calibration"), src)
     cm = test.get("confusion_matrix")
     if isinstance(cm, list) and cm and all(isinstance(r, list) for r in cm):
         sec.plot(f"The confusion matrix ({src})", charts.confusion, cm, class_labels(test, len(cm)))
@@ -105,6 +108,44 @@ def quality(page: Page, L: Loaded) -> None:
         sec.plot(f"The reliability diagram ({src})", charts.reliability, cal, number(test.get("ece")))
     if isinstance(test.get("residual_quantiles"), dict):
         sec.plot(f"The residuals chart ({src})", charts.residuals, test["residual_quantiles"])
+
+
+def _calibration(sec, cal, src: str) -> None:
+    """The temperature and threshold of the final classifier, and its test probabilities before and after."""
+    if not isinstance(cal, dict):
+        return
+    if cal.get("skipped"):
+        sec.p(f"Calibration: {cal['skipped']}.")
+        return
+    v = get(cal, "val", default={}) or {}
+    t = number(cal.get("temperature"))
+    if cal.get("kept"):
+        sec.p(f"The probabilities are calibrated by temperature scaling: T = {fmt(t)}, fitted on the validation "
+              f"predictions of {cal.get('fitted_on', 'the search-trained model')} ({fmt(v.get('rows'))} rows), kept because "
+              f"it lowered the cross-fitted validation log loss from {fmt(v.get('val_log_loss'))} to "
+              f"{fmt(v.get('val_log_loss_cross_fitted'))}.")
+    else:
+        sec.p(f"Temperature scaling was tried on the validation predictions and not kept: it did not lower the "
+              f"cross-fitted validation log loss ({fmt(v.get('val_log_loss_cross_fitted'))} against "
+              f"{fmt(v.get('val_log_loss'))} without it).")
+    thr = cal.get("threshold_check")
+    if isinstance(thr, dict):
+        if thr.get("kept"):
+            sec.p(f"The decision threshold on the second class's probability is {fmt(number(thr.get('threshold')))} "
+                  f"(tuned for {thr.get('metric')} on validation: {fmt(thr.get('val_at_threshold'))} against "
+                  f"{fmt(thr.get('val_at_argmax'))} at 0.5); `predict` applies it, the probabilities are unchanged by it.")
+        else:
+            sec.p(f"A decision threshold tuned for {thr.get('metric')} did not beat 0.5 on held-out validation rows "
+                  f"(cross-fitted {fmt(thr.get('val_cross_fitted'))} against {fmt(thr.get('val_at_argmax'))}): predict uses the most probable class.")
+    before, after = get(cal, "test_before"), get(cal, "test_after")
+    if isinstance(before, dict) and isinstance(after, dict):
+        names = [k for k in ("log_loss", "brier", "ece") if k in before]
+        rows = [[k, Cell(fmt(before.get(k)), "num"), Cell(fmt(after.get(k)), "num"), METRICS.get(k, "")] for k in names]
+        prior = number(cal.get("test_prior_log_loss"))
+        if prior is not None:
+            rows.append(["log_loss of the class frequencies", Cell(fmt(prior), "num"), Cell(fmt(prior), "num"),
+                         "always predicting the training part's class shares: a model should do better"])
+        sec.table(["test", "before", "after", "what it means"], rows, caption=f"Calibration on test ({src})", cls="metrics")
 
 
 # ---------------------------------------------------------------------------------------------
