@@ -115,7 +115,12 @@ def make_optimizer(model: torch.nn.Module, cfg, fused: bool = False) -> torch.op
 
 
 def compute_loss(out: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, loss: str, cfg) -> torch.Tensor:
-    """Mean loss over the batch, weighted per sample when w is given. out: (B, K) or (B, 1)."""
+    """Mean loss over the batch, weighted per sample when w is given. out: (B, K) or (B, 1), or (B, k, K)
+    from an ensemble model in training mode: the mean of its k members' losses (each scored on y)."""
+    if out.dim() == 3:
+        k = out.shape[1]
+        out, y = out.reshape(-1, out.shape[2]), y.repeat_interleave(k)
+        w = None if w is None else w.repeat_interleave(k)
     if loss == "cross_entropy" and w is None:  # the common case in one kernel
         return F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
     if loss == "cross_entropy":
@@ -271,7 +276,7 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
                 if augment is not None:
                     xb, yb2, lam = augment(xb, yb)
                 with runtime.autocast():
-                    out = net(xb).float()  # (B, K)
+                    out = net(xb).float()  # (B, K), or (B, k, K) from an ensemble model
                 loss = compute_loss(out, yb, wb, loss_name, cfg)
                 if yb2 is not None:  # mixup / cutmix: the loss mixes both label sets
                     loss = lam * loss + (1 - lam) * compute_loss(out, yb2, wb, loss_name, cfg)

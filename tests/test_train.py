@@ -48,6 +48,51 @@ def test_focal_with_gamma_zero_is_cross_entropy_and_weights_apply():
     assert compute_loss(out, y, w, "cross_entropy", cfg) == pytest.approx(torch.nn.functional.cross_entropy(out[:1], y[:1]).item())
 
 
+def test_a_3d_output_is_the_mean_of_its_members_losses():
+    """(B, k, K) from an ensemble model in training mode: the mean of the k members' losses, weighted or not,
+    for every loss."""
+    g = torch.Generator().manual_seed(0)
+    out, y = torch.randn(16, 4, 3, generator=g), torch.randint(0, 3, (16,), generator=g)
+    w = torch.rand(16, generator=g)
+    cfg = TrainConfig(label_smoothing=0.1)
+    for loss in ("cross_entropy", "focal"):
+        for wb in (None, w):
+            each = [compute_loss(out[:, m], y, wb, loss, cfg) for m in range(4)]
+            assert compute_loss(out, y, wb, loss, cfg).item() == pytest.approx(torch.stack(each).mean().item(), rel=1e-6)
+    yr = torch.randn(16, generator=g)
+    for loss in ("mse", "huber"):
+        for wb in (None, w):
+            each = [compute_loss(out[:, m, :1], yr, wb, loss, cfg) for m in range(4)]
+            assert compute_loss(out[..., :1], yr, wb, loss, cfg).item() == pytest.approx(torch.stack(each).mean().item(), rel=1e-6)
+
+
+def test_an_ensemble_mlp_trains():
+    """train() with a k-member mlp: its training output is (B, k, K), its loss decreases, validation sees
+    the averaged (B, K) output; mixup (two label sets) works on it too."""
+    tr, va = blobs()
+
+    def mix(x, y):
+        perm = torch.randperm(x.shape[0])
+        return 0.7 * x + 0.3 * x[perm], y[perm], 0.7
+
+    for augment in (None, mix):
+        torch.manual_seed(0)
+        model = create_model("mlp", (6,), 3, width=32, depth=2, dropout=0.1, ensemble=4, norm="batch")
+        cfg = TrainConfig(lr=3e-3, epochs=8, batch_size=32, patience=0)
+        res = train(model, tr, va, cfg, RT, task="multiclass", augment=augment)
+        assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+        assert res.history[res.best_epoch - 1]["val_accuracy"] > 0.8
+        with torch.no_grad():
+            assert model.eval()(va.X).shape == (len(va), 3)
+    g = np.random.default_rng(0)
+    X = g.normal(size=(200, 4)).astype(np.float32)
+    yr = (X @ np.array([1.0, -2.0, 0.5, 0.0]) + 0.1 * g.normal(size=200)).astype(np.float32)
+    res = train(create_model("mlp", (4,), 1, dropout=0.0, ensemble=3), TensorData.from_numpy(X[:150], yr[:150]),
+                TensorData.from_numpy(X[150:], yr[150:]), TrainConfig(epochs=30, lr=1e-2, patience=0), RT, task="regression")
+    assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+    assert res.history[res.best_epoch - 1]["val_rmse"] < 0.6
+
+
 @pytest.mark.parametrize("opt", ["sgd", "rmsprop", "adagrad", "adam", "adamw"])
 def test_every_optimizer_learns(opt):
     tr, va = blobs()

@@ -1,6 +1,7 @@
 """1-D CNN for sequences (C, L); tabular (F,) is read as (1, F). Knobs: width (channels), depth (conv
 layers), kernel_size (first layer; later layers use 3), dropout, norm, activation, pool ('auto' or
-'mean' = global average pool, 'flatten' = flatten all positions). Ignored: bidirectional, heads.
+'mean' = global average pool, 'flatten' = flatten all positions). Ignored: bidirectional, heads and the
+mlp-only num_embedding, embedding_dim, ensemble.
 
 'auto' is mean pooling so that the parameter count always grows with depth: with 'flatten' each extra
 stride-2 layer halves the linear head (the MNIST-1D paper CNN, width 25, loses params going from

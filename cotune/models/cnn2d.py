@@ -2,7 +2,7 @@
 8 * width), depth (residual stages; stage i > 0 halves H and W), dropout (before the head), norm
 ('batch' = BatchNorm2d, 'layer' = GroupNorm(1, C), 'none' = no norm layers), activation, pool ('auto'
 or 'mean' = global average pool, 'flatten' = flatten the final feature map). Ignored: kernel_size
-(convs are 3x3), bidirectional, heads."""
+(convs are 3x3), bidirectional, heads and the mlp-only num_embedding, embedding_dim, ensemble."""
 from __future__ import annotations
 
 import torch

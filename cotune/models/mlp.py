@@ -1,5 +1,21 @@
 """MLP on the flattened input. Knobs: width, depth (0 = linear / logistic model), dropout, norm,
-activation. Ignored: kernel_size, pool, bidirectional, heads."""
+activation, ensemble, and on tables with a layout num_embedding and embedding_dim. Ignored:
+kernel_size, pool, bidirectional, heads.
+
+With a table layout (see registry.check_layout) the embedded categoricals go through embeddings of
+`embedding_dim` each and, with num_embedding 'periodic' or 'piecewise', so do the numeric columns
+(cotune.models.embeddings); the one-hot columns go in as they are. Without a layout, or when there is
+nothing to embed, the model is the plain MLP on the flat input (the same parameters and state_dict keys).
+
+ensemble = k > 1 is a parameter-efficient ensemble (TabM-mini, Gorishniy et al. 2024, in BatchEnsemble
+style): the first layer's input is copied k times and member m scales its copy elementwise by its own
+trainable vector r_m, initialised with random signs +-1 as TabM-mini does (so the members differ from the
+first step on while every copy keeps its scale); the hidden layers are shared by all k copies and each
+member has its own output head. In training mode the output is (B, k, out_dim), one prediction per member
+(the training loss averages their losses); in eval mode it is (B, out_dim): the members' mean for
+out_dim 1 (regression), else log of the mean of their softmax probabilities, so a softmax of the output is
+the ensemble's averaged probabilities.
+"""
 from __future__ import annotations
 
 import math
@@ -7,16 +23,24 @@ import math
 import torch
 import torch.nn as nn
 
+from cotune.models.embeddings import EnsembleHead, table_input
 from cotune.models.registry import act_layer, check_knobs, register_model
 
 
 class MLP(nn.Module):
-    """`depth` x [Linear(width) -> norm -> act -> dropout], then Linear(out_dim)."""
+    """[table input ->] [x r_m per member ->] `depth` x [Linear(width) -> norm -> act -> dropout], then
+    Linear(out_dim), one per member with an ensemble."""
 
     def __init__(self, in_shape: tuple, out_dim: int, width: int, depth: int, dropout: float,
-                 norm: str, activation: str):
+                 norm: str, activation: str, layout: dict | None = None, num_embedding: str = "none",
+                 embedding_dim: int = 8, ensemble: int = 1):
         super().__init__()
-        layers, d = [nn.Flatten()], math.prod(in_shape)
+        self.embed = table_input(layout, num_embedding, embedding_dim)  # None: the plain flat input
+        d = math.prod(in_shape) if self.embed is None else self.embed.out_features
+        self.k = ensemble
+        if ensemble > 1:
+            self.adapter = nn.Parameter(torch.randint(0, 2, (ensemble, d)).float() * 2 - 1)  # r_m: random signs
+        layers = [nn.Flatten()]
         for _ in range(depth):
             layers.append(nn.Linear(d, width))
             if norm != "none":
@@ -25,18 +49,37 @@ class MLP(nn.Module):
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             d = width
-        layers.append(nn.Linear(d, out_dim))
+        if ensemble > 1:
+            self.head = EnsembleHead(ensemble, d, out_dim)
+        else:
+            layers.append(nn.Linear(d, out_dim))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, *in_shape) -> (B, out_dim)
-        return self.net(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, *in_shape) -> (B, out_dim); an ensemble in training mode: (B, k, out_dim)."""
+        h = x if self.embed is None else self.embed(x.flatten(1))
+        if self.k == 1:
+            return self.net(h)
+        h = h.flatten(1)
+        b = h.shape[0]
+        h = (h[:, None, :] * self.adapter).reshape(b * self.k, h.shape[1])  # member m's copy, scaled by r_m
+        h = self.net(h)  # the shared layers see all k copies
+        z = self.head(h.reshape(b, self.k, h.shape[-1]))  # (B, k, out_dim)
+        if self.training:
+            return z
+        if z.shape[-1] == 1:
+            return z.mean(1)
+        return torch.logsumexp(torch.log_softmax(z, -1), dim=1) - math.log(self.k)
 
 
-@register_model(modalities=("tabular", "sequence", "image"), searched=("tabular", "sequence", "image"))
+@register_model(modalities=("tabular", "sequence", "image"), searched=("tabular", "sequence", "image"),
+                table_layout=True)
 def mlp(in_shape: tuple, out_dim: int, **knobs) -> nn.Module:
     """Multilayer perceptron on the flattened input (depth 0 = linear model)."""
     k = check_knobs("mlp", in_shape, knobs, min_depth=0)
-    return MLP(tuple(in_shape), out_dim, k["width"], k["depth"], k["dropout"], k["norm"], k["activation"])
+    return MLP(tuple(in_shape), out_dim, k["width"], k["depth"], k["dropout"], k["norm"], k["activation"],
+               layout=k["layout"], num_embedding=k["num_embedding"], embedding_dim=k["embedding_dim"],
+               ensemble=k["ensemble"])
 
 
 @register_model

@@ -3,7 +3,8 @@ timesteps of 1 feature; an image (C, H, W) as H timesteps (rows) of C*W features
 size), depth (stacked layers), bidirectional, dropout (between layers and on the pooled features), pool
 ('auto' or 'last' = last timestep, for bidirectional the final forward state concatenated with the
 backward state at t=0; 'mean' = mean over time; 'flatten' = all timesteps' outputs). Ignored: norm,
-activation (the gates fix their own), kernel_size, heads."""
+activation (the gates fix their own), kernel_size, heads and the mlp-only num_embedding, embedding_dim,
+ensemble."""
 from __future__ import annotations
 
 import torch

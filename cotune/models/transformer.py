@@ -4,7 +4,8 @@ image (C, H, W) -> H row tokens, Linear(C*W -> width). A CLS token is prepended 
 positional embedding added. Knobs: width (d_model; feed-forward is 2*width), depth (encoder layers),
 heads (reduced to the largest divisor of width that is <= heads), dropout, activation, pool ('auto' =
 CLS token, 'mean' = mean of the non-CLS tokens, 'last' = last token, 'flatten' = all tokens). Layers
-are pre-norm with a final LayerNorm. Ignored: norm (always LayerNorm), kernel_size, bidirectional."""
+are pre-norm with a final LayerNorm. Ignored: norm (always LayerNorm), kernel_size, bidirectional and
+the mlp-only num_embedding, embedding_dim, ensemble."""
 from __future__ import annotations
 
 import torch

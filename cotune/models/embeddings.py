@@ -1,0 +1,148 @@
+"""Layers the mlp family uses on tables: the input of a table layout (categorical embeddings and numeric
+feature embeddings, periodic or piecewise-linear) and the batched head of a parameter-efficient ensemble.
+
+Every per-feature (or per-member) linear layer is one einsum over a stacked weight, never a Python loop.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+
+def _uniform(shape: tuple, fan_in: int) -> nn.Parameter:
+    """nn.Linear's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1 / math.sqrt(fan_in)
+    return nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+
+
+class NLinear(nn.Module):
+    """n independent Linear(d_in -> d_out), one per feature: (B, n, d_in) -> (B, n, d_out)."""
+
+    def __init__(self, n: int, d_in: int, d_out: int):
+        super().__init__()
+        self.weight = _uniform((n, d_in, d_out), d_in)
+        self.bias = _uniform((n, d_out), d_in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bni,nio->bno", x, self.weight) + self.bias
+
+
+class PeriodicEmbedding(nn.Module):
+    """PLR embeddings (Gorishniy et al. 2022; RTDL's PeriodicEmbeddings, lite=False): per feature j,
+    trainable frequencies w_j (16 of them, initialised N(0, sigma) truncated at 3 sigma), the features
+    [cos(2 pi w_j x_j), sin(2 pi w_j x_j)], then a per-feature Linear(32 -> d) and ReLU.
+    (B, n) -> (B, n, d)."""
+
+    def __init__(self, n: int, d: int, n_frequencies: int = 16, sigma: float = 0.1):
+        super().__init__()
+        self.frequencies = nn.Parameter(nn.init.trunc_normal_(torch.empty(n, n_frequencies), 0.0, sigma,
+                                                              -3 * sigma, 3 * sigma))
+        self.linear = NLinear(n, 2 * n_frequencies, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = 2 * math.pi * self.frequencies * x[..., None]  # (B, n, 16)
+        return torch.relu(self.linear(torch.cat([torch.cos(v), torch.sin(v)], -1)))
+
+
+class PiecewiseLinearEmbedding(nn.Module):
+    """Piecewise-linear encoding (PLE, Gorishniy et al. 2022) on given bin edges, then a per-feature
+    Linear(T_max -> d) and ReLU. (B, n) -> (B, n, d).
+
+    Bin t of a feature, edges [e_{t-1}, e_t], encodes (x - e_{t-1}) / (e_t - e_{t-1}) clamped to [0, 1],
+    except that the first bin is not clamped below and the last not above (a one-bin feature: not at all).
+    Features with fewer bins than T_max are padded with masked (always 0) bins. The edges (padded) and
+    the mask are buffers, so they are saved with the weights."""
+
+    def __init__(self, bins: list, d: int):
+        super().__init__()
+        n, t_max = len(bins), max(len(e) - 1 for e in bins)
+        edges, mask = torch.zeros(n, t_max + 1), torch.zeros(n, t_max)
+        for j, e in enumerate(bins):
+            t = len(e) - 1
+            edges[j, :t + 1] = torch.tensor(e, dtype=torch.float32)
+            edges[j, t + 1:] = e[-1] + torch.arange(1, t_max - t + 1, dtype=torch.float32)  # width-1 padding
+            mask[j, :t] = 1.0
+        self.register_buffer("edges", edges)   # (n, T_max + 1)
+        self.register_buffer("bin_mask", mask)  # (n, T_max): 1 for a real bin
+        self.linear = NLinear(n, t_max, d)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, n) -> (B, n, T_max): the encoding itself, before the linear layer."""
+        left, right = self.edges[:, :-1], self.edges[:, 1:]
+        r = (x[..., None] - left) / (right - left)
+        t = torch.arange(left.shape[1], device=x.device)
+        last = self.bin_mask.sum(1, keepdim=True) - 1  # (n, 1): each feature's last real bin
+        inf = torch.tensor(math.inf, device=x.device, dtype=r.dtype)
+        lo = torch.where(t == 0, -inf, torch.zeros_like(inf)).expand_as(left)
+        hi = torch.where(t == last, inf, torch.ones_like(inf))
+        return torch.clamp(r, lo, hi) * self.bin_mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.linear(self.encode(x)))
+
+
+class CategoricalEmbedding(nn.Module):
+    """One embedding table of c_i rows per categorical column i (stored as one table with row offsets, so
+    the lookup is one kernel), initialised U(-1/sqrt(d), 1/sqrt(d)) as RTDL's. Codes arrive as floats:
+    they are rounded and clamped to 0..c_i-1 (mixup can blend two codes). (B, n_cat) -> (B, n_cat, d)."""
+
+    def __init__(self, cardinalities: list, d: int):
+        super().__init__()
+        cards = torch.tensor(cardinalities, dtype=torch.long)
+        self.register_buffer("offsets", torch.cumsum(cards, 0) - cards, persistent=False)
+        self.register_buffer("max_code", cards - 1, persistent=False)
+        self.embedding = nn.Embedding(int(cards.sum()), d)
+        bound = 1 / math.sqrt(d)
+        nn.init.uniform_(self.embedding.weight, -bound, bound)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        idx = torch.minimum(torch.nan_to_num(codes).round().long().clamp(min=0), self.max_code)
+        return self.embedding(idx + self.offsets)
+
+
+class TableInput(nn.Module):
+    """The first layer's input from a table laid out as numeric | one-hot | categorical-code columns:
+    the numeric columns as they are or embedded, the one-hot columns as they are, then the categorical
+    embeddings, flattened. (B, F) -> (B, out_features)."""
+
+    def __init__(self, layout: dict, num_embedding: str, d: int):
+        super().__init__()
+        n, self.n_num, self.n_hot = layout["numeric"], layout["numeric"], layout["onehot"]
+        cards = layout["cardinalities"]
+        self.num = (PeriodicEmbedding(n, d) if num_embedding == "periodic" else
+                    PiecewiseLinearEmbedding(layout["bins"], d) if num_embedding == "piecewise" else None)
+        self.cat = CategoricalEmbedding(cards, d) if cards else None
+        self.out_features = (n * d if self.num is not None else n) + self.n_hot + len(cards) * d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        split = self.n_num + self.n_hot
+        num, hot = x[:, :self.n_num], x[:, self.n_num:split]
+        parts = [num if self.num is None else self.num(num).flatten(1), hot]
+        if self.cat is not None:
+            parts.append(self.cat(x[:, split:]).flatten(1))
+        return torch.cat(parts, 1)
+
+
+def table_input(layout: dict | None, num_embedding: str, d: int) -> TableInput | None:
+    """The input layer a layout asks for, or None when the plain flat input is the same thing (no layout,
+    no embedded categoricals and no numeric embedding to apply)."""
+    if layout is None:
+        return None
+    num_embedding = num_embedding if layout["numeric"] else "none"
+    if num_embedding == "none" and not layout["cardinalities"]:
+        return None
+    return TableInput(layout, num_embedding, d)
+
+
+class EnsembleHead(nn.Module):
+    """k independent Linear(d_in -> out_dim) heads, one per ensemble member: (B, k, d_in) -> (B, k, out_dim)."""
+
+    def __init__(self, k: int, d_in: int, out_dim: int):
+        super().__init__()
+        self.weight = _uniform((k, d_in, out_dim), d_in)
+        self.bias = _uniform((k, out_dim), d_in)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bki,kio->bko", h, self.weight) + self.bias
