@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from cotune.data.preprocess import Preprocessor
+from cotune.data.preprocess import Preprocessor, TargetTransform
 from cotune.errors import BundleError, CotuneError, DataError, one_line
 from cotune.models import create_model
 from cotune.runtime import Runtime
@@ -52,9 +52,12 @@ class Spec:
     y_std: float = 1.0
     meta: dict = field(default_factory=dict)  # the source's description (image size and mode, mnist1d generator)
     n_params: int = 0
+    target_transform: dict | None = None  # regression: TargetTransform.to_dict(); None = y_mean / y_std alone
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if d["target_transform"] is None:  # classification: model.json as before the field existed
+            del d["target_transform"]
         return d | {"in_shape": list(self.in_shape), "raw_shape": list(self.raw_shape), "classes": list(self.classes)}
 
     @classmethod
@@ -74,6 +77,8 @@ def predictions(outputs: torch.Tensor, spec: Spec) -> np.ndarray:
     ensemble member go through it, so a calibration temperature or class thresholds hook in here."""
     outputs = outputs.cpu()
     if spec.task == "regression":
+        if spec.target_transform is not None:
+            return TargetTransform.from_dict(spec.target_transform).inverse(outputs.squeeze(-1).numpy())
         return outputs.squeeze(-1).numpy() * spec.y_std + spec.y_mean
     return torch.softmax(outputs, -1).numpy()
 

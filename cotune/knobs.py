@@ -6,9 +6,10 @@ report all read this table; nothing else declares a knob. Units go in the help t
 A knob with `search` set is searchable: a (low, high) range for numbers (log-scaled when
 `log=True`) or a tuple of choices. `when` makes it conditional: it is only searched when the
 named knob holds one of the listed values (momentum only for SGD-like optimizers, ...).
-`tasks` limits it to some tasks (label cleaning only for classification); `choice_modalities`
-limits single choices to some modalities (SMOTE only for tables); `unless_metric` leaves it out
-under some ranking metrics (label smoothing distorts the probabilities that log loss and AUC score). An empty `search` means the
+`tasks` limits it to some tasks (label cleaning only for classification); `modalities` limits it
+to some modalities (numeric scaling only for tables); `choice_modalities` limits single choices
+to some modalities (SMOTE only for tables); `unless_metric` leaves it out under some ranking
+metrics (label smoothing distorts the probabilities that log loss and AUC score). An empty `search` means the
 choices are not declared here: model.family's are the registered families that fit the data
 (cotune.models declares them per family; the search space fills them in).
 """
@@ -33,6 +34,7 @@ class Knob:
     log: bool = False             # search on a log scale
     when: tuple = ()              # ((knob name, (values...)), ...): searched only under these conditions
     tasks: tuple = ()             # searched only for these tasks (empty: every task)
+    modalities: tuple = ()        # searched only on these modalities (empty: every modality)
     choice_modalities: tuple = ()  # ((choice, (modalities...)), ...): that choice searched only on these
     unless_metric: tuple = ()     # not searched when search.metric is one of these
 
@@ -81,6 +83,10 @@ KNOBS: tuple[Knob, ...] = (
       for op, where in (("flip", "images"), ("crop", "images"), ("cutout", "images"), ("affine", "images"), ("cutmix", "images"),
                         ("mixup", "images and tables"), ("shift", "sequences"), ("scale", "sequences"), ("jitter", "sequences"),
                         ("mask", "sequences"), ("noise", "tables"))),
+    # ---- data: preprocessing, fitted on the training part only
+    _k("data.numeric", str, "standard", "tables: numeric column scaling after median imputation: standard ((x - mean) / std), robust (median / IQR, then smoothly clipped into (-3, 3)) or quantile (to a normal distribution)", choices=("standard", "robust", "quantile"), search=("standard", "robust", "quantile"), modalities=("tabular",)),
+    _k("data.embed_above", int, 8, "tables, for model families that read the column layout: a categorical column with more than this many kept categories becomes one integer-code column (a learned embedding) instead of one-hot columns", low=1, high=1_000_000, modalities=("tabular",)),
+    _k("data.target_transform", str, "standard", "regression: what the model learns of the target: standard ((y - mean) / std), log (log1p of the target shifted to >= 0, standardized) or quantile (to a normal distribution, standardized); predictions come back in target units", choices=("standard", "log", "quantile"), search=("standard", "log", "quantile"), tasks=("regression",)),
     # ---- model: one family, one size (width x depth)
     _k("model.family", str, "mlp", "model family from the registry (`cotune models`)", search=()),
     _k("model.width", int, 64, "hidden units / channels per layer: the size knob", low=1, high=8192, search=(16, 256), log=True),

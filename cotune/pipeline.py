@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 from cotune import bundle, evaluate
+from cotune import models as model_registry
 from cotune.config import RunConfig, from_dict
 from cotune.data import sources
 from cotune.data.batches import TensorData
-from cotune.data.preprocess import Preprocessor
+from cotune.data.preprocess import Preprocessor, TargetTransform
 from cotune.data.audit import audit, list_checks
 from cotune.data.augment import make_augment, numeric_mask
 from cotune.data.balance import balance_train
@@ -89,7 +90,7 @@ def _source_args(d) -> dict:
 class TrainingSet:
     """What the model trains on, after split, fraction, cleaning, preprocessing and balancing."""
     X: np.ndarray                   # (N, *in_shape) float32, preprocessed, for ALL rows of the dataset
-    y: np.ndarray                   # (N,) targets of all rows (standardized for regression)
+    y: np.ndarray                   # (N,) targets of all rows (regression: through `target`)
     train_X: np.ndarray             # training rows (after clean / balance / SMOTE)
     train_y: np.ndarray
     weights: np.ndarray | None      # per training row loss weights
@@ -97,11 +98,22 @@ class TrainingSet:
     val: np.ndarray                 # dataset rows
     test: np.ndarray
     pre: Preprocessor
-    y_mean: float
-    y_std: float
+    y_mean: float                   # regression: the standardization of the transformed target (y_std
+    y_std: float                    # multiplies the model's outputs); 0 / 1 for classification
     loss: str | None                # balance='focal' sets the loss
     report: object | None           # the AuditReport when cleaning needed one
     summary: dict                   # what was done to the data, for metrics.json and the report
+    target: TargetTransform | None = None  # regression: targets -> what the model learns, and back
+
+
+def takes_layout(family: str) -> bool:
+    """Whether the model family reads the table's column layout (embedded categoricals, numeric bins)."""
+    return model_registry.takes_layout(family)
+
+
+def make_preprocessor(cfg: RunConfig) -> Preprocessor:
+    """The (unfitted) Preprocessor of a run's data and model knobs."""
+    return Preprocessor(numeric=cfg.data.numeric, embed_above=cfg.data.embed_above, embed=takes_layout(cfg.model.family))
 
 
 def prepare(cfg: RunConfig, ds, merge_val: bool = False) -> TrainingSet:
@@ -119,31 +131,34 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False) -> TrainingSet:
     need = needed_checks(**opts) & set(list_checks(ds))  # e.g. no conflicting-label check for regression
     report = audit(ds, tr, va, te, checks=sorted(need), seed=d.split.seed) if need else None
     cleaned = clean_train(tr, ds.y, report, **opts)
-    pre = Preprocessor().fit(ds, cleaned.idx)
+    pre = make_preprocessor(cfg).fit(ds, cleaned.idx)
     X = pre.transform(ds.X)  # (N, *in_shape) float32
-    regression = ds.task == "regression"
-    y_mean = float(cleaned.y_train.mean()) if regression else 0.0
-    y_std = float(cleaned.y_train.std() or 1.0) if regression else 1.0
-    scale = (lambda v: ((v - y_mean) / y_std).astype(np.float32)) if regression else (lambda v: v)  # noqa: E731
+    target = TargetTransform(d.target_transform).fit(cleaned.y_train) if ds.task == "regression" else None
+    y_mean, y_std = (target.mean, target.std) if target is not None else (0.0, 1.0)
+    scale = target.transform if target is not None else (lambda v: v)  # noqa: E731
     bal = balance_train(cleaned.idx, cleaned.y_train, d.balance, n_classes=ds.n_classes, seed=d.split.seed,
                         X_train=X[cleaned.idx], is_tabular=ds.modality == "tabular")
     train_X, train_y = X[cleaned.idx][bal.pos], bal.y
     if bal.X_extra is not None and len(bal.X_extra):
-        train_X = np.concatenate([train_X, bal.X_extra.astype(np.float32)])
+        extra = bal.X_extra.astype(np.float32)
+        codes = len(pre.layout_["cardinalities"]) if pre.layout_ else 0
+        if codes:  # SMOTE interpolated the embedded code columns (the last ones): back to whole codes
+            extra[:, -codes:] = np.round(extra[:, -codes:])
+        train_X = np.concatenate([train_X, extra])
         train_y = np.concatenate([train_y, bal.y_extra.astype(train_y.dtype)])
     summary = {"rows": {"train_split": n_split, "train_fraction": len(tr), "train_clean": len(cleaned.idx),
                         "train_used": len(train_y), "val": len(va), "test": len(te)},
                "fraction": d.fraction, "clean": cleaned.to_dict(), "balance": {"method": d.balance, **bal.to_dict()}}
     return TrainingSet(X=X, y=scale(ds.y), train_X=train_X, train_y=scale(train_y), weights=bal.weights,
                        sampling=bal.sampling_weights, val=va, test=te, pre=pre, y_mean=y_mean, y_std=y_std,
-                       loss=bal.loss, report=report, summary=summary)
+                       loss=bal.loss, report=report, summary=summary, target=target)
 
 
 def model_shapes(cfg: RunConfig) -> tuple[tuple, int]:
     """(in_shape, out_dim) of the model `run(cfg)` builds: to size models without training them."""
     ds = load_data(cfg)
     tr, _, _ = split_indices(ds, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed)
-    return tuple(Preprocessor().fit(ds, tr).in_shape_), 1 if ds.task == "regression" else ds.n_classes
+    return tuple(make_preprocessor(cfg).fit(ds, tr).in_shape_), 1 if ds.task == "regression" else ds.n_classes
 
 
 def audit_data(cfg: RunConfig, checks=None):
@@ -185,6 +200,8 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
     # ---- model
     out_dim = 1 if regression else ds.n_classes
     kwargs = cfg.model.model_dump(exclude={"family"})
+    if data.pre.layout_ is not None and takes_layout(cfg.model.family):
+        kwargs["layout"] = data.pre.layout_  # in model.json's kwargs too, so the bundle rebuilds the same model
     model = create_model(cfg.model.family, data.pre.in_shape_, out_dim, **kwargs)
     check_config(train_cfg, ds.task)
     ranking = evaluate.primary_metric(ds.task, cfg.search.metric)  # a metric that does not fit the task: ConfigError
@@ -215,7 +232,8 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
     try:
         result = train(model, train_data, val_data, train_cfg, rt, task=ds.task, seed=cfg.runtime.seed, y_scale=data.y_std,
                        augment=augment, sampling_weights=sampling, on_eval=log_and_forward, checkpoint_dir=out if checkpoint else None, resume=resume,
-                       progress=show, monitor=monitor, ranking=ranking)
+                       progress=show, monitor=monitor, ranking=ranking,
+                       inverse=data.target.inverse if data.target is not None else None)
     except CotuneError:
         if not resume:
             shutil.rmtree(out, ignore_errors=True)  # a run that cannot train leaves nothing behind
@@ -227,7 +245,7 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
                        task=ds.task, classes=list(ds.classes), target=ds.target, modality=ds.modality,
                        columns=list(ds.X.columns) if ds.modality == "tabular" else None,
                        raw_shape=tuple(ds.feature_shape), y_mean=data.y_mean, y_std=data.y_std, meta=ds.meta,
-                       n_params=n_params)
+                       n_params=n_params, target_transform=data.target.to_dict() if data.target is not None else None)
     metrics = {}
     for part, idx in (("val", va), ("test", data.test)):
         if len(idx):

@@ -78,7 +78,7 @@ def test_search_facts_name_real_tasks_choices_and_modalities():
     modalities = set(BY_NAME["data.modality"].choices) - {"auto"}
     assert [k.name for k in searchable() if not k.search] == ["model.family"]  # its choices: the model registry's
     for k in KNOBS:
-        assert set(k.tasks) <= tasks, k.name
+        assert set(k.tasks) <= tasks and set(k.modalities) <= modalities, k.name
         assert not (k.tasks or k.choice_modalities) or k.search is not None, k.name
         for choice, mods in k.choice_modalities:
             assert choice in k.choices and mods and set(mods) <= modalities, k.name

@@ -95,7 +95,7 @@ def pick(space: dict, **chosen) -> dict:
 
 def test_space_holds_every_searchable_knob_the_user_did_not_set():
     cfg, space = space_of(["train.lr=0.01", "model.norm=layer"])
-    expected = {k.name for k in searchable()} - {"train.lr", "model.norm"}
+    expected = {k.name for k in searchable() if "multiclass" in (k.tasks or ("multiclass",))} - {"train.lr", "model.norm"}
     assert set(space) == expected
     for name, spec in space.items():
         k = BY_NAME[name]
@@ -158,6 +158,8 @@ FAMILIES_FOR = {"tabular": ("mlp", "transformer"), "image": ("mlp", "cnn2d"),
 FAMILIES_FOR_CPU = {"tabular": ("mlp",), "image": ("mlp", "cnn2d"), "sequence": ("mlp", "cnn1d")}
 CLASSIFICATION_ONLY = ("data.balance", "data.clean.label_issues", "data.clean.label_threshold", "train.label_smoothing",
                        "train.focal_gamma")
+REGRESSION_ONLY = ("data.target_transform",)
+TABULAR_ONLY = ("data.numeric",)
 
 
 @pytest.mark.parametrize("modality", ["tabular", "image", "sequence"])
@@ -178,13 +180,21 @@ def test_families_searched_come_from_the_registry(modality):
 
 
 def test_regression_drops_classification_only_knobs():
-    assert {k.name for k in searchable() if k.tasks} == set(CLASSIFICATION_ONLY)
+    assert {k.name for k in searchable() if k.tasks} == set(CLASSIFICATION_ONLY + REGRESSION_ONLY)
     _, reg = space_of(["data.source=sklearn:diabetes"], task="regression")
     _, cls = space_of(task="multiclass")
     _, binary = space_of(task="binary")
     assert not set(CLASSIFICATION_ONLY) & set(reg)
     assert set(CLASSIFICATION_ONLY) <= set(cls) and set(binary) == set(cls)
-    assert set(cls) - set(reg) == set(CLASSIFICATION_ONLY)
+    assert set(cls) - set(reg) == set(CLASSIFICATION_ONLY) and set(reg) - set(cls) == set(REGRESSION_ONLY)
+    assert reg["data.target_transform"] == ("standard", "log", "quantile")
+
+
+def test_table_preprocessing_is_searched_only_on_tables():
+    assert {k.name for k in searchable() if k.modalities} == set(TABULAR_ONLY)
+    assert space_of(modality="tabular")[1]["data.numeric"] == ("standard", "robust", "quantile")
+    for modality in ("image", "sequence"):
+        assert not set(TABULAR_ONLY) & set(space_of(modality=modality)[1])
 
 
 def test_smote_is_searched_only_on_tables():

@@ -2,18 +2,33 @@
 
 Tabular data
     numeric columns: impute the train median (0 for a column that is all missing in train; +-inf
-    counts as missing), then standardize with the train mean / std (std 0 -> 1).
+    counts as missing), then scale by `numeric` (cotune.data.scaling): 'standard' = the train
+    mean / std (std 0 -> 1), 'robust' = median / IQR then a smooth clip into (-3, 3), 'quantile'
+    = to a standard normal through the train quantiles.
     categorical columns: missing -> '__missing__', values compared as strings (an integral float
     such as 3.0 reads as '3'), one-hot over the categories seen in train. At most
     `max_categories` (50) categories per column are kept: the most frequent ones; when train has
     more, the rest share one '__other__' column. At transform time a value outside the kept
     categories gives all zeros for that column, or the '__other__' column when the column has one
     (such a value is rarer than every kept category).
+    embedded columns (only with `embed=True`, for models that read the layout): a column with more
+    than `embed_above` kept categories is one integer-code column instead, codes 0..c-1 as floats:
+    the kept categories in order, then one slot (the '__other__' one when the column has it) for
+    every value outside them, so c = kept categories + 1 (without '__other__').
+    Transformed columns: numeric, one-hot, then one code column per embedded categorical; `layout_`
+    describes them for the model:
+        {"numeric": n_num, "onehot": n_onehot, "cardinalities": [c1, ...], "bins": [[e0, e1, ...], ...]}
+    bins: per numeric column, the sorted distinct quantiles (>= 2) of its transformed training values
+    at n_bins + 1 levels, n_bins = min(48, max(2, n_train // 50)), at float32 precision (piecewise-
+    linear encoding). States saved before the layout existed load with layout_ = None.
 Image / sequence arrays
     per-channel mean / std over the train samples; x -> (x - mean) / std (std 0 -> 1).
 
 Learned state: `in_shape_`, `feature_names_`, `mean_` / `std_` (per numeric column or per channel),
-and for tables `median_`, `categories_` ({column: kept categories}), `columns_`.
+and for tables `median_`, `categories_` ({column: kept categories}), `columns_`, `layout_`.
+
+preprocess.json is version 1 when an older reader would transform it the same way (standard scaling,
+no embedded column), else version 2; both load.
 
 Usage::
 
@@ -30,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from cotune.data.dataset import MODALITIES, Dataset
+from cotune.data.scaling import NUMERIC_METHODS, TargetTransform, bin_edges, fit_column, scale_column
 from cotune.errors import BundleError, DataError, invalid
 from cotune.track import atomic_write_bytes
 
@@ -37,7 +53,10 @@ MAX_CATEGORIES = 50
 MISSING = "__missing__"
 OTHER = "__other__"
 FILENAME = "preprocess.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+VERSIONS = (1, 2)  # readable; 1 is written when the state needs nothing of 2
+EMBED_ABOVE = 8
+__all__ = ["Preprocessor", "TargetTransform", "NUMERIC_METHODS"]
 _CHUNK = 4096  # samples per chunk when computing array statistics
 
 
@@ -52,13 +71,36 @@ def _category_strings(s: pd.Series) -> np.ndarray:
     return names[codes]  # code -1 (missing) picks the trailing MISSING
 
 
+def _cardinality(c: dict) -> int:
+    """Codes of an embedded column: its kept categories, plus a slot for the others unless '__other__' is one."""
+    return len(c["categories"]) + (0 if c["other"] else 1)
+
+
+def _numeric_state(method: str, c: dict) -> dict:
+    state = {"name": str(c["name"]), "median": float(c["median"]), "mean": float(c["mean"]), "std": float(c["std"])}
+    if method == "robust":
+        state["scale"] = float(c["scale"])
+    elif method == "quantile":
+        state["quantiles"] = [float(v) for v in c["quantiles"]]
+        if len(state["quantiles"]) < 2 or np.any(np.diff(state["quantiles"]) < 0):
+            raise ValueError(f"the quantiles of column {state['name']!r} must be >= 2 non-decreasing values")
+    if not np.isfinite([v for k, v in state.items() if k in ("median", "mean", "std", "scale")]).all():
+        raise ValueError(f"the statistics of column {state['name']!r} must be finite")
+    return state
+
+
 class Preprocessor:
     """sklearn-style: `fit(ds, train_idx)` learns state (attributes ending in `_`), `transform(X)`."""
 
-    def __init__(self, max_categories: int = MAX_CATEGORIES):
-        if isinstance(max_categories, bool) or not isinstance(max_categories, (int, np.integer)) or max_categories < 1:
-            raise ValueError(f"max_categories must be an integer >= 1, got {max_categories!r}")
-        self.max_categories = int(max_categories)
+    def __init__(self, max_categories: int = MAX_CATEGORIES, numeric: str = "standard", embed_above: int = EMBED_ABOVE,
+                 embed: bool = False):
+        for key, v in (("max_categories", max_categories), ("embed_above", embed_above)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{key} must be an integer >= 1, got {v!r}")
+        if numeric not in NUMERIC_METHODS:
+            raise ValueError(f"numeric must be one of {NUMERIC_METHODS}, got {numeric!r}")
+        self.max_categories, self.numeric, self.embed_above = int(max_categories), numeric, int(embed_above)
+        self.embed = bool(embed)
 
     # ------------------------------------------------------------------------------------------
     def fit(self, ds: Dataset, train_idx) -> "Preprocessor":
@@ -79,7 +121,7 @@ class Preprocessor:
 
     def _fit_table(self, df: pd.DataFrame, ds: Dataset) -> None:
         self.columns_ = [str(c) for c in ds.X.columns]
-        self.numeric_ = []
+        self.numeric_, bins = [], []
         for col in ds.numeric:
             v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
             v = np.where(np.isfinite(v), v, np.nan)
@@ -89,17 +131,23 @@ class Preprocessor:
             mean, std = float(filled.mean()), float(filled.std())
             if not np.isfinite(std) or std <= 1e-12:
                 std = 1.0
-            self.numeric_.append({"name": str(col), "median": median, "mean": mean, "std": std})
+            c = {"name": str(col), "median": median, "mean": mean, "std": std, **fit_column(self.numeric, filled)}
+            self.numeric_.append(c)
+            bins.append(bin_edges(scale_column(self.numeric, c, filled).astype(np.float32), len(df)))
         self.categorical_ = []
         for col in ds.categorical:
             values, counts = np.unique(_category_strings(df[col]), return_counts=True)
             order = sorted(range(len(values)), key=lambda i: (-counts[i], values[i]))  # most frequent, then by name
             kept = sorted(str(values[i]) for i in order[:self.max_categories])
             other = len(values) > self.max_categories
-            self.categorical_.append({"name": str(col), "categories": kept + ([OTHER] if other else []), "other": other})
+            cats = kept + ([OTHER] if other else [])
+            self.categorical_.append({"name": str(col), "categories": cats, "other": other,
+                                      "embed": self.embed and len(cats) > self.embed_above})
+        self._bins = bins
         self._finish()
 
     def _fit_array(self, X: np.ndarray, idx: np.ndarray) -> None:
+        self._bins = None
         C = X.shape[1]
         axes = (0,) + tuple(range(2, X.ndim))
         total, count = np.zeros(C), 0
@@ -121,19 +169,27 @@ class Preprocessor:
         self._finish()
 
     def _finish(self) -> None:
+        self.layout_ = None
         if self.modality_ == "tabular":
             names = [c["name"] for c in self.numeric_]
-            for c in self.categorical_:
+            onehot = [c for c in self.categorical_ if not c["embed"]]
+            embedded = [c for c in self.categorical_ if c["embed"]]
+            for c in onehot:
                 names += [f"{c['name']}={v}" for v in c["categories"]]
+            names += [c["name"] for c in embedded]
             self.feature_names_ = names
             self.in_shape_ = (len(names),)
             self.median_ = [c["median"] for c in self.numeric_]
             self.mean_ = [c["mean"] for c in self.numeric_]
             self.std_ = [c["std"] for c in self.numeric_]
             self.categories_ = {c["name"]: list(c["categories"]) for c in self.categorical_}
-            self._num_stats = (np.array([c["median"] for c in self.numeric_], dtype=np.float64),
-                               np.array([c["mean"] for c in self.numeric_], dtype=np.float64),
-                               np.array([c["std"] for c in self.numeric_], dtype=np.float64))
+            self._median = np.array(self.median_, dtype=np.float64)
+            if self._bins is not None:  # None: a state saved before the layout existed
+                if len(self._bins) != len(self.numeric_) or any(len(b) < 2 or b != sorted(set(b)) for b in self._bins):
+                    raise ValueError("the layout's bins must hold sorted distinct edges (>= 2) per numeric column")
+                self.layout_ = {"numeric": len(self.numeric_), "onehot": sum(len(c["categories"]) for c in onehot),
+                                "cardinalities": [_cardinality(c) for c in embedded],
+                                "bins": [list(b) for b in self._bins]}
         else:
             self.in_shape_ = tuple(self.sample_shape_)
             self.feature_names_ = [f"channel{c}" for c in range(self.in_shape_[0])]
@@ -175,7 +231,6 @@ class Preprocessor:
         n = len(X)
         out = np.zeros((n, self.in_shape_[0]), dtype=np.float32)
         if self.numeric_:
-            median, mean, std = self._num_stats
             cols = []
             for j, c in enumerate(self.numeric_):
                 s = X[c["name"]]
@@ -189,13 +244,20 @@ class Preprocessor:
                                     f"value(s) such as {example!r}; clean those cells or leave them empty.")
                 cols.append(parsed.to_numpy(dtype=np.float64, na_value=np.nan))
             v = np.stack(cols, axis=1) if cols else np.zeros((n, 0))
-            v = np.where(np.isfinite(v), v, median)
-            out[:, :len(self.numeric_)] = (v - mean) / std
+            v = np.where(np.isfinite(v), v, self._median)
+            for j, c in enumerate(self.numeric_):
+                out[:, j] = scale_column(self.numeric, c, v[:, j])
         offset = len(self.numeric_)
+        code_col = offset + sum(len(c["categories"]) for c in self.categorical_ if not c["embed"])
         rows = np.arange(n)
         for c in self.categorical_:
             cats = c["categories"]
             codes = pd.Index(cats, dtype=object).get_indexer(_category_strings(X[c["name"]])).astype(np.int64)
+            if c["embed"]:  # the last code: every value outside the kept categories ('__other__' when kept)
+                codes[codes < 0] = _cardinality(c) - 1
+                out[:, code_col] = codes
+                code_col += 1
+                continue
             if c["other"]:
                 codes[codes < 0] = len(cats) - 1  # the '__other__' column is last
             hit = codes >= 0
@@ -225,13 +287,18 @@ class Preprocessor:
     def to_dict(self) -> dict:
         """Fitted state as a JSON-serializable dict."""
         self._check_fitted()
-        d = {"format": "cotune.preprocess", "version": FORMAT_VERSION, "modality": self.modality_,
+        d = {"format": "cotune.preprocess", "version": 1, "modality": self.modality_,
              "max_categories": self.max_categories, "in_shape": list(self.in_shape_),
              "feature_names": list(self.feature_names_)}
         if self.modality_ == "tabular":
-            d.update(columns=list(self.columns_), numeric=[dict(c) for c in self.numeric_],
-                     categorical=[{"name": c["name"], "categories": list(c["categories"]), "other": c["other"]}
-                                  for c in self.categorical_])
+            needs_v2 = self.numeric != "standard" or any(c["embed"] for c in self.categorical_)
+            d.update(version=FORMAT_VERSION if needs_v2 else 1, numeric_method=self.numeric,
+                     embed_above=self.embed_above, embed=self.embed, columns=list(self.columns_),
+                     numeric=[dict(c) for c in self.numeric_],
+                     categorical=[{"name": c["name"], "categories": list(c["categories"]), "other": c["other"],
+                                   "embed": c["embed"]} for c in self.categorical_])
+            if self.layout_ is not None:
+                d["layout"] = {k: (list(v) if isinstance(v, list) else v) for k, v in self.layout_.items()}
         else:
             d.update(mean=list(self.mean_), std=list(self.std_), sample_shape=list(self.sample_shape_))
         return d
@@ -239,16 +306,20 @@ class Preprocessor:
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessor":
         try:
-            if d.get("format") != "cotune.preprocess" or d.get("version") != FORMAT_VERSION:
+            if d.get("format") != "cotune.preprocess" or d.get("version") not in VERSIONS:
                 raise ValueError(f"format {d.get('format')!r} version {d.get('version')!r}")
-            pre = cls(max_categories=int(d["max_categories"]))
+            pre = cls(max_categories=int(d["max_categories"]), numeric=str(d.get("numeric_method", "standard")),
+                      embed_above=int(d.get("embed_above", EMBED_ABOVE)), embed=bool(d.get("embed", False)))
             pre.modality_ = str(d["modality"])
+            pre._bins = None
             if pre.modality_ == "tabular":
                 pre.columns_ = [str(c) for c in d["columns"]]
-                pre.numeric_ = [{"name": str(c["name"]), "median": float(c["median"]), "mean": float(c["mean"]),
-                                 "std": float(c["std"])} for c in d["numeric"]]
+                pre.numeric_ = [_numeric_state(pre.numeric, c) for c in d["numeric"]]
                 pre.categorical_ = [{"name": str(c["name"]), "categories": [str(v) for v in c["categories"]],
-                                     "other": bool(c["other"])} for c in d["categorical"]]
+                                     "other": bool(c["other"]), "embed": bool(c.get("embed", False))}
+                                    for c in d["categorical"]]
+                if d.get("layout") is not None:
+                    pre._bins = [[float(e) for e in b] for b in d["layout"]["bins"]]
             elif pre.modality_ in MODALITIES:
                 pre.mean_ = [float(v) for v in d["mean"]]
                 pre.std_ = [float(v) for v in d["std"]]
@@ -258,6 +329,8 @@ class Preprocessor:
             else:
                 raise ValueError(f"unknown modality {pre.modality_!r}")
             pre._finish()
+            if d.get("layout") is not None and {**d["layout"], "bins": pre.layout_["bins"]} != pre.layout_:
+                raise ValueError("the layout does not match the columns")
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             raise BundleError(f"The preprocessing state is invalid ({type(e).__name__}: {' '.join(str(e).split())}); "
                               "re-run training to write a new one.") from None
@@ -291,5 +364,5 @@ class Preprocessor:
 
     def __repr__(self) -> str:
         if not hasattr(self, "modality_"):
-            return f"Preprocessor(max_categories={self.max_categories})"
+            return f"Preprocessor(max_categories={self.max_categories}, numeric={self.numeric!r})"
         return f"Preprocessor({self.modality_}, in_shape={self.in_shape_})"

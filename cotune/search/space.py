@@ -50,7 +50,8 @@ def search_space(cfg: RunConfig, fixed: set[str], modality: str, task: str, cpu:
         cpu = cfg.runtime.device == "cpu" or (cfg.runtime.device == "auto" and not torch.cuda.is_available())
     space = {}
     for k in searchable():
-        if k.name in fixed or (k.tasks and task not in k.tasks) or ranked_by in k.unless_metric:
+        if (k.name in fixed or (k.tasks and task not in k.tasks) or (k.modalities and modality not in k.modalities)
+                or ranked_by in k.unless_metric):
             continue
         named = k.name in cfg.search.space
         spec = tuple(cfg.search.space[k.name]) if named else k.search
