@@ -104,6 +104,8 @@ class TrainingSet:
     report: object | None           # the AuditReport when cleaning needed one
     summary: dict                   # what was done to the data, for metrics.json and the report
     target: TargetTransform | None = None  # regression: targets -> what the model learns, and back
+    train_idx: np.ndarray | None = None     # dataset rows of the training part after cleaning, before balancing
+    train_labels: np.ndarray | None = None  # their labels after cleaning (relabel), unscaled, aligned with train_idx
 
 
 def takes_layout(family: str) -> bool:
@@ -151,7 +153,8 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False) -> TrainingSet:
                "fraction": d.fraction, "clean": cleaned.to_dict(), "balance": {"method": d.balance, **bal.to_dict()}}
     return TrainingSet(X=X, y=scale(ds.y), train_X=train_X, train_y=scale(train_y), weights=bal.weights,
                        sampling=bal.sampling_weights, val=va, test=te, pre=pre, y_mean=y_mean, y_std=y_std,
-                       loss=bal.loss, report=report, summary=summary, target=target)
+                       loss=bal.loss, report=report, summary=summary, target=target, train_idx=cleaned.idx,
+                       train_labels=cleaned.y_train)
 
 
 def model_shapes(cfg: RunConfig) -> tuple[tuple, int]:

@@ -15,6 +15,7 @@ LAYERS = {
     **{m: 1 for m in ("data", "models")},  # data/* and models/*
     **{m: 2 for m in ("train", "evaluate", "bundle")},
     "pipeline": 3,
+    "baselines": 3,  # the linear and LightGBM yardsticks, fitted on the rows `pipeline.prepare` gives
     "search": 4,  # search/*: the joint search (space, storage, objective, worker, parent, ensemble, tracking)
     "scale": 4,  # scale/* runs on the search's storage and parent (law.py and advice.py stay torch-free)
     "report": 5,

@@ -139,6 +139,109 @@ def test_search_report_shows_the_files_numbers(search_dir):
     assert "Parameter importances" in html and "Optimization history" in html and "Parallel coordinates" in html
 
 
+def compare_table(html: str) -> tuple[list[str], list[list[str]], str]:
+    """(header, rows of cell texts, the section's text) of the page's "How the network compares" section."""
+    sec = re.search(r'<section id="compare">(.*?)</section>', html, flags=re.S)
+    assert sec is not None, "no compare section"
+    cells = [[unescape(re.sub(r"<[^>]+>", "", c)).strip() for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", row, flags=re.S)]
+             for row in re.findall(r"<tr[^>]*>(.*?)</tr>", sec.group(1), flags=re.S)]
+    return cells[0], cells[1:], unescape(re.sub(r"<[^>]+>", " ", sec.group(1)))
+
+
+def expected_compare(search_dir: Path) -> tuple[str, list[list]]:
+    """The ranking metric, and per model (network, linear, LightGBM): (label, val metrics, test metrics) from the files."""
+    fit = read_json(search_dir / "fit.json")
+    final = read_json(search_dir / "final" / "metrics.json")
+    trial = read_json(search_dir / "trials" / f"{fit['best']['number']:05d}" / "metrics.json")
+    models = fit["baselines"]["models"]
+    return fit["metric"]["name"], [("network", trial["val"], final["test"]),
+                                   (f"linear ({models['linear']['name']})", models["linear"]["val"], models["linear"]["test"]),
+                                   ("LightGBM", models["lightgbm"]["val"], models["lightgbm"]["test"])]
+
+
+def check_compare(html: str, search_dir: Path) -> str:
+    """The compare section shows fit.json's baseline numbers (and the network's) exactly, as the report formats them."""
+    header, rows, text = compare_table(html)
+    metric, expected = expected_compare(search_dir)
+    assert header[0] == "model" and header[1:3] == [f"val {metric}", f"test {metric}"] and len(header) >= 7, header
+    assert [r[0] for r in rows] == [label for label, _, _ in expected]
+    for row, (label, val, test) in zip(rows, expected):
+        for col, shown in zip(header[1:], row[1:]):
+            part, name = col.split(" ", 1)
+            value = (val if part == "val" else test).get(name)
+            assert shown == ("-" if value is None else f"{value:.4f}"), (label, col, shown, value)
+    return text
+
+
+def test_the_baselines_come_first_with_fit_jsons_numbers(search_dir):
+    html = build_report(search_dir).read_text()
+    fit = read_json(search_dir / "fit.json")
+    b = fit["baselines"]
+    assert b["rows"]["test"] == fit["test"]["n"] and b["test_trained_on"] == "train+val"
+    sections = re.findall(r'<section id="([^"]+)">', html)
+    assert sections.index("compare") == sections.index("summary") + 1 < sections.index("quality"), sections
+    assert "How the network compares" in html
+    text = check_compare(html, search_dir)
+    metric, expected = expected_compare(search_dir)
+    net, best = expected[0][2][metric], max(expected[1:], key=lambda e: e[2][metric])
+    if net > best[2][metric]:
+        assert f"The network is best on the test rows: {metric} {net:.4f}" in text, text
+    elif net == best[2][metric]:
+        assert f"The network and {best[0]} tie on the test rows" in text, text
+    else:
+        points = f"{100 * (best[2][metric] - net):.1f}"
+        assert f"{best[0][0].upper() + best[0][1:]} is ahead of the network by {points} points of {metric}" in text, text
+
+
+@pytest.mark.parametrize("gap,said", [
+    (0.05, "LightGBM is ahead of the network by 5.0 points of accuracy on the test rows"),
+    (-0.125, "The network is best on the test rows: accuracy"),
+    (0.0, "The network and LightGBM tie on the test rows"),
+])
+def test_the_sentence_under_the_table_says_who_wins_and_by_how_much(search_dir, tmp_path, gap, said):
+    d = tmp_path / "search"
+    shutil.copytree(search_dir, d, ignore=IGNORE_COPY)
+    fit = read_json(d / "fit.json")
+    net = fit["test"]["accuracy"]
+    models = fit["baselines"]["models"]
+    models["linear"]["test"]["accuracy"] = 0.0
+    models["lightgbm"]["test"]["accuracy"] = net + gap
+    models["lightgbm"]["test"]["f1_macro"] = None  # an undefined metric shows as '-'
+    (d / "fit.json").write_text(json.dumps(fit))
+    out = build_report(d)
+    assert out.problems == [], out.problems
+    html = out.read_text()
+    text = check_compare(html, d)
+    assert said in text, text
+    if gap > 0:  # a baseline ahead of the network is also a next action at the top
+        assert "consider it, or a longer budget." in visible_text(html).split('<section id="compare">')[0]
+
+
+def test_a_fit_json_without_baselines_or_with_a_failed_one_still_builds(search_dir, tmp_path):
+    d = tmp_path / "search"
+    shutil.copytree(search_dir, d, ignore=IGNORE_COPY)
+    fit = read_json(d / "fit.json")
+    old = {k: v for k, v in fit.items() if k != "baselines"}  # a search written before baselines (or of images)
+    (d / "fit.json").write_text(json.dumps(old))
+    out = build_report(d)
+    assert out.problems == [], out.problems
+    html = out.read_text()
+    assert 'id="compare"' not in html and "How the network compares" not in html
+    assert '<section id="quality">' in html and '<section id="search">' in html
+    (d / "fit.json").write_text(json.dumps({**old, "baselines": {}}))
+    assert 'id="compare"' not in build_report(d).read_text()
+    fit["baselines"]["models"]["lightgbm"] = {"error": "RuntimeError: no trees today"}
+    (d / "fit.json").write_text(json.dumps(fit))
+    out = build_report(d)
+    assert out.problems == [], out.problems
+    header, rows, text = compare_table(out.read_text())
+    assert rows[2][0] == "LightGBM" and set(rows[2][1:]) == {"-"}
+    assert "LightGBM could not be fitted: RuntimeError: no trees today" in text
+    (d / "fit.json").write_text(json.dumps({**old, "baselines": {"error": "ValueError: the split broke"}}))
+    out = build_report(d)
+    assert out.problems == [] and "The baselines could not be fitted: ValueError: the split broke" in out.read_text()
+
+
 def test_self_contained_and_plotly_inlined_once(search_dir):
     from plotly.offline import get_plotlyjs
     html = build_report(search_dir).read_text()
@@ -328,6 +431,11 @@ def test_every_chart_renders_without_javascript_errors(rendered, name):
     assert errors is not None and errors.group(1).strip() == "", errors and errors.group(1)
     uncaught = [ln for ln in err.splitlines() if "Uncaught" in ln]
     assert not uncaught, uncaught[:5]
+
+
+def test_the_browser_shows_fit_jsons_baseline_numbers(rendered, search_dir):
+    dom, _, _ = rendered["search"]
+    check_compare(dom, search_dir)
 
 
 def test_screenshot_is_not_blank(rendered):

@@ -7,6 +7,7 @@ priority; the page shows the three with the highest. Numbers are quoted as the f
 from __future__ import annotations
 
 from cotune.knobs import BY_NAME
+from cotune.report.compare import has_baselines, verdict
 from cotune.report.files import fmt, get, knob_value, number, pct
 from cotune.report.load import Loaded
 from cotune.report.page import Page
@@ -197,6 +198,9 @@ def _search(page: Page, L: Loaded, actions: list) -> None:
         actions.append((95 if failed >= 0.25 * total else 60,
                         f"{failed} of {total} trials failed{why}: see the pruned and failed trials table and "
                         "trials/NNNNN/error.txt."))
+    said = verdict(L) if has_baselines(L) else None
+    if said is not None and said[1]:  # a simple model on the same rows beats the network
+        actions.append((80, said[0]))
     if 0 < done < FEW_TRIALS:
         actions.append((55, f"Only {done} trials completed: the best knobs and the importances are rough; run a "
                             "longer search (--budget or --trials) before reading much into them."))

@@ -5,7 +5,8 @@
     for line in out.problems:              # files that were missing or damaged, one line each
         print(line)
 
-The page answers, in order: how good the model is, what was wrong with the data and what was done,
+The page answers, in order: how the network compares with simple baselines on the same rows (searches of
+tables), how good the model is, what was wrong with the data and what was done,
 what the search found (search directories), how training went; with a plain-language summary and
 the three most useful next actions on top. It reads files only (never imports torch), inlines
 plotly.js once (no network access when viewed) and is written atomically. A missing or damaged file
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from cotune.errors import BundleError
-from cotune.report import advice, scaling, search, sections
+from cotune.report import advice, compare, scaling, search, sections
 from cotune.report.files import get
 from cotune.report.load import Loaded, load_dir
 from cotune.report.page import Page, Section
@@ -113,6 +114,8 @@ def assemble(L: Loaded) -> Page:
     page = Page(title=title, subtitle=subtitle, problems=L.problems)
     m = get(L.run, "prefix", default="")
     if L.run is not None or get(L.fit, "test"):
+        if compare.has_baselines(L):  # first: is the network worth it against simple models on the same rows
+            page.guard("The baselines section (fit.json)", compare.compare, page, L)
         page.guard(f"The model quality section ({m}metrics.json)", sections.quality, page, L)
         page.guard(f"The data section ({m}audit.json, {m}metrics.json)", sections.data, page, L)
     if L.kind == "search":

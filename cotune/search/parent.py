@@ -100,9 +100,14 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
             write_json(out / "fit.json", {**state, "elapsed": state["elapsed"] + time.time() - t0})
             saved[0] = time.time()
 
+    def started() -> None:  # while the workers start, the idle parent fits the baselines on the same rows
+        from cotune.baselines import fit_baselines_safe
+        _warm_up()
+        state["baselines"] = fit_baselines_safe(cfg, ds, threads=cfg.runtime.threads)
+
     try:
         with live_view(live, console, refresh=2, transient=False) as view:
-            run_workers(study, url, cfg.search.workers, out, cfg.runtime.threads, deadline=deadline, tick=lambda: tick(view), started=_warm_up)
+            run_workers(study, url, cfg.search.workers, out, cfg.runtime.threads, deadline=deadline, tick=lambda: tick(view), started=started)
             if live:
                 view.update(trial_table(study, study.get_trials(deepcopy=False), deadline))
     except KeyboardInterrupt:
@@ -122,6 +127,10 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
     calibration = decide(cfg, metric, best, choice, how, final)  # temperature and threshold, on held-out predictions
     if calibration is not None:
         how["calibration"] = {k: calibration.get(k) for k in ("temperature", "kept", "threshold", "skipped") if k in calibration}
+    if "baselines" in state:  # the baselines see the final model's cleaning, when the budget allows
+        from cotune.baselines import match_cleaning
+        state["baselines"] = match_cleaning(state["baselines"], cfg, cfg.replace(**best.params), ds, deadline,
+                                            threads=cfg.runtime.threads)
     state["ensemble"] = None if choice is None else {k: v for k, v in choice.items() if k not in ("trials", "metrics")}
     state["final"] = how  # how the final model was made, for the report and the command's summary
     counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
