@@ -25,7 +25,7 @@ from cotune.config import RunConfig, explicit, from_dict
 from cotune.errors import ConfigError, CotuneError, one_line
 from cotune.evaluate import primary_metric
 from cotune.search.ensemble import decide, ensemble_choice, final_model
-from cotune.search.space import parse_budget, search_space, start_params
+from cotune.search.space import modality_base, parse_budget, search_space, start_params
 from cotune.search.storage import import_optuna, open_study, storage_url
 from cotune.search.tracking import track_study
 from cotune.track import read_json, write_csv, write_json
@@ -68,7 +68,10 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
         raise ConfigError("A search ranks trials on the validation part: set data.split.val > 0 (e.g. 0.15).")
     ds = load_data(cfg)  # validates the source before anything is written
     metric = primary_metric(ds.task, cfg.search.metric)  # what ranks the trials: the one source, recorded for the report
-    space = search_space(cfg, fixed or explicit(cfg), ds.modality, ds.task)
+    fixed = fixed or explicit(cfg)
+    if not resume:
+        cfg = modality_base(cfg, fixed, ds.modality)
+    space = search_space(cfg, fixed, ds.modality, ds.task)
     if resume and "space" in state:  # the study's own space: other defaults (a new version, no GPU here) would clash
         space = {k: tuple(v) for k, v in state["space"].items()}
     if not space:
@@ -77,7 +80,7 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
     out.mkdir(parents=True, exist_ok=True)
     url = storage_url(out, storage)
     name = study_name or out.name
-    state = {"config": cfg.to_dict(), "fixed": sorted(fixed or explicit(cfg)), "storage": url, "study": name,
+    state = {"config": cfg.to_dict(), "fixed": sorted(fixed), "storage": url, "study": name,
              "budget_s": budget, "elapsed": elapsed, "space": {k: list(v) for k, v in space.items()}}
     write_json(out / "fit.json", state)
     write_json(out / "config.json", cfg.to_dict())
