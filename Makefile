@@ -1,6 +1,7 @@
 # make demo : set up .venv if needed, then train on built-in data and print the test metrics
 # make test : set up .venv if needed, then run the whole test suite
 # make bench: run the benchmark scripts (figures go to BENCHMARKS.md by hand, with the command)
+# make bench-tables: cotune against LightGBM, linear, RealMLP and FLAML on ten tables x 3 splits (several hours)
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -10,7 +11,7 @@ TORCH   ?= torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench bench-tables venv clean
 
 venv: $(STAMP)
 
@@ -31,6 +32,10 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python bench/loop_overhead.py
 	$(BIN)/python bench/mnist1d_reference.py
+
+bench-tables: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python bench/tabular_suite.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

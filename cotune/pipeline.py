@@ -275,6 +275,7 @@ def evaluate_ensemble(cfg: RunConfig, member_dirs: list) -> dict:
     ens = bundle.Ensemble(Path(member_dirs[0]).parent, [bundle.load(d) for d in member_dirs])
     out = {}
     for part, idx in (("val", va), ("test", te)):
-        X = ds.X.iloc[idx] if ds.modality == "tabular" else ds.X[idx]
-        out[part] = evaluate.evaluate(ds.y[idx], ens.predict_output(X), ds.task, classes=list(ds.classes))
+        if len(idx):  # data.split.test=0: no test part, as in run()
+            X = ds.X.iloc[idx] if ds.modality == "tabular" else ds.X[idx]
+            out[part] = evaluate.evaluate(ds.y[idx], ens.predict_output(X), ds.task, classes=list(ds.classes))
     return out

@@ -65,3 +65,12 @@ def test_regression_ensemble_averages_values(tmp_path):
     np.testing.assert_allclose(pred, expected, rtol=1e-5)
     metrics = evaluate_ensemble(runs[0].config, [r.path for r in runs])
     assert metrics["val"]["rmse"] == pytest.approx(voted(runs, "val")["rmse"], rel=1e-6)
+
+
+def test_ensemble_metrics_without_a_test_part(tmp_path):
+    """data.split.test=0 (the caller keeps its own test rows): the ensemble is scored on validation only."""
+    cfg = {"data": {"source": "sklearn:wine", "split": {"test": 0.0}}, "model": {"family": "mlp", "width": 8, "depth": 1},
+           "train": {"epochs": 2}, "runtime": {"progress": False}}
+    runs = [cotune.train({**cfg, "runtime": {"seed": s, "progress": False}}, out=tmp_path / f"m{s}") for s in range(2)]
+    metrics = evaluate_ensemble(runs[0].config, [r.path for r in runs])
+    assert set(metrics) == {"val"} and 0 <= metrics["val"]["accuracy"] <= 1
