@@ -52,11 +52,12 @@ def audit(data=None, *, target=None, config=None, overrides=(), checks=None, out
 
 def fit(data=None, *, target=None, config=None, overrides=(), budget=None, trials=None, workers=None, sampler=None,
         objective=None, metric=None, storage=None, study=None, mlflow=None, out=None, resume: bool = False, live: bool = False,
-        console=None):
+        console=None, started_at: float | None = None):
     """Search data and model knobs together, refit the best on train+val, test it once. Returns a FitResult.
 
     Knobs you set (in `config`, `overrides` or these arguments) are fixed; every other searchable knob is searched.
     metric: search.metric, what ranks the trials and stops them early (accuracy, f1_macro, log_loss, r2, ...).
+    started_at: the Unix time the budget counts from (default: now; the CLI passes its process's start).
     mlflow: tracking URI (default: SQLite in the search directory; 'none': no tracking)."""
     from cotune.config import explicit
     from cotune.search.parent import fit as _fit
@@ -70,9 +71,9 @@ def fit(data=None, *, target=None, config=None, overrides=(), budget=None, trial
         if out is None:
             from cotune.errors import ConfigError
             raise ConfigError("resume needs the run directory: pass out=... (CLI: --out DIR --resume).")
-        return _fit(RunConfig(out=str(out)), resume=True, live=live, console=console)
+        return _fit(RunConfig(out=str(out)), resume=True, live=live, console=console, started_at=started_at)
     cfg = resolve_config(config, [*extra, *overrides], out)
-    return _fit(cfg, explicit(cfg), storage=storage, study_name=study, live=live, console=console)
+    return _fit(cfg, explicit(cfg), storage=storage, study_name=study, live=live, console=console, started_at=started_at)
 
 
 def scale(run, *, overrides=(), sizes=None, fractions=None, seeds=None, workers=None, compute=None,

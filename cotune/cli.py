@@ -5,7 +5,9 @@ Bad input (a CotuneError) prints one line to stderr and exits with code 2, never
 from __future__ import annotations
 
 import functools
+import os
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -36,6 +38,19 @@ def friendly(fn):
     return wrapper
 
 
+def process_start() -> float:
+    """Unix time at which this process started (Linux: from /proc; elsewhere: now), so that the budget of
+    `cotune fit --budget` counts the command's own start-up too (importing torch and friends takes seconds)."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time in clock ticks after boot
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")  # btime is whole seconds, rounded down: never late
+    except (OSError, ValueError, IndexError, StopIteration):
+        return time.time()
+
+
 def print_metrics(result, how: dict | None = None) -> None:
     """The run's metrics; `how` (a search's fit.json 'final') names an ensemble's members instead of epochs."""
     keys = [k for k in ("accuracy", "f1_macro", "roc_auc", "log_loss", "ece", "rmse", "mae", "r2")
@@ -47,6 +62,10 @@ def print_metrics(result, how: dict | None = None) -> None:
     else:
         title = (f"{result.config.model.family}, {result.n_params:,} parameters, best epoch "
                  f"{result.train.best_epoch}/{result.train.epochs_run}")
+    if not any(result.metrics.get(p) for p in ("val", "test")):
+        out_console.print(f"{title}: no validation or test rows to score (data.split.val / data.split.test = 0)")
+        out_console.print(f"run directory: [bold]{result.path}[/]")
+        return
     table = Table(title=title)
     table.add_column("split")
     for k in keys:
@@ -117,7 +136,7 @@ def fit(data: Optional[str] = typer.Argument(None, help="CSV / Parquet / .npz / 
     if resume and (data is not None or config is not None or set_):
         raise CotuneError("--resume continues the search in --out with its saved config; drop DATA, --config and --set.")
     res = api.fit(data, target=target, config=config, overrides=set_, budget=budget, trials=trials, workers=workers,
-                  sampler=sampler, objective=objective, metric=metric, storage=storage, study=study, mlflow=mlflow, out=out, resume=resume,
+                  sampler=sampler, objective=objective, metric=metric, storage=storage, started_at=process_start(), study=study, mlflow=mlflow, out=out, resume=resume,
                   live=not quiet, console=out_console)
     print_metrics(res.final, res.how)
     c = res.counts

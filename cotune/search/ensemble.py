@@ -15,16 +15,9 @@ import time
 from pathlib import Path
 
 from cotune.config import RunConfig
+from cotune.search.objective import AFTER_FINAL_S, refit_seconds
 from cotune.search.storage import study_metric
 from cotune.track import read_json, write_json
-
-REFIT_MARGIN = 1.1  # a refit on train+val takes about the trial's time x (1 + val share), with this margin
-
-
-def refit_seconds(trial, val_share: float) -> float:
-    """Expected seconds to refit a completed trial on train+val."""
-    return trial.user_attrs.get("seconds", 0.0) * (1 + val_share) * REFIT_MARGIN
-
 
 def ensemble_choice(cfg: RunConfig, study, done) -> dict | None:
     """Soft voting over the top-k completed trials, scored on validation as the search trained them; kept
@@ -68,7 +61,7 @@ def _ensemble(cfg: RunConfig, choice: dict, out: Path, deadline: float | None):
     from cotune.train import TrainResult
     trials, final = choice["trials"], out / "final"
     need = sum(refit_seconds(t, cfg.data.split.val) for t in trials)
-    refit = deadline is None or time.time() + need <= deadline
+    refit = deadline is None or time.time() + need + AFTER_FINAL_S <= deadline
     epochs = [_epochs(t, cfg) for t in trials]
     members = ", ".join(f"#{t.number}" for t in trials)
     if refit:

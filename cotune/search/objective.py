@@ -103,7 +103,8 @@ class Objective:
         value = val[self.metric.name]
         trial.set_user_attr("val_loss", val.get("log_loss", val.get("rmse")))
         for k, v in (("run_dir", str(tdir)), ("n_params", res.n_params), ("best_epoch", res.train.best_epoch),
-                     ("epochs_run", res.train.epochs_run), ("seconds", time.time() - t0), ("metric", self.metric.name)):
+                     ("epochs_run", res.train.epochs_run), ("seconds", time.time() - t0), ("metric", self.metric.name),
+                     ("train_seconds", res.train.train_time_s)):
             trial.set_user_attr(k, v)
         if not self.multi:
             return value
@@ -124,10 +125,27 @@ class Objective:
         _finish(trial, tdir, t0)
 
 
+REFIT_MARGIN = 1.1  # a refit's estimate, with this margin
+AFTER_FINAL_S = 4.0  # after the final model: calibration, the baselines' check, fit.json, MLflow's artifacts
+
+
+def refit_seconds(trial, val_share: float) -> float:
+    """Expected seconds to refit a completed trial on train+val: its time outside the training steps (data,
+    evaluation) as it was, plus its training steps up to its best epoch (the refit's epoch count) on
+    1 + val_share times the rows."""
+    a = trial.user_attrs
+    seconds, steps = a.get("seconds", 0.0), a.get("train_seconds")
+    if steps is None or not a.get("epochs_run"):  # trials recorded before train_seconds: all of it
+        return seconds * (1 + val_share) * REFIT_MARGIN
+    share = min(1.0, a.get("best_epoch", a["epochs_run"]) / a["epochs_run"])
+    return (max(0.0, seconds - steps) + steps * share * (1 + val_share)) * REFIT_MARGIN
+
+
 def estimate_final(trials, val_share: float) -> float:
-    """Seconds the final refit is expected to take: the slowest completed trial, on train+val rows."""
-    secs = [t.user_attrs.get("seconds", 0.0) for t in trials if t.state.name == "COMPLETE"]
-    return (max(secs) if secs else 0.0) * (1 + val_share) * 1.1
+    """Seconds the end of the search is expected to take: the slowest completed trial's refit on train+val,
+    then the work after it (AFTER_FINAL_S)."""
+    secs = [refit_seconds(t, val_share) for t in trials if t.state.name == "COMPLETE"]
+    return (max(secs) if secs else 0.0) + AFTER_FINAL_S
 
 
 def _finish(trial, tdir: Path, t0: float) -> None:

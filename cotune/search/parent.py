@@ -45,10 +45,12 @@ class FitResult:
 
 
 def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, storage: str | None = None,
-        study_name: str | None = None, live: bool = True, console=None) -> FitResult:
-    """Search, then refit the best config on train+val and evaluate it once on test."""
+        study_name: str | None = None, live: bool = True, console=None, started_at: float | None = None) -> FitResult:
+    """Search, then refit the best config on train+val and evaluate it once on test.
+
+    started_at: the Unix time the budget counts from (default: now; `cotune fit` passes its process's start)."""
     from cotune.pipeline import default_out, load_data
-    t0 = time.time()
+    t0 = min(time.time(), started_at) if started_at is not None else time.time()
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     if resume:
         if not (out / "fit.json").is_file():

@@ -54,6 +54,7 @@ def work(url: str, name: str, *, deadline: float | None = None, threads: int = 1
 
 
 def _reserve(trials) -> float:
-    """Seconds a new trial is expected to take: the median of the finished ones (0 before any)."""
+    """Seconds a new trial needs to be worth starting: half the median of the finished ones (0 before any). A
+    trial that runs out of time stops at its best epoch so far and still counts, so it need not fit whole."""
     secs = sorted(t.user_attrs["seconds"] for t in trials if "seconds" in t.user_attrs)
-    return secs[len(secs) // 2] if secs else 0.0
+    return 0.5 * secs[len(secs) // 2] if secs else 0.0
