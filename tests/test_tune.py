@@ -733,3 +733,12 @@ def test_a_waiting_trial_is_claimed_by_one_worker(tmp_path):
     # Without BEGIN IMMEDIATE both workers can read a trial as WAITING and both claim it (the second tell then
     # fails), or a new trial is read before its number is set; in 5 runs here that came 3 times ("claim-plain").
     assert twice == 0 and sorted(t.user_attrs["i"] for t in trials if "i" in t.user_attrs) == list(range(150))
+
+
+def test_table_start_cuts_its_ensemble_on_large_tables():
+    cfg = from_dict({"data": {"source": "sklearn:breast_cancer"}})
+    space = search_space(cfg, set(), "tabular", "binary", cpu=True)
+    assert start_params(cfg, space, "tabular")["model.ensemble"] == START["tabular"]["model.ensemble"]
+    assert start_params(cfg, space, "tabular", rows=3_000)["model.ensemble"] == 4
+    assert start_params(cfg, space, "tabular", rows=15_000)["model.ensemble"] == 2
+    assert start_params(cfg, space, "tabular", rows=43_000)["model.ensemble"] == 1

@@ -92,7 +92,8 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
     study.set_user_attr("stop", False)
     study.set_user_attr("deadline", deadline)  # workers started elsewhere (`cotune worker`) honour it too
     if cfg.search.warm_start and cfg.search.sampler != "grid" and not study.get_trials(deepcopy=False):
-        study.enqueue_trial(start_params(cfg, space, ds.modality))
+        train_rows = int(len(ds.y) * (1 - cfg.data.split.val - cfg.data.split.test) * cfg.data.fraction)
+        study.enqueue_trial(start_params(cfg, space, ds.modality, rows=train_rows))
     if resume:
         requeue_interrupted(study)  # trials the killed search's workers left RUNNING
     tracker = track_study(study, cfg, out)  # the MLflow parent run of the trials' runs

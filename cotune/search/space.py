@@ -148,11 +148,21 @@ def suggest(trial, cfg: RunConfig, space: dict[str, tuple]) -> RunConfig:
     return cfg.replace(**values)
 
 
-def start_params(cfg: RunConfig, space: dict[str, tuple], modality: str) -> dict:
-    """The warm-start trial's knobs: START for the modality over the defaults, each where the space holds it."""
+# the table start's in-model ensemble costs k times a plain MLP per row: k rows x members at most this many per
+# epoch (4 members up to 10,000 training rows, 1 from 40,000), so that a large table's first trial trains for
+# more than an epoch or two of a short budget
+START_ROW_MEMBERS = 40_000
+
+
+def start_params(cfg: RunConfig, space: dict[str, tuple], modality: str, rows: int | None = None) -> dict:
+    """The warm-start trial's knobs: START for the modality over the defaults, each where the space holds it.
+    rows: the training rows, which cut a table start's ensemble (START_ROW_MEMBERS)."""
     flat, params = cfg.flat(), {}
+    start = dict(START.get(modality, {}))
+    if rows and "model.ensemble" in start:
+        start["model.ensemble"] = max(1, min(start["model.ensemble"], START_ROW_MEMBERS // max(1, rows)))
     for name, spec in space.items():
-        k, v = BY_NAME[name], START.get(modality, {}).get(name, flat[name])
+        k, v = BY_NAME[name], start.get(name, flat[name])
         if k.choices or k.type in (bool, str):
             v = v if v in spec else flat[name]  # the start narrowed away: the default, if it is left
             if v in spec:
