@@ -159,9 +159,17 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False) -> TrainingSet:
 
 def model_shapes(cfg: RunConfig) -> tuple[tuple, int]:
     """(in_shape, out_dim) of the model `run(cfg)` builds: to size models without training them."""
+    return model_inputs(cfg)[:2]
+
+
+def model_inputs(cfg: RunConfig) -> tuple[tuple, int, dict | None]:
+    """(in_shape, out_dim, layout) of the model `run(cfg)` builds; layout is the table layout the family reads
+    (embedded categoricals, numeric bins), None when it reads none."""
     ds = load_data(cfg)
     tr, _, _ = split_indices(ds, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed)
-    return tuple(make_preprocessor(cfg).fit(ds, tr).in_shape_), 1 if ds.task == "regression" else ds.n_classes
+    pre = make_preprocessor(cfg).fit(ds, tr)
+    layout = pre.layout_ if pre.layout_ is not None and takes_layout(cfg.model.family) else None
+    return tuple(pre.in_shape_), 1 if ds.task == "regression" else ds.n_classes, layout
 
 
 def audit_data(cfg: RunConfig, checks=None):

@@ -14,7 +14,8 @@ import torch
 
 import cotune
 from cotune import bundle, evaluate
-from cotune.calibrate import apply_temperature, fit_temperature, temperature_check, threshold_check, tune_threshold
+from cotune.calibrate import (apply_temperature, expected_metric, fit_temperature, temperature_check, threshold_check,
+                              tune_threshold)
 from cotune.config import from_dict
 from cotune.errors import BundleError, ConfigError
 from cotune.search.space import search_space
@@ -67,12 +68,28 @@ def test_threshold_raises_macro_f1_on_an_imbalanced_binary_task():
     t, at, base = tune_threshold(p, y, "f1_macro")
     assert t < 0.5 and at > base + 0.05
     chk = threshold_check(p, y, "f1_macro")
-    assert chk["kept"] and chk["threshold"] == t and chk["val_cross_fitted"] > base
+    assert chk["kept"] and chk["threshold"] < 0.5 and chk["val_at_threshold"] > base + 0.05
+    assert chk["expected_at_threshold"] >= chk["expected_at_argmax"] and chk["val_cross_fitted"] > base
     assert evaluate.score("f1_macro", y, p, "binary", threshold=t) == pytest.approx(at)
     balanced = np.stack([1 - (y * 0.8 + 0.1), y * 0.8 + 0.1], 1)  # argmax is already perfect
-    assert not threshold_check(balanced, y, "f1_macro")["kept"]
+    assert threshold_check(balanced, y, "f1_macro")["val_at_threshold"] == pytest.approx(1.0)
+    rng = np.random.default_rng(1)  # calibrated, balanced classes, symmetric: the expected-best cut is about 0.5
+    q = rng.uniform(0.05, 0.95, 4000)
+    labels = (rng.random(4000) < q).astype(int)
+    sym = threshold_check(np.stack([1 - q, q], 1), labels, "balanced_accuracy")
+    assert abs(sym["tuned"] - 0.5) < 0.06
     with pytest.raises(ValueError):
         tune_threshold(p, y, "log_loss")
+
+
+def test_expected_metric_matches_the_labels_of_calibrated_probabilities():
+    rng = np.random.default_rng(0)
+    q = rng.beta(0.5, 3, 20000)
+    y = (rng.random(20000) < q).astype(int)
+    p = np.stack([1 - q, q], 1)
+    for name in ("f1", "f1_macro", "balanced_accuracy"):
+        for t in (0.2, 0.4, 0.6):
+            assert expected_metric(p, name, t) == pytest.approx(evaluate.score(name, y, p, "binary", threshold=t), abs=0.02)
 
 
 def test_evaluate_takes_a_threshold_and_reports_f1_and_brier():

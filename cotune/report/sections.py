@@ -131,12 +131,14 @@ def _calibration(sec, cal, src: str) -> None:
     thr = cal.get("threshold_check")
     if isinstance(thr, dict):
         if thr.get("kept"):
-            sec.p(f"The decision threshold on the second class's probability is {fmt(number(thr.get('threshold')))} "
-                  f"(tuned for {thr.get('metric')} on validation: {fmt(thr.get('val_at_threshold'))} against "
-                  f"{fmt(thr.get('val_at_argmax'))} at 0.5); `predict` applies it, the probabilities are unchanged by it.")
+            sec.p(f"The decision threshold on the second class's probability is {fmt(number(thr.get('threshold')))}: "
+                  f"the cut with the best expected {thr.get('metric')} under the calibrated validation probabilities, "
+                  f"{fmt(thr.get('val_at_threshold'))} on the validation labels against {fmt(thr.get('val_at_argmax'))} "
+                  "at 0.5; `predict` applies it, the probabilities are unchanged by it.")
         else:
-            sec.p(f"A decision threshold tuned for {thr.get('metric')} did not beat 0.5 on held-out validation rows "
-                  f"(cross-fitted {fmt(thr.get('val_cross_fitted'))} against {fmt(thr.get('val_at_argmax'))}): predict uses the most probable class.")
+            sec.p(f"No decision threshold: the cut with the best expected {thr.get('metric')} "
+                  f"({fmt(number(thr.get('tuned')))}) scored {fmt(thr.get('val_at_threshold'))} on the validation labels, "
+                  f"below {fmt(thr.get('val_at_argmax'))} at 0.5, so predict uses the most probable class.")
     before, after = get(cal, "test_before"), get(cal, "test_after")
     if isinstance(before, dict) and isinstance(after, dict):
         names = [k for k in ("log_loss", "brier", "ece") if k in before]

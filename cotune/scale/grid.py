@@ -48,13 +48,15 @@ class Point:
 
 
 def model_cost(cfg: RunConfig, width: int, shapes: tuple) -> tuple[int, float]:
-    """(parameters, forward FLOPs per sample) of the configuration's model at this width."""
+    """(parameters, forward FLOPs per sample) of the configuration's model at this width; shapes is
+    (in_shape, out_dim) or (in_shape, out_dim, table layout) as pipeline.model_inputs gives them."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from cotune.models import create_model
-    in_shape, out_dim = shapes
-    model = create_model(cfg.model.family, in_shape, out_dim, **{**cfg.model.model_dump(exclude={"family"}), "width": width})
+    in_shape, out_dim, layout = (*shapes, None)[:3]
+    extra = {"layout": layout} if layout is not None else {}
+    model = create_model(cfg.model.family, in_shape, out_dim, **{**cfg.model.model_dump(exclude={"family"}), "width": width}, **extra)
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, *in_shape))

@@ -70,7 +70,7 @@ def _same_study(old: dict, new: dict) -> None:
 
 def scale(run, overrides=(), *, out=None, workers: int | None = None, live: bool = True, console=None) -> ScaleResult:
     """Run the missing grid points, then fit and advise. Returns the rows and scale.json's content."""
-    from cotune.pipeline import load_data, model_shapes
+    from cotune.pipeline import load_data, model_inputs
     from cotune.scale.advice import summarize
     from cotune.scale.law import check_points
     run = Path(run)
@@ -79,7 +79,7 @@ def scale(run, overrides=(), *, out=None, workers: int | None = None, live: bool
     out = Path(out) if out is not None else run / "scale"
     if (out / "config.json").is_file():
         _same_study(read_json(out / "config.json"), cfg.to_dict())
-    widths = widths_for(cfg, model_shapes(cfg))
+    widths = widths_for(cfg, model_inputs(cfg))
     points = grid(cfg, widths, cfg.scale.extrapolate)
     params = {w: p for w, p, _ in widths}
     fitted = [p for p in points if not (p.extrapolated or p.longer)]  # too few to fit: say so before training anything
