@@ -150,11 +150,21 @@ def worker(storage: str = typer.Option(..., "--storage", help="Study storage URL
            study: str = typer.Option(..., "--study", help="Study name."),
            threads: int = typer.Option(1, "--threads", help="CPU threads for this worker."),
            out: Optional[Path] = typer.Option(None, "--out", help="Where trial directories go (default: the study's)."),
-           deadline: Optional[float] = typer.Option(None, "--deadline", help="Unix time after which no trial starts.")):
+           deadline: Optional[float] = typer.Option(None, "--deadline", help="Unix time after which no trial starts."),
+           wait_for: Optional[Path] = typer.Option(None, "--wait-for", hidden=True,
+                                                   help="Start once this file exists (`cotune fit` starts its workers early).")):
     """Join a search from another process or machine: run its trials until it is done."""
     from cotune.search.worker import work
     import torch
     torch.set_num_threads(threads)
+    if wait_for is not None:  # spawned before the study is ready: import the training stack meanwhile, then wait
+        import cotune.pipeline  # noqa: F401
+        parent = os.getppid()
+        while not wait_for.exists():
+            if os.getppid() != parent or (deadline is not None and time.time() > deadline):
+                out_console.print("worker ran 0 trial(s): the search did not start")
+                return
+            time.sleep(0.05)
     n = work(storage, study, deadline=deadline, threads=threads, out=str(out) if out else None)
     out_console.print(f"worker ran {n} trial(s)")
 

@@ -31,6 +31,7 @@ from cotune.search.tracking import track_study
 from cotune.track import read_json, write_csv, write_json
 
 GRACE_S = 30.0  # workers still running this long past the deadline are ended
+READY = ".workers-go"  # `cotune fit` creates it when the study is ready for the workers it started early
 
 
 @dataclass
@@ -82,6 +83,24 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
     out.mkdir(parents=True, exist_ok=True)
     url = storage_url(out, storage)
     name = study_name or out.name
+    # the workers start now and import torch & co. while this process sets the study up (seconds of the budget)
+    go = out / READY
+    go.unlink(missing_ok=True)
+    procs = spawn_workers(url, name, cfg.search.workers, deadline, out, cfg.runtime.threads, wait_for=go)
+    try:
+        return _search(cfg, fixed, space, ds, metric, out, url, name, state_args=(budget, elapsed, t0, deadline, resume),
+                       procs=procs, go=go, live=live, console=console)
+    except BaseException:
+        for p in procs:
+            p.terminate()
+        raise
+    finally:
+        go.unlink(missing_ok=True)
+
+
+def _search(cfg, fixed, space, ds, metric, out: Path, url: str, name: str, *, state_args, procs, go: Path, live, console):
+    """fit() once its input is checked and its workers are starting: the study, the run, the final model."""
+    budget, elapsed, t0, deadline, resume = state_args
     state = {"config": cfg.to_dict(), "fixed": sorted(fixed), "storage": url, "study": name,
              "budget_s": budget, "elapsed": elapsed, "space": {k: list(v) for k, v in space.items()}}
     write_json(out / "fit.json", state)
@@ -113,7 +132,9 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
 
     try:
         with live_view(live, console, refresh=2, transient=False) as view:
-            run_workers(study, url, cfg.search.workers, out, cfg.runtime.threads, deadline=deadline, tick=lambda: tick(view), started=started)
+            go.touch()  # the study is ready: the waiting workers open it
+            run_workers(study, url, cfg.search.workers, out, cfg.runtime.threads, deadline=deadline, tick=lambda: tick(view),
+                        started=started, procs=procs)
             if live:
                 view.update(trial_table(study, study.get_trials(deepcopy=False), deadline))
     except KeyboardInterrupt:
@@ -163,12 +184,13 @@ def best_trial(study):
 
 def run_workers(study, url: str, n: int, out: Path, threads: int, *, deadline: float | None = None,
                 tick: Callable[[], None] | None = None, started: Callable[[], None] | None = None,
-                poll_s: float = 1.0) -> None:
+                poll_s: float = 1.0, procs: list | None = None) -> None:
     """Start n `cotune worker` processes on the study, each with `threads` CPU threads (runtime.threads of the
     study's config, whether set in YAML, with --set or left at its default), and wait for them, calling `started()` once they are up
     and `tick()` every `poll_s`; end those still running GRACE_S past the deadline. On Ctrl-C: set the study's
-    stop flag (workers elsewhere see it too), end them, and re-raise."""
-    procs = spawn_workers(url, study.study_name, n, deadline, out, threads)
+    stop flag (workers elsewhere see it too), end them, and re-raise. procs: workers already started
+    (spawn_workers(..., wait_for=...)) to watch instead of starting new ones."""
+    procs = procs if procs is not None else spawn_workers(url, study.study_name, n, deadline, out, threads)
     try:
         if started is not None:
             started()
@@ -186,14 +208,17 @@ def run_workers(study, url: str, n: int, out: Path, threads: int, *, deadline: f
         raise
 
 
-def spawn_workers(url: str, name: str, n: int, deadline: float | None, out: Path, threads: int = 1) -> list[subprocess.Popen]:
-    """N `cotune worker` processes with `threads` CPU threads each.
+def spawn_workers(url: str, name: str, n: int, deadline: float | None, out: Path, threads: int = 1,
+                  wait_for: Path | None = None) -> list[subprocess.Popen]:
+    """N `cotune worker` processes with `threads` CPU threads each; with wait_for, each imports the training
+    stack and then waits for that file to exist before it opens the study (the parent starts them early).
 
     One thread per process (runtime.threads' default) is the measured default for small models on these 2-core machines: 2 threads
     ran 0.8-1.1x the time of 1 when idle and 4-5x slower beside another busy process; parallelism comes
     from --workers. With more workers than cores the threads still never exceed one per worker."""
     cmd = [sys.executable, "-m", "cotune.cli", "worker", "--storage", url, "--study", name, "--threads", str(threads),
-           "--out", str(out)] + (["--deadline", repr(deadline)] if deadline else [])
+           "--out", str(out)] + (["--deadline", repr(deadline)] if deadline else []) + (
+           ["--wait-for", str(wait_for)] if wait_for is not None else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
     log = open(out / "workers.log", "ab")
     die = functools.partial(_die_with_parent, os.getpid()) if sys.platform.startswith("linux") else None
