@@ -136,13 +136,6 @@ def table_input(layout: dict | None, num_embedding: str, d: int) -> TableInput |
     return TableInput(layout, num_embedding, d)
 
 
-class EnsembleHead(nn.Module):
-    """k independent Linear(d_in -> out_dim) heads, one per ensemble member: (B, k, d_in) -> (B, k, out_dim)."""
-
-    def __init__(self, k: int, d_in: int, out_dim: int):
-        super().__init__()
-        self.weight = _uniform((k, d_in, out_dim), d_in)
-        self.bias = _uniform((k, out_dim), d_in)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bki,kio->bko", h, self.weight) + self.bias
+class EnsembleHead(NLinear):
+    """k independent Linear(d_in -> out_dim) heads, one per ensemble member: (B, k, d_in) -> (B, k, out_dim)
+    (NLinear over the members instead of the features)."""

@@ -153,7 +153,6 @@ def decide(cfg: RunConfig, metric, best, choice: dict | None, how: dict, final) 
                                for k in dict.fromkeys(keys)}
         final.metrics["test"] = evaluate.evaluate(y_te, p_after, ds.task, classes=list(ds.classes), threshold=threshold)
         part["test_after"] = {k: final.metrics["test"].get(k) for k in dict.fromkeys(keys)}
-        part["test_after"]["ece"] = final.metrics["test"]["ece"]
         prior = np.bincount(ds.y[np.setdiff1d(np.arange(len(ds.y)), np.concatenate([va, te]))], minlength=len(ds.classes))
         prior = prior / max(1, prior.sum())
         part["test_prior_log_loss"] = evaluate.score("log_loss", y_te, np.tile(np.clip(prior, 1e-15, 1), (len(te), 1)), ds.task)
