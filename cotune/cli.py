@@ -141,6 +141,11 @@ def fit(data: Optional[str] = typer.Argument(None, help="CSV / Parquet / .npz / 
     print_metrics(res.final, res.how)
     c = res.counts
     out_console.print(f"trials: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed; best #{res.best['number']}")
+    from cotune.track import read_json
+    labels = read_json(res.path / "fit.json").get("labels") or {}
+    if labels.get("by_part"):
+        out_console.print("labels that look wrong: " + ", ".join(f"{k} {v}" for k, v in labels["by_part"].items())
+                          + f" (trust {labels['trust']}; {res.path / 'labels' / 'audit.csv'})", highlight=False)
     out_console.print(f"search directory: [bold]{res.path}[/] (final model in {res.path / 'final'})")
 
 

@@ -22,13 +22,14 @@ import torch
 from cotune import bundle, evaluate
 from cotune import models as model_registry
 from cotune.config import RunConfig, from_dict
+from cotune.knobs import CLASSIFICATION
 from cotune.data import sources
 from cotune.data.batches import TensorData
 from cotune.data.preprocess import Preprocessor, TargetTransform
 from cotune.data.audit import audit, list_checks
 from cotune.data.augment import make_augment, numeric_mask
 from cotune.data.balance import balance_train
-from cotune.data.clean import clean_train, needed_checks
+from cotune.data.clean import clean_train, clean_val, needed_checks
 from cotune.data.split import split_indices, subsample
 from cotune.errors import ConfigError, CotuneError
 from cotune.models import create_model
@@ -106,6 +107,7 @@ class TrainingSet:
     target: TargetTransform | None = None  # regression: targets -> what the model learns, and back
     train_idx: np.ndarray | None = None     # dataset rows of the training part after cleaning, before balancing
     train_labels: np.ndarray | None = None  # their labels after cleaning (relabel), unscaled, aligned with train_idx
+    val_labels: np.ndarray | None = None    # the validation rows' labels after data.clean.val, unscaled, aligned with val
 
 
 def takes_layout(family: str) -> bool:
@@ -131,8 +133,9 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False) -> TrainingSet:
         tr = subsample(tr, d.fraction, seed=d.split.seed, y=ds.y)
     opts = d.clean.model_dump()
     need = needed_checks(**opts) & set(list_checks(ds))  # e.g. no conflicting-label check for regression
-    report = audit(ds, tr, va, te, checks=sorted(need), seed=d.split.seed) if need else None
+    report = audit(ds, tr, va, te, checks=sorted(need), seed=d.split.seed, proxy=d.clean.proxy) if need else None
     cleaned = clean_train(tr, ds.y, report, **opts)
+    va, y_val, val_clean = clean_val(va, ds.y, report, **opts)  # data.clean.val: what ranks and stops the runs
     pre = make_preprocessor(cfg).fit(ds, cleaned.idx)
     X = pre.transform(ds.X)  # (N, *in_shape) float32
     target = TargetTransform(d.target_transform).fit(cleaned.y_train) if ds.task == "regression" else None
@@ -151,10 +154,16 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False) -> TrainingSet:
     summary = {"rows": {"train_split": n_split, "train_fraction": len(tr), "train_clean": len(cleaned.idx),
                         "train_used": len(train_y), "val": len(va), "test": len(te)},
                "fraction": d.fraction, "clean": cleaned.to_dict(), "balance": {"method": d.balance, **bal.to_dict()}}
-    return TrainingSet(X=X, y=scale(ds.y), train_X=train_X, train_y=scale(train_y), weights=bal.weights,
+    y_all = ds.y
+    if d.clean.val != "keep":
+        summary["clean"]["val"] = {"option": d.clean.val, **val_clean}
+        if val_clean["relabelled"]:
+            y_all = ds.y.copy()
+            y_all[va] = y_val
+    return TrainingSet(X=X, y=scale(y_all), train_X=train_X, train_y=scale(train_y), weights=bal.weights,
                        sampling=bal.sampling_weights, val=va, test=te, pre=pre, y_mean=y_mean, y_std=y_std,
                        loss=bal.loss, report=report, summary=summary, target=target, train_idx=cleaned.idx,
-                       train_labels=cleaned.y_train)
+                       train_labels=cleaned.y_train, val_labels=y_val)
 
 
 def model_shapes(cfg: RunConfig) -> tuple[tuple, int]:
@@ -177,7 +186,7 @@ def audit_data(cfg: RunConfig, checks=None):
     ds = load_data(cfg)
     d = cfg.data
     tr, va, te = split_indices(ds, val=d.split.val, test=d.split.test, seed=d.split.seed)
-    return audit(ds, tr, va, te, checks=checks, seed=d.split.seed)
+    return audit(ds, tr, va, te, checks=checks, seed=d.split.seed, proxy=d.clean.proxy)
 
 
 def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None, progress: bool | None = None,
@@ -258,10 +267,10 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
                        raw_shape=tuple(ds.feature_shape), y_mean=data.y_mean, y_std=data.y_std, meta=ds.meta,
                        n_params=n_params, target_transform=data.target.to_dict() if data.target is not None else None)
     metrics = {}
-    for part, idx in (("val", va), ("test", data.test)):
+    for part, idx, truth in (("val", va, data.val_labels), ("test", data.test, ds.y[data.test])):
         if len(idx):
             pred = bundle.predictions(infer(model, torch.as_tensor(X[idx]), rt), spec)
-            metrics[part] = evaluate.evaluate(ds.y[idx], pred, ds.task, classes=list(ds.classes))
+            metrics[part] = evaluate.evaluate(truth, pred, ds.task, classes=list(ds.classes))
     bundle.save(out, model, spec, data.pre)
     write_csv(out / "history.csv", result.history)
     write_json(out / "metrics.json", {**metrics, "train": {
@@ -278,12 +287,41 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
 def evaluate_ensemble(cfg: RunConfig, member_dirs: list) -> dict:
     """Validation and test metrics of soft voting over trained run directories (same split as cfg)."""
     ds = load_data(cfg)
-    _, va, te = split_indices(ds, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed)
+    va, y_va, te = held_out(cfg, ds)
     # the saved ensemble's own voting, before it is saved (its path: where the members are)
     ens = bundle.Ensemble(Path(member_dirs[0]).parent, [bundle.load(d) for d in member_dirs])
     out = {}
-    for part, idx in (("val", va), ("test", te)):
+    for part, idx, truth in (("val", va, y_va), ("test", te, ds.y[te])):
         if len(idx):  # data.split.test=0: no test part, as in run()
             X = ds.X.iloc[idx] if ds.modality == "tabular" else ds.X[idx]
-            out[part] = evaluate.evaluate(ds.y[idx], ens.predict_output(X), ds.task, classes=list(ds.classes))
+            out[part] = evaluate.evaluate(truth, ens.predict_output(X), ds.task, classes=list(ds.classes))
     return out
+
+
+def label_check(cfg: RunConfig, ds, out: Path | None = None) -> dict | None:
+    """The labels of every part checked (the audit's label_issues, cached): its summary, and with `out` its
+    audit.json / audit.csv written there. None for regression or without validation and test rows."""
+    if ds.task not in CLASSIFICATION:
+        return None
+    d = cfg.data
+    tr, va, te = split_indices(ds, val=d.split.val, test=d.split.test, seed=d.split.seed)
+    report = audit(ds, tr, va, te, checks=["label_issues"], seed=d.split.seed, proxy=d.clean.proxy)
+    if out is not None:
+        report.save(out)
+    keep = ("count", "share", "severity", "message", "proxy", "proxy_accuracy", "proxy_candidates",
+            "unflagged_agreement", "trust", "by_part")
+    return {k: report["label_issues"].summary[k] for k in keep}
+
+
+def held_out(cfg: RunConfig, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(validation rows, their labels after data.clean.val, test rows): what ranks, ensembles and calibrates
+    a search's models, as `prepare` gives them to its runs."""
+    d = cfg.data
+    tr, va, te = split_indices(ds, val=d.split.val, test=d.split.test, seed=d.split.seed)
+    if d.clean.val == "keep" or ds.task not in CLASSIFICATION or not len(va):
+        return va, ds.y[va], te
+    if d.fraction < 1.0:
+        tr = subsample(tr, d.fraction, seed=d.split.seed, y=ds.y)
+    report = audit(ds, tr, va, te, checks=["label_issues"], seed=d.split.seed, proxy=d.clean.proxy)
+    va, y_va, _ = clean_val(va, ds.y, report, **d.clean.model_dump())
+    return va, y_va, te

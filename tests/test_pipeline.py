@@ -39,13 +39,15 @@ def test_cleaning_drops_and_relabels_only_training_rows(tmp_path):
     y_noisy = y.copy()
     y_noisy[g.choice(300, 30, replace=False)] ^= 1
     np.savez(tmp_path / "d.npz", X=X, y=y_noisy)
-    cfg = {**FAST, "data": {"source": str(tmp_path / "d.npz"), "clean": {"duplicates": "drop", "label_issues": "drop"}}}
+    cfg = {**FAST, "data": {"source": str(tmp_path / "d.npz"), "clean": {"duplicates": "drop", "label_issues": "drop",
+                                                                        "min_trust": "low"}}}
     res = cotune.train(cfg, out=tmp_path / "c")
     s = data_summary(res)
     assert s["clean"]["removed"]["duplicates"] >= 1 and s["clean"]["removed"]["label_issues"] >= 5
     assert s["rows"]["train_clean"] == s["rows"]["train_split"] - sum(s["clean"]["removed"].values())
     assert (res.path / "audit.json").exists() and (res.path / "audit.csv").exists()
-    res2 = cotune.train({**cfg, "data": {**cfg["data"], "clean": {"label_issues": "relabel"}}}, out=tmp_path / "d")
+    res2 = cotune.train({**cfg, "data": {**cfg["data"], "clean": {"label_issues": "relabel", "min_trust": "low"}}},
+                        out=tmp_path / "d")
     assert data_summary(res2)["clean"]["relabelled"] >= 5 and data_summary(res2)["rows"]["train_clean"] == s["rows"]["train_split"]
 
 

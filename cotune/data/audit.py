@@ -43,14 +43,15 @@ import pandas as pd
 from cotune.data import audit_checks_columns, audit_checks_rows  # noqa: F401
 from cotune.data import audit_models as models
 from cotune.data.audit_registry import (  # noqa: F401  (re-exported: callers import these from here)
-    CHECKS, CLASSIFICATION, OUTLIER, PARTS, PROXY, SEVERITIES, Check, Issues, list_checks, register_check, severity,
-    worst)
+    CHECKS, CLASSIFICATION, NET_PROXY, OUTLIER, PARTS, PROXY, PROXY_CHOICE, SEVERITIES, Check, Issues, list_checks,
+    register_check, severity, worst)
 from cotune.data.dataset import Dataset
 from cotune.data.preprocess import Preprocessor
 from cotune.data.sources import cache_dir
 from cotune.errors import ConfigError, DataError, fmt_choices, invalid
 from cotune.track import atomic_write_bytes, write_json
 
+PROXIES = ("auto", *models.PROXY_KINDS)  # data.clean.proxy
 DUP_IMAGE_SIDE = 8       # images are average-pooled to at most 8x8 per channel for near-duplicate detection
 DUP_SEQUENCE_LEN = 64    # sequences to at most 64 steps per channel
 MAX_FEATURE_FLOATS = 2 ** 27  # above this (512 MiB) the array feature matrix is the pooled one
@@ -99,8 +100,10 @@ class AuditContext:
     """Computed once per audit and shared by the checks; heavy arrays are built on first use."""
 
     def __init__(self, ds: Dataset, train_idx, val_idx, test_idx, *, seed: int = 0, cv_folds: int = 5,
-                 cache: bool = True):
-        self.ds, self.seed, self.cv_folds, self.cache = ds, int(seed), int(cv_folds), bool(cache)
+                 cache: bool = True, proxy: str = "auto"):
+        if proxy not in PROXIES:
+            raise ConfigError(invalid("'data.clean.proxy'", f"one of {fmt_choices(PROXIES)}", proxy))
+        self.ds, self.seed, self.cv_folds, self.cache, self.proxy = ds, int(seed), int(cv_folds), bool(cache), proxy
         n = len(ds)
         self.part = np.full(n, "unused", dtype="<U6")
         idx = {}
@@ -178,12 +181,13 @@ class AuditContext:
             h.update(np.ascontiguousarray(a).data)
         return h.hexdigest()
 
-    def cached(self, kind: str, settings: dict, compute: Callable[[], dict]) -> dict:
-        """Arrays from `compute()`, stored under cache_dir()/audit/<kind>-<sha1>.npz and reused."""
+    def cached(self, kind: str, settings: dict, compute: Callable[[], dict], data_key: str | None = None) -> dict:
+        """Arrays from `compute()`, stored under cache_dir()/audit/<kind>-<sha1>.npz and reused; the key is
+        `data_key` (default: the features, labels and training rows) and the settings."""
         if not self.cache:
             self._computed.add(kind)
             return compute()
-        key = hashlib.sha1((self.data_key + json.dumps(settings, sort_keys=True)).encode()).hexdigest()
+        key = hashlib.sha1(((data_key or self.data_key) + json.dumps(settings, sort_keys=True)).encode()).hexdigest()
         path = Path(cache_dir()) / "audit" / f"{kind}-{key}.npz"
         if path.is_file():
             try:
@@ -201,16 +205,68 @@ class AuditContext:
             warnings.warn(f"could not write the audit cache {path}: {e}", stacklevel=2)
         return arrays
 
+    # -- the label-issue proxy: cross-validated over every row outside the test part ---------------
+    @cached_property
+    def dev_idx(self) -> np.ndarray:
+        """Rows the label proxy cross-validates over: every row outside the test part (training rows left out
+        by data.fraction included), whatever share of them this run trains on. The test rows are scored by
+        the fold models, which never saw them: no test label trains anything."""
+        return np.flatnonzero(self.part != "test")
+
+    @cached_property
+    def proxy_inputs(self) -> np.ndarray:
+        """(N, ...) float32 inputs of the label proxy: preprocessed on the dev rows; per-sample shape kept
+        for the network proxy on images and sequences, flattened otherwise."""
+        pre = Preprocessor().fit(self.ds, self.dev_idx)
+        X = np.concatenate([pre.transform(self.ds.X[s:s + 65536] if self.ds.modality != "tabular" else
+                                          self.ds.X.iloc[s:s + 65536]) for s in range(0, len(self.ds), 65536)])
+        return np.ascontiguousarray(X, dtype=np.float32)
+
+    def proxy_kinds(self) -> tuple:
+        """The proxies to fit: 'auto' is LightGBM or the linear model on tables (the better out-of-fold), and
+        the modality's network on images and sequences."""
+        if self.proxy != "auto":
+            return (self.proxy,)
+        return PROXY_CHOICE if self.ds.modality == "tabular" else ("net",)
+
+    def proxy_probs(self, kind: str) -> np.ndarray:
+        """(N, K) probabilities of proxy `kind`: out-of-fold over the dev rows, the fold models' mean on test."""
+        dev, test = self.dev_idx, np.flatnonzero(self.part == "test")
+        settings = {"max_fit": PROXY["max_fit"], kind: PROXY[kind], "folds": self.cv_folds, "seed": self.seed, "v": 2}
+        if kind == "net":
+            family, knobs = NET_PROXY[self.ds.modality]
+            settings["net"] = {**PROXY["net"], "family": family, "knobs": knobs}
+        h = hashlib.sha1()
+        for a in (self.ds.y, test):
+            h.update(str(a.shape).encode() + np.ascontiguousarray(a).data)
+        h.update(hashlib.sha1(self.proxy_inputs.data).digest())
+
+        def compute() -> dict:
+            X = self.proxy_inputs
+            if kind != "net":
+                X = X.reshape(len(X), -1)
+            oof, other = models.oof_pred_probs(X[dev], self.ds.y[dev], self.ds.n_classes, kind=kind,
+                                               folds=self.cv_folds, seed=self.seed, settings=settings,
+                                               max_fit=PROXY["max_fit"], X_other=X[test])
+            out = np.zeros((len(self.ds), self.ds.n_classes), dtype=np.float32)
+            out[dev], out[test] = oof, other
+            return {"pred_probs": out}
+        return self.cached(f"labels-{kind}", settings, compute, data_key=h.hexdigest())["pred_probs"]
+
     def pred_probs(self) -> np.ndarray:
-        """(N, K) out-of-fold class probabilities of the proxy for training rows, zeros elsewhere."""
-        settings = {**PROXY, "folds": self.cv_folds, "seed": self.seed, "v": 1}
-        tr = self.train_idx
-        p = self.cached("oof", settings, lambda: {"pred_probs": models.oof_pred_probs(
-            self.features[tr], self.ds.y[tr], self.ds.n_classes, folds=self.cv_folds, seed=self.seed,
-            **PROXY)})["pred_probs"]
-        out = np.zeros((len(self.ds), self.ds.n_classes), dtype=np.float32)
-        out[tr] = p
-        return out
+        """(N, K) class probabilities of the chosen proxy for every row (out-of-fold outside the test part)."""
+        return self.label_proxy()[1]
+
+    def label_proxy(self) -> tuple[str, np.ndarray, dict]:
+        """(kind, (N, K) probabilities, {kind: out-of-fold accuracy on the dev rows}) of the proxy 'auto' picks."""
+        if "proxy" not in self.memo:
+            dev = self.dev_idx
+            found = {k: self.proxy_probs(k) for k in self.proxy_kinds()}
+            acc = {k: round(float(np.mean(P[dev].argmax(1) == self.ds.y[dev])), 4) if len(dev) else 0.0
+                   for k, P in found.items()}
+            best = max(acc, key=acc.get)
+            self.memo["proxy"] = (best, found[best], acc)
+        return self.memo["proxy"]
 
     def outlier_scores(self) -> np.ndarray:
         """(N,) float32 outlier score of every row (models fitted on training rows): ~0.5 typical, -> 1 anomalous."""
@@ -243,12 +299,13 @@ def _resolve(ds: Dataset, checks) -> list[str]:
 
 
 def audit(ds: Dataset, train_idx, val_idx, test_idx, *, checks=None, seed: int = 0, cv_folds: int = 5,
-          cache: bool = True) -> "AuditReport":
-    """Run `checks` (default: every check that applies to the dataset's task / modality)."""
+          cache: bool = True, proxy: str = "auto") -> "AuditReport":
+    """Run `checks` (default: every check that applies to the dataset's task / modality); `proxy` is the
+    label-issue proxy (`PROXIES`)."""
     if isinstance(cv_folds, bool) or not isinstance(cv_folds, (int, np.integer)) or cv_folds < 2:
         raise ConfigError(invalid("'cv_folds'", "an integer >= 2", cv_folds, "e.g. 5"))
     names = _resolve(ds, checks)
-    ctx = AuditContext(ds, train_idx, val_idx, test_idx, seed=seed, cv_folds=cv_folds, cache=cache)
+    ctx = AuditContext(ds, train_idx, val_idx, test_idx, seed=seed, cv_folds=cv_folds, cache=cache, proxy=proxy)
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1, user_api="blas"), warnings.catch_warnings():  # BLAS threads thrash on shared CPUs

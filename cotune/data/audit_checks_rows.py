@@ -5,7 +5,8 @@ Imported (and so registered) by `cotune.data.audit`. It imports `cotune.data.aud
 first, so the column checks come first in `list_checks()` however the modules are imported.
 
 Each check is ``fn(ctx: AuditContext) -> Issues``. Checks that act on training rows (duplicates,
-near duplicates, conflicting duplicates, outliers, label issues) flag training rows only; leakage
+near duplicates, conflicting duplicates, outliers) flag training rows only; label issues are checked in
+every part (cleaning acts on training rows, and on validation rows when asked; never on test); leakage
 flags held-out rows and their training twins; class imbalance is a finding about the whole dataset.
 The expensive arrays (outlier scores, the proxy's out-of-fold probabilities) come from the context,
 which computes them with `cotune.data.audit_models`.
@@ -16,11 +17,12 @@ import numpy as np
 import pandas as pd
 
 from cotune.data import audit_checks_columns  # noqa: F401  (its checks register first)
-from cotune.data.audit_registry import (CLASSIFICATION, OUTLIER, Issues, make_issues, plural, register_check,
-                                        severity, worst)
+from cotune.data.audit_registry import (CLASSIFICATION, OUTLIER, PARTS, SEVERITIES, Issues, make_issues, plural,
+                                        register_check, severity, worst)
 
 NEAR_GRID = 0.05        # near duplicates: every standardized feature within about this many std devs
-WEAK_PROXY = 0.7        # a label-issue proxy with a lower out-of-fold accuracy makes its flags 'low' severity
+TRUST_AGREE = (0.90, 0.95)  # label issues: the proxy's agreement with the labels it does not flag, for medium /
+                            # high trust in its flags (hard tables: 0.83-0.93; real label noise: 0.96-0.98)
 MINORITY = 3.0          # a class with fewer than 1/3 of the largest class's training rows is a minority
 
 
@@ -159,29 +161,47 @@ def class_imbalance(ctx) -> Issues:
 
 @register_check("label_issues", tasks=CLASSIFICATION, expensive=True)
 def label_issues(ctx) -> Issues:
+    """Every row's label against a cross-validated proxy (see AuditContext.label_proxy), flagged with
+    cleanlab's prune-by-noise-rate rule. How far to trust the flags: how well the proxy predicts the labels
+    it does not flag. A proxy that agrees with nearly all of them knows the data, and a label it is sure is
+    another class is likely wrong; one that misses many of the unflagged labels too finds the data hard,
+    and its flags are then hard examples as much as wrong labels (relabelling those makes a model
+    overconfident)."""
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    tr = ctx.train_idx
-    P = ctx.pred_probs()
-    labels = ctx.ds.y[tr]
+    kind, P, accuracies = ctx.label_proxy()
+    rows = np.flatnonzero(np.isin(ctx.part, PARTS))
+    y = ctx.ds.y
+    labels = y[rows]
     present = np.unique(labels)   # cleanlab wants every class present: drop the absent ones' columns
     remap = np.searchsorted(present, labels)
-    p = P[tr][:, present].astype(np.float64)
+    p = P[rows][:, present].astype(np.float64)
     p = np.where(p.sum(1, keepdims=True) > 0, p, 1.0) / np.maximum(p.sum(1, keepdims=True), 1e-12)
     mask, score = np.zeros(len(ctx), dtype=bool), np.zeros(len(ctx), dtype=np.float32)
     suggested = np.full(len(ctx), -1, dtype=np.int64)
-    acc = float(np.mean(P[tr].argmax(1) == labels)) if len(tr) else 0.0
     if len(present) >= 2:
-        mask[tr] = find_label_issues(remap, p, filter_by="prune_by_noise_rate", n_jobs=1)
-        score[tr] = 1.0 - get_label_quality_scores(remap, p, method="self_confidence")
-    suggested[tr] = P[tr].argmax(1)
-    n, weak = int(mask.sum()), acc < WEAK_PROXY
-    msg = (f"{plural(n, 'training label')} look wrong: a cross-validated proxy model confidently predicts another "
-           f"class (proxy accuracy {acc:.1%}" + ("; the proxy is weak on this data, so many flags may be its own "
-                                                 "mistakes)." if weak else ").") if n
-           else "No training label looks wrong to the proxy model.")
-    sev = "low" if weak and n else None   # a weak proxy's flags are not worth an alarm
-    return make_issues(ctx, "label_issues", mask, score, examined=len(tr), fix="data.clean.label_issues=drop",
-                       message=msg, sev=sev, proxy="logistic_regression", proxy_accuracy=round(acc, 4), proxy_weak=weak,
-                       extra={"pred_probs": P, "suggested": suggested})
+        mask[rows] = find_label_issues(remap, p, filter_by="prune_by_noise_rate", n_jobs=1)
+        score[rows] = 1.0 - get_label_quality_scores(remap, p, method="self_confidence")
+    suggested[rows] = P[rows].argmax(1)
+    n = int(mask.sum())
+    rest = rows[~mask[rows]]
+    agree = float(np.mean(suggested[rest] == y[rest])) if len(rest) else 0.0
+    trust = "high" if agree >= TRUST_AGREE[1] else "medium" if agree >= TRUST_AGREE[0] else "low"
+    by_part = {part: int(mask[ctx.part == part].sum()) for part in PARTS}
+    dev = ctx.dev_idx
+    acc = accuracies[kind]
+    where = ", ".join(f"{part} {k}" for part, k in by_part.items())
+    msg = (f"{plural(n, 'label')} look wrong ({where}; {n / max(len(rows), 1):.1%} of the rows): the {kind} proxy "
+           f"(out-of-fold accuracy {acc:.1%}) is sure of another class. It agrees with {agree:.1%} of the labels it "
+           f"does not flag, so trust in the flags is {trust}"
+           + ({"low": ": the data is hard for it, and these look like hard examples as much as wrong labels",
+               "medium": ": some flags may be hard examples"}.get(trust, "") + ".") if n
+           else f"No label looks wrong to the {kind} proxy (out-of-fold accuracy {acc:.1%}).")
+    base = severity(n / max(len(rows), 1), n)
+    sev = {"low": "low" if n else "none", "medium": min(base, "medium", key=SEVERITIES.index), "high": base}[trust]
+    fix = "data.clean.label_issues=drop (training rows), data.clean.val=drop (validation rows)"
+    return make_issues(ctx, "label_issues", mask, score, examined=len(rows), fix=fix, message=msg, sev=sev,
+                       proxy=kind, proxy_accuracy=round(acc, 4), proxy_candidates=accuracies,
+                       unflagged_agreement=round(agree, 4), trust=trust, by_part=by_part,
+                       dev_rows=int(len(dev)), extra={"pred_probs": P, "suggested": suggested})

@@ -5,6 +5,10 @@ and the outlier scores.
 so tests can monkeypatch them and `_fit_proxy`) and caches their results on disk. This module
 imports no other audit module; the settings they run with are `PROXY` / `OUTLIER` in
 `cotune.data.audit_registry`.
+
+The label-issue proxies (`PROXY_KINDS`): 'linear' (multinomial logistic regression), 'gbdt' (LightGBM,
+one thread) and 'net' (a small network of the modality's family from the model registry, trained with
+the generalized cross-entropy, which noisy labels pull less than the plain cross-entropy).
 """
 from __future__ import annotations
 
@@ -47,33 +51,99 @@ def outlier_scores(F: np.ndarray, train_idx: np.ndarray, n_numeric: int, *, seed
     return np.clip(scores, 0, 1)
 
 
-def _fit_proxy(X: np.ndarray, y: np.ndarray, *, C: float, max_iter: int, seed: int):
-    """The label-issue proxy: multinomial logistic regression (tests monkeypatch this)."""
-    from sklearn.linear_model import LogisticRegression
-
-    return LogisticRegression(C=C, max_iter=max_iter, random_state=seed).fit(X.astype(np.float64), y)
+PROXY_KINDS = ("linear", "gbdt", "net")
 
 
-def oof_pred_probs(X: np.ndarray, y: np.ndarray, n_classes: int, *, folds: int, seed: int, C: float,
-                   max_iter: int, max_fit: int) -> np.ndarray:
-    """(n, K) out-of-fold probabilities by stratified K-fold; each fold's model is fitted on at most
-    `max_fit` (random) rows of its training folds and predicts every row of its held-out fold."""
+def _fit_proxy(kind: str, X: np.ndarray, y: np.ndarray, n_classes: int, *, seed: int, settings: dict):
+    """One fold's label-issue proxy, fitted on (X, y); returns predict(X) -> (n, n_classes) probabilities.
+    (Tests monkeypatch this.) `settings` holds every kind's settings (audit_registry.PROXY)."""
+    if kind == "net":
+        return _fit_net(X, y, n_classes, seed=seed, **settings["net"])
+    if kind == "gbdt":
+        import lightgbm as lgb
+
+        model = lgb.LGBMClassifier(**settings["gbdt"], random_state=seed, n_jobs=1, verbose=-1)
+    else:
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(**settings["linear"], random_state=seed)
+    flat = X.reshape(len(X), -1).astype(np.float64)
+    model.fit(flat, y)
+
+    def predict(Z: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(Z), n_classes), dtype=np.float32)
+        out[:, model.classes_] = model.predict_proba(Z.reshape(len(Z), -1).astype(np.float64))
+        return out
+    return predict
+
+
+def _fit_net(X: np.ndarray, y: np.ndarray, n_classes: int, *, seed: int, family: str, knobs: dict, epochs: int,
+             batch_size: int, lr: float, weight_decay: float, gce_q: float):
+    """A small network of the modality's family, trained with the generalized cross-entropy (robust to the
+    noisy labels it is there to find) for a fixed number of epochs on a one-cycle schedule."""
+    import torch
+
+    from cotune.models.registry import create_model
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = create_model(family, X.shape[1:], n_classes, **knobs)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    Xt, yt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)), torch.from_numpy(y.astype(np.int64))
+    steps = max(1, -(-len(y) // batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=g)
+        for s in range(steps):
+            rows = order[s * batch_size:(s + 1) * batch_size]
+            if len(rows) < 2:  # batch norm needs two samples
+                continue
+            p = torch.softmax(model(Xt[rows]), dim=-1).gather(1, yt[rows, None]).clamp_min(1e-7)
+            loss = ((1 - p ** gce_q) / gce_q).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+
+    def predict(Z: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return np.concatenate([torch.softmax(model(torch.from_numpy(np.ascontiguousarray(Z[s:s + 4096], dtype=np.float32))),
+                                                 dim=-1).numpy() for s in range(0, len(Z), 4096)]) if len(Z) else \
+                np.zeros((0, n_classes), np.float32)
+    return predict
+
+
+def oof_pred_probs(X: np.ndarray, y: np.ndarray, n_classes: int, *, kind: str, folds: int, seed: int, settings: dict,
+                   max_fit: int, X_other: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(n, K) out-of-fold probabilities of `kind`'s proxy by stratified K-fold over the rows of X, and (m, K)
+    for the rows of `X_other` (rows the folds never see: the mean of the K fold models' predictions). Each
+    fold's model is fitted on at most `max_fit` (random) rows of its training folds."""
     from sklearn.model_selection import StratifiedKFold
 
     out = np.zeros((len(y), n_classes), dtype=np.float32)
+    other = np.zeros((0 if X_other is None else len(X_other), n_classes), dtype=np.float32)
     counts = np.bincount(y, minlength=n_classes)
     if (counts > 0).sum() < 2 or counts.max() < 2:
         out[np.arange(len(y)), y] = 1.0
-        return out
+        if len(other):
+            other[:, np.argmax(counts)] = 1.0
+        return out, other
     skf = StratifiedKFold(n_splits=int(min(folds, counts.max())), shuffle=True, random_state=seed)
+    n_folds = 0
     for k, (fit, pred) in enumerate(skf.split(np.zeros(len(y)), y)):
         fit = sample_rows(fit, max_fit, seed + k)
         present = np.unique(y[fit])
+        n_folds += 1
         if len(present) < 2:
             out[pred, present[0]] = 1.0
+            other[:, present[0]] += 1.0
             continue
-        model = _fit_proxy(X[fit], y[fit], C=C, max_iter=max_iter, seed=seed)
+        predict = _fit_proxy(kind, X[fit], y[fit], n_classes, seed=seed + k, settings=settings)
         for s in range(0, len(pred), 65536):
             rows = pred[s:s + 65536]
-            out[np.ix_(rows, model.classes_)] = model.predict_proba(X[rows].astype(np.float64))
-    return out
+            out[rows] = predict(X[rows])
+        for s in range(0, len(other), 65536):
+            other[s:s + 65536] += predict(X_other[s:s + 65536])
+    return out, other / max(n_folds, 1)

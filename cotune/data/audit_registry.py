@@ -18,7 +18,18 @@ from cotune.data.dataset import Dataset
 SEVERITIES = ("none", "low", "medium", "high")
 PARTS = ("train", "val", "test")
 CLASSIFICATION = ("binary", "multiclass")
-PROXY = {"C": 0.1, "max_iter": 300, "max_fit": 100_000}   # label-issue proxy (C=0.1: see tests/test_audit.py)
+# the label-issue proxies (cotune.data.audit_models): linear (C=0.1: see tests/test_audit.py), LightGBM kept
+# small (200 shallow-ish trees on row and column subsamples), and per modality a small network of the family
+# the search starts from, trained a fixed number of epochs (noisy labels are memorized late)
+PROXY = {"max_fit": 100_000,
+         "linear": {"C": 0.1, "max_iter": 300},
+         "gbdt": {"n_estimators": 200, "learning_rate": 0.05, "num_leaves": 31, "subsample": 0.8, "subsample_freq": 1,
+                  "colsample_bytree": 0.5, "min_child_samples": 10},
+         "net": {"epochs": 20, "batch_size": 64, "lr": 3e-3, "weight_decay": 1e-4, "gce_q": 0.7}}
+NET_PROXY = {"image": ("cnn2d", {"width": 32, "depth": 2, "norm": "batch", "dropout": 0.0}),
+             "sequence": ("cnn1d", {"width": 64, "depth": 3, "kernel_size": 7, "norm": "batch", "dropout": 0.0}),
+             "tabular": ("mlp", {"width": 128, "depth": 2, "norm": "none", "dropout": 0.1})}
+PROXY_CHOICE = ("linear", "gbdt")  # proxy 'auto' on tables: the one of these with the best out-of-fold accuracy
 OUTLIER = {"n_estimators": 100, "max_samples": 256, "max_fit": 20_000, "threshold": 0.6}
 
 

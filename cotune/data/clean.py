@@ -21,7 +21,12 @@ leakage='drop'             'leakage'.extra['train_rows'] (training rows that cop
 outlier_score=t (< 1)      'outliers'.score >= t
 label_issues='drop'        'label_issues'.mask and 'label_issues'.score >= label_threshold
 label_issues='relabel'     the same rows get 'label_issues'.extra['suggested'] as their label
+val='drop' / 'relabel'     `clean_val`: the same for flagged validation rows (test rows: never)
 =========================  ===================================================================
+
+Label cleaning acts only when the audit's trust in its flags ('label_issues'.summary['trust']: low /
+medium / high, see the check) is at least `min_trust`: a proxy that finds the data hard flags hard
+examples as much as wrong labels, and relabelling those makes a model overconfident.
 
 A row removed for several reasons is counted once, under the first of: leakage, duplicates,
 near_duplicates, outliers, label_issues. An issue the options need but the report lacks is an
@@ -39,6 +44,7 @@ from cotune.errors import ConfigError, DataError, fmt_choices, invalid
 DUPLICATES = ("keep", "drop", "drop_near")
 LEAKAGE = ("keep", "drop")
 LABEL_ISSUES = ("keep", "drop", "relabel")
+TRUST = ("low", "medium", "high")  # the audit's trust in its label flags, lowest first
 REASONS = ("leakage", "duplicates", "near_duplicates", "outliers", "label_issues")
 
 
@@ -49,13 +55,15 @@ class CleanResult:
     removed: dict = field(default_factory=dict)  # reason -> rows removed (each row counted once)
     relabelled: int = 0            # rows whose label was changed
     n_before: int = 0
+    skipped: str | None = None     # why label cleaning did nothing although asked
 
     def to_dict(self) -> dict:
-        return {"rows_before": self.n_before, "rows_after": int(len(self.idx)),
-                "removed": {k: int(v) for k, v in self.removed.items()}, "relabelled": int(self.relabelled)}
+        d = {"rows_before": self.n_before, "rows_after": int(len(self.idx)),
+             "removed": {k: int(v) for k, v in self.removed.items()}, "relabelled": int(self.relabelled)}
+        return {**d, "skipped": self.skipped} if self.skipped else d
 
 
-def _check_options(duplicates, leakage, outlier_score, label_issues, label_threshold) -> None:
+def _check_options(duplicates, leakage, outlier_score, label_issues, label_threshold, val="keep", min_trust="high") -> None:
     if duplicates not in DUPLICATES:
         raise ConfigError(invalid("'data.clean.duplicates'", f"one of {fmt_choices(DUPLICATES)}", duplicates))
     if leakage not in LEAKAGE:
@@ -70,12 +78,17 @@ def _check_options(duplicates, leakage, outlier_score, label_issues, label_thres
             or not 0.0 <= float(label_threshold) < 1.0):
         raise ConfigError(invalid("'data.clean.label_threshold'", "a number from 0 to below 1", label_threshold,
                                   "e.g. --set data.clean.label_threshold=0.5"))
+    if val not in LABEL_ISSUES:
+        raise ConfigError(invalid("'data.clean.val'", f"one of {fmt_choices(LABEL_ISSUES)}", val))
+    if min_trust not in TRUST:
+        raise ConfigError(invalid("'data.clean.min_trust'", f"one of {fmt_choices(TRUST)}", min_trust))
 
 
 def needed_checks(duplicates: str = "keep", leakage: str = "keep", outlier_score: float = 1.0,
-                  label_issues: str = "keep", label_threshold: float = 0.0) -> set[str]:
+                  label_issues: str = "keep", label_threshold: float = 0.0, val: str = "keep", min_trust: str = "high",
+                  proxy: str = "auto") -> set[str]:
     """The audit issue names these options read (empty when cleaning is off)."""
-    _check_options(duplicates, leakage, outlier_score, label_issues, label_threshold)
+    _check_options(duplicates, leakage, outlier_score, label_issues, label_threshold, val, min_trust)
     need: set[str] = set()
     if duplicates in ("drop", "drop_near"):
         need |= {"duplicates", "conflicting_duplicates"}
@@ -85,9 +98,54 @@ def needed_checks(duplicates: str = "keep", leakage: str = "keep", outlier_score
         need.add("leakage")
     if float(outlier_score) < 1.0:
         need.add("outliers")
-    if label_issues != "keep":
+    if label_issues != "keep" or val != "keep":
         need.add("label_issues")
     return need
+
+
+def _label_flags(report, n: int, label_threshold: float, min_trust: str):
+    """(issue, (N,) bool: the rows label cleaning acts on), or (issue, None) when the audit does not trust
+    its flags enough."""
+    issue = _issue(report, "label_issues", n)
+    trust = (getattr(issue, "summary", None) or {}).get("trust", "high")
+    if TRUST.index(trust) < TRUST.index(min_trust):
+        return issue, None
+    return issue, np.asarray(issue.mask, dtype=bool) & (np.asarray(issue.score, dtype=np.float64) >= float(label_threshold))
+
+
+def _suggested(issue, n: int) -> np.ndarray:
+    suggested = np.asarray(issue.extra["suggested"]).ravel()
+    if len(suggested) != n:
+        raise ValueError(f"audit issue 'label_issues': extra['suggested'] has {len(suggested)} entries for {n} rows")
+    return suggested
+
+
+def clean_val(val_idx, y, report, *, val: str = "keep", label_threshold: float = 0.0, min_trust: str = "high",
+              **_) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(validation rows kept, their labels, {'dropped': k, 'relabelled': k}) under data.clean.val: flagged
+    validation rows kept, dropped or relabelled to the proxy's prediction (the other clean options are
+    ignored here). A validation part it would empty is kept as it is."""
+    y = np.asarray(y)
+    idx = np.sort(np.asarray(val_idx, dtype=np.int64).ravel())
+    if val == "keep" or not len(idx):
+        return idx, y[idx].copy(), {"dropped": 0, "relabelled": 0}
+    if y.dtype.kind not in "iub":
+        raise ConfigError(f"data.clean.val={val!r} needs a classification target but the task is regression; "
+                          "set data.clean.val=keep.")
+    issue, act = _label_flags(report, len(y), label_threshold, min_trust)
+    if act is None:
+        return idx, y[idx].copy(), {"dropped": 0, "relabelled": 0, "skipped": "the audit does not trust its flags"}
+    flagged = act[idx]
+    if val == "drop":
+        keep = idx[~flagged]
+        if not len(keep):
+            return idx, y[idx].copy(), {"dropped": 0, "relabelled": 0, "skipped": "it would drop every validation row"}
+        return keep, y[keep].copy(), {"dropped": int(flagged.sum()), "relabelled": 0}
+    labels = y[idx].copy()
+    new = _suggested(issue, len(y))[idx]
+    change = flagged & (new != labels) & (new >= 0)
+    labels[change] = new[change].astype(y.dtype)
+    return idx, labels, {"dropped": 0, "relabelled": int(change.sum())}
 
 
 def _issue(report, name: str, n: int):
@@ -104,9 +162,11 @@ def _issue(report, name: str, n: int):
 
 
 def clean_train(train_idx, y, report, *, duplicates: str = "keep", leakage: str = "keep", outlier_score: float = 1.0,
-                label_issues: str = "keep", label_threshold: float = 0.0) -> CleanResult:
-    """Remove / relabel training rows as the options ask; see the module docstring."""
-    _check_options(duplicates, leakage, outlier_score, label_issues, label_threshold)
+                label_issues: str = "keep", label_threshold: float = 0.0, val: str = "keep", min_trust: str = "high",
+                proxy: str = "auto") -> CleanResult:
+    """Remove / relabel training rows as the options ask; see the module docstring (`val` and `proxy` are
+    for `clean_val` and the audit)."""
+    _check_options(duplicates, leakage, outlier_score, label_issues, label_threshold, val, min_trust)
     y = np.asarray(y)
     n = len(y)
     idx = np.sort(np.asarray(train_idx, dtype=np.int64).ravel())
@@ -140,21 +200,23 @@ def clean_train(train_idx, y, report, *, duplicates: str = "keep", leakage: str 
         remove("outliers", score >= float(outlier_score))
     y_new = y.copy()
     relabelled = 0
+    skipped = None
     if label_issues != "keep":
-        issue = _issue(report, "label_issues", n)
-        flagged = (np.asarray(issue.mask, dtype=bool) & (np.asarray(issue.score, dtype=np.float64) >= float(label_threshold))
-                   & in_train & ~drop)
+        issue, act = _label_flags(report, n, label_threshold, min_trust)
+        if act is None:
+            skipped = "label cleaning skipped: the audit does not trust its label flags (data.clean.min_trust)"
+            act = np.zeros(n, dtype=bool)
+        flagged = act & in_train & ~drop
         if label_issues == "drop":
             remove("label_issues", flagged)
         else:
-            suggested = np.asarray(issue.extra["suggested"]).ravel()
-            if len(suggested) != n:
-                raise ValueError(f"audit issue 'label_issues': extra['suggested'] has {len(suggested)} entries for {n} rows")
-            change = flagged & (suggested != y)
+            suggested = _suggested(issue, n)
+            change = flagged & (suggested != y) & (suggested >= 0)
             y_new[change] = suggested[change].astype(y.dtype)
             relabelled = int(change.sum())
     keep = idx[~drop[idx]]
     if len(keep) == 0:
         raise DataError(f"Cleaning removed all {len(idx)} training rows ({', '.join(f'{k}: {v}' for k, v in removed.items())}); "
                         "relax the data.clean options.")
-    return CleanResult(idx=keep, y_train=y_new[keep], removed=removed, relabelled=relabelled, n_before=int(len(idx)))
+    return CleanResult(idx=keep, y_train=y_new[keep], removed=removed, relabelled=relabelled, n_before=int(len(idx)),
+                       skipped=skipped)

@@ -200,11 +200,24 @@ def data(page: Page, L: Loaded) -> None:
     else:
         sec.note("No audit.json here: no data checks ran for this model (every cleaning knob was off). "
                  "`cotune audit DATA` runs them without training.")
+    _labels(sec, get(L.fit, "labels") if L.fit else None)
     d = get(run, "metrics", "data") if run is not None else None
     if d is None and L.members:
         d = get(L.members[0], "metrics", "data")
     if isinstance(d, dict):
         _data_changes(sec, d)
+
+
+def _labels(sec, labels) -> None:
+    """fit.json 'labels': the search's check of every part's labels (test labels are reported, never changed)."""
+    if not isinstance(labels, dict) or "by_part" not in labels:
+        return
+    parts = get(labels, "by_part", default={}) or {}
+    where = ", ".join(f"{fmt(v)} in {k}" for k, v in parts.items())
+    sec.p(f"Labels of every part checked against the {labels.get('proxy', '?')} proxy (out-of-fold accuracy "
+          f"{pct(number(labels.get('proxy_accuracy')))}): {fmt(labels.get('count'))} look wrong ({where}); trust in "
+          f"these flags: {labels.get('trust', '-')} (the proxy agrees with {pct(number(labels.get('unflagged_agreement')))} "
+          "of the labels it does not flag). Test labels are never changed; the test figures above use them as given.")
 
 
 def _data_changes(sec, d: dict) -> None:

@@ -105,12 +105,11 @@ def decide(cfg: RunConfig, metric, best, choice: dict | None, how: dict, final) 
 
     from cotune import bundle, evaluate
     from cotune.calibrate import apply_temperature, temperature_check, threshold_check
-    from cotune.data.split import split_indices
-    from cotune.pipeline import load_data
+    from cotune.pipeline import held_out, load_data
     ds = load_data(cfg)
     if ds.task == "regression":
         return None
-    _, va, te = split_indices(ds, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed)
+    va, y_val, te = held_out(cfg, ds)  # the validation labels the search ranked on (data.clean.val)
     rows = (lambda idx: ds.X.iloc[idx]) if ds.modality == "tabular" else (lambda idx: ds.X[idx])  # noqa: E731
     if choice is not None and choice["kept"]:
         dirs = [t.user_attrs["run_dir"] for t in choice["trials"]]
@@ -127,7 +126,6 @@ def decide(cfg: RunConfig, metric, best, choice: dict | None, how: dict, final) 
         return {"skipped": f"no validation predictions ({type(err).__name__}); the final model is not calibrated"}
     if not len(va):
         return {"skipped": "no validation rows; the final model is not calibrated"}
-    y_val = ds.y[va]
     p_val = model.predict_output(rows(va))
     cal = temperature_check(p_val, y_val, seed=cfg.runtime.seed)
     p_val = apply_temperature(p_val, cal["temperature"])

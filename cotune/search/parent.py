@@ -129,6 +129,7 @@ def _search(cfg, fixed, space, ds, metric, out: Path, url: str, name: str, *, st
         from cotune.baselines import fit_baselines_safe
         _warm_up()
         state["baselines"] = fit_baselines_safe(cfg, ds, threads=cfg.runtime.threads)
+        state["labels"] = _label_check(cfg, ds, out)  # trials that clean labels then find the proxy cached
 
     try:
         with live_view(live, console, refresh=2, transient=False) as view:
@@ -169,6 +170,19 @@ def _search(cfg, fixed, space, ds, metric, out: Path, url: str, name: str, *, st
     tracker.log_artifacts(out / "final")
     tracker.close()
     return FitResult(path=out, study_name=name, best=best_d, final=final, test=final.test, counts=counts, how=how)
+
+
+def _label_check(cfg, ds, out: Path) -> dict | None:
+    """Every part's labels checked by the audit (out/labels/audit.json, .csv), or why not: fit reports the
+    validation and test rows that look mislabelled and never changes a test label."""
+    from cotune.pipeline import label_check
+    try:
+        if ds.modality != "tabular" and ds.task != "regression":  # the network proxy: this process's thread share
+            import torch
+            torch.set_num_threads(cfg.runtime.threads)
+        return label_check(cfg, ds, out / "labels")
+    except Exception as err:  # a failing check never stops the search
+        return {"skipped": f"{type(err).__name__}: {err}"[:300]}
 
 
 def best_trial(study):
