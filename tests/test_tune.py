@@ -157,7 +157,7 @@ FAMILIES_FOR = {"tabular": ("mlp", "transformer"), "image": ("mlp", "cnn2d"),
                 "sequence": ("mlp", "cnn1d", "gru", "lstm", "transformer")}
 FAMILIES_FOR_CPU = {"tabular": ("mlp",), "image": ("mlp", "cnn2d"), "sequence": ("mlp", "cnn1d")}
 CLASSIFICATION_ONLY = ("data.balance", "data.clean.label_issues", "data.clean.label_threshold", "train.label_smoothing",
-                       "train.focal_gamma")
+                       "train.focal_gamma", "train.loss", "train.gce_q", "train.sce_alpha")
 REGRESSION_ONLY = ("data.target_transform",)
 TABULAR_ONLY = ("data.numeric",)
 
