@@ -139,6 +139,8 @@ KNOBS: tuple[Knob, ...] = (
     _k("search.warm_start", bool, True, "start with one configuration chosen for the data's modality (the knob defaults otherwise), then let the sampler propose"),
     _k("search.seed", int, 0, "seed of the sampler"),
     _k("search.mlflow", str, None, "MLflow tracking URI for the search (a run per trial under one parent run): null = SQLite in the search directory (mlflow.db), 'none' = no tracking", optional=True),
+    _k("search.reeval", int, 3, "before the final refit, re-evaluate the top-n distinct complete trials (by validation score) by k-fold cross-validation over train + validation, each for its own early-stopping epoch count; the best mean score picks the trial the final model refits (0 or 1 = off: the best on validation). Skipped, with the reason in fit.json, when the budget's remainder does not cover it", low=0, high=20),
+    _k("search.reeval_folds", int, 3, "folds of search.reeval's cross-validation (stratified for classification, seeded by data.split.seed)", low=2, high=20),
     _k("search.top_k", int, 3, "soft-voting ensemble of the top-k trials, kept when it beats the best single model on validation (1 = off)", low=1, high=20),
     _k("search.space", dict, {}, "narrow knobs: {knob: [choices...]} or {knob: [low, high]}; knobs you set elsewhere in the config are fixed"),
     # ---- scale: `cotune scale`, the model-size x data-size study on a search's best configuration
