@@ -5,7 +5,8 @@
 
 Everything that can reject the input (config, data, model spec) runs before the run directory
 is created, so bad input leaves nothing behind. A run interrupted during training keeps its
-checkpoint and continues with resume=True.
+checkpoint and continues with resume=True. cross_validate(cfg, folds, epochs, seed) runs the same
+stages on k-fold parts of train + validation and scores each held-out fold (a search's re-evaluation).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from cotune.data.audit import audit, list_checks
 from cotune.data.augment import make_augment, numeric_mask
 from cotune.data.balance import balance_train
 from cotune.data.clean import clean_train, clean_val, needed_checks
-from cotune.data.split import split_indices, subsample
+from cotune.data.split import kfold, split_indices, subsample
 from cotune.errors import ConfigError, CotuneError
 from cotune.models import create_model
 from cotune.runtime import Runtime, seed_everything, versions
@@ -120,12 +121,14 @@ def make_preprocessor(cfg: RunConfig) -> Preprocessor:
     return Preprocessor(numeric=cfg.data.numeric, embed_above=cfg.data.embed_above, embed=takes_layout(cfg.model.family))
 
 
-def prepare(cfg: RunConfig, ds, merge_val: bool = False) -> TrainingSet:
+def prepare(cfg: RunConfig, ds, merge_val: bool = False, parts: tuple | None = None) -> TrainingSet:
     """split -> fraction -> audit (only the checks cleaning needs) -> clean -> preprocess -> balance.
 
-    merge_val: the validation rows join the training part (the final refit of a search)."""
+    merge_val: the validation rows join the training part (the final refit of a search).
+    parts: (train, val, test) dataset rows instead of the configured split (a cross-validation fold: its
+    held-out rows are the validation part, which the data knobs never touch, like validation rows)."""
     d = cfg.data
-    tr, va, te = split_indices(ds, val=d.split.val, test=d.split.test, seed=d.split.seed)
+    tr, va, te = parts if parts is not None else split_indices(ds, val=d.split.val, test=d.split.test, seed=d.split.seed)
     if merge_val:
         tr, va = np.sort(np.concatenate([tr, va])), va[:0]
     n_split = len(tr)
@@ -164,6 +167,50 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False) -> TrainingSet:
                        sampling=bal.sampling_weights, val=va, test=te, pre=pre, y_mean=y_mean, y_std=y_std,
                        loss=bal.loss, report=report, summary=summary, target=target, train_idx=cleaned.idx,
                        train_labels=cleaned.y_train, val_labels=y_val)
+
+
+@dataclass
+class Setup:
+    """What a run trains, from its config and prepared data: run() and cross_validate() build it the same way."""
+    model: torch.nn.Module
+    kwargs: dict                 # the model's keyword arguments (model.json's, table layout included)
+    out_dim: int
+    train_cfg: object            # the TrainConfig as trained: balance=focal's loss, a refit's epoch count
+    augment: Callable | None
+    ranking: evaluate.Metric     # search.metric: what ranks the run
+    monitor: evaluate.Metric     # what early stopping follows
+
+
+def setup(cfg: RunConfig, ds, data: TrainingSet, refit_epochs: int | None = None) -> Setup:
+    """The augmentation, training config and model of a run on `data`; a knob combination that cannot
+    train is a ConfigError here, before anything is written. refit_epochs: exactly that many epochs, no
+    early stopping."""
+    aug_cfg = cfg.data.augment.model_dump()
+    augment = make_augment(ds.modality, policy=aug_cfg.pop("policy"), strength=aug_cfg.pop("strength"), ops=aug_cfg,
+                           numeric_mask=numeric_mask(data.pre) if ds.modality == "tabular" else None)
+    data.summary["augment"] = augment.describe() if augment is not None else "none"
+    train_cfg = cfg.train.model_copy(update={"loss": data.loss} if data.loss else {})
+    if refit_epochs is not None:
+        train_cfg = train_cfg.model_copy(update={"epochs": int(refit_epochs), "patience": 0})
+    out_dim = 1 if ds.task == "regression" else ds.n_classes
+    kwargs = cfg.model.model_dump(exclude={"family"})
+    if data.pre.layout_ is not None and takes_layout(cfg.model.family):
+        kwargs["layout"] = data.pre.layout_  # in model.json's kwargs too, so the bundle rebuilds the same model
+    model = create_model(cfg.model.family, data.pre.in_shape_, out_dim, **kwargs)
+    check_config(train_cfg, ds.task)
+    ranking = evaluate.primary_metric(ds.task, cfg.search.metric)  # a metric that does not fit the task: ConfigError
+    monitor = evaluate.monitored_metric(ds.task, train_cfg.monitor, cfg.search.metric)
+    return Setup(model, kwargs, out_dim, train_cfg, augment, ranking, monitor)
+
+
+def model_spec(cfg: RunConfig, ds, data: TrainingSet, s: Setup) -> bundle.Spec:
+    """The bundle's description of the trained model: what turns its outputs into predictions."""
+    return bundle.Spec(family=cfg.model.family, in_shape=tuple(data.pre.in_shape_), out_dim=s.out_dim, kwargs=s.kwargs,
+                       task=ds.task, classes=list(ds.classes), target=ds.target, modality=ds.modality,
+                       columns=list(ds.X.columns) if ds.modality == "tabular" else None,
+                       raw_shape=tuple(ds.feature_shape), y_mean=data.y_mean, y_std=data.y_std, meta=ds.meta,
+                       n_params=sum(p.numel() for p in s.model.parameters()),
+                       target_transform=data.target.to_dict() if data.target is not None else None)
 
 
 def model_shapes(cfg: RunConfig) -> tuple[tuple, int]:
@@ -208,24 +255,10 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
     # ---- data: load, split first, then fit everything on the training part only
     ds = load_data(cfg)
     data = prepare(cfg, ds, merge_val=refit_epochs is not None)
-    regression = ds.task == "regression"
-    aug_cfg = cfg.data.augment.model_dump()
-    augment = make_augment(ds.modality, policy=aug_cfg.pop("policy"), strength=aug_cfg.pop("strength"), ops=aug_cfg,
-                           numeric_mask=numeric_mask(data.pre) if ds.modality == "tabular" else None)
-    data.summary["augment"] = augment.describe() if augment is not None else "none"
-    train_cfg = cfg.train.model_copy(update={"loss": data.loss} if data.loss else {})
-    if refit_epochs is not None:
-        train_cfg = train_cfg.model_copy(update={"epochs": int(refit_epochs), "patience": 0})
 
-    # ---- model
-    out_dim = 1 if regression else ds.n_classes
-    kwargs = cfg.model.model_dump(exclude={"family"})
-    if data.pre.layout_ is not None and takes_layout(cfg.model.family):
-        kwargs["layout"] = data.pre.layout_  # in model.json's kwargs too, so the bundle rebuilds the same model
-    model = create_model(cfg.model.family, data.pre.in_shape_, out_dim, **kwargs)
-    check_config(train_cfg, ds.task)
-    ranking = evaluate.primary_metric(ds.task, cfg.search.metric)  # a metric that does not fit the task: ConfigError
-    monitor = evaluate.monitored_metric(ds.task, train_cfg.monitor, cfg.search.metric)
+    # ---- model, augmentation and training config
+    s = setup(cfg, ds, data, refit_epochs)
+    model = s.model
 
     # ---- everything is valid: only now does the run directory appear
     out.mkdir(parents=True, exist_ok=True)
@@ -250,9 +283,9 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
     sampling = None if data.sampling is None else torch.as_tensor(data.sampling)
     show = cfg.runtime.progress if progress is None else progress
     try:
-        result = train(model, train_data, val_data, train_cfg, rt, task=ds.task, seed=cfg.runtime.seed, y_scale=data.y_std,
-                       augment=augment, sampling_weights=sampling, on_eval=log_and_forward, checkpoint_dir=out if checkpoint else None, resume=resume,
-                       progress=show, monitor=monitor, ranking=ranking,
+        result = train(model, train_data, val_data, s.train_cfg, rt, task=ds.task, seed=cfg.runtime.seed, y_scale=data.y_std,
+                       augment=s.augment, sampling_weights=sampling, on_eval=log_and_forward, checkpoint_dir=out if checkpoint else None, resume=resume,
+                       progress=show, monitor=s.monitor, ranking=s.ranking,
                        inverse=data.target.inverse if data.target is not None else None)
     except CotuneError:
         if not resume:
@@ -260,12 +293,8 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
         raise
 
     # ---- evaluate once on val and on the untouched test part, through the bundle's own predictions
-    n_params = sum(p.numel() for p in model.parameters())
-    spec = bundle.Spec(family=cfg.model.family, in_shape=tuple(data.pre.in_shape_), out_dim=out_dim, kwargs=kwargs,
-                       task=ds.task, classes=list(ds.classes), target=ds.target, modality=ds.modality,
-                       columns=list(ds.X.columns) if ds.modality == "tabular" else None,
-                       raw_shape=tuple(ds.feature_shape), y_mean=data.y_mean, y_std=data.y_std, meta=ds.meta,
-                       n_params=n_params, target_transform=data.target.to_dict() if data.target is not None else None)
+    spec = model_spec(cfg, ds, data, s)
+    n_params = spec.n_params
     metrics = {}
     for part, idx, truth in (("val", va, data.val_labels), ("test", data.test, ds.y[data.test])):
         if len(idx):
@@ -325,3 +354,30 @@ def held_out(cfg: RunConfig, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     report = audit(ds, tr, va, te, checks=["label_issues"], seed=d.split.seed, proxy=d.clean.proxy)
     va, y_va, _ = clean_val(va, ds.y, report, **d.clean.model_dump())
     return va, y_va, te
+
+
+def cross_validate(cfg: RunConfig, folds: int, epochs: int, seed: int) -> list[float]:
+    """cfg's knobs scored by k-fold cross-validation over the train + validation rows; the test rows are
+    never trained on nor scored. Per fold: prepare() on the other folds (cleaning, balancing, augmentation
+    and preprocessing fitted on, and applied to, them as to a training part), training for exactly `epochs`
+    epochs as the final refit does (no early stopping: the held-out fold is not looked at during training),
+    then one score of the held-out fold by search.metric. Folds are seeded by `seed` and stratified for
+    classification. Returns the per-fold scores (nan where the metric is undefined on a fold)."""
+    ds = load_data(cfg)
+    d = cfg.data
+    tr, va, te = split_indices(ds, val=d.split.val, test=d.split.test, seed=d.split.seed)
+    pool = np.sort(np.concatenate([tr, va]))
+    rt = Runtime.resolve(cfg.runtime.device, cfg.runtime.precision, cfg.runtime.threads, cfg.runtime.compile)
+    scores = []
+    for held in kfold(pool, folds, seed=seed, y=None if ds.task == "regression" else ds.y):
+        seed_everything(cfg.runtime.seed)
+        data = prepare(cfg, ds, parts=(np.setdiff1d(pool, held), held, te))
+        s = setup(cfg, ds, data, refit_epochs=epochs)
+        train_data = TensorData.from_numpy(data.train_X, data.train_y, data.weights, device=rt.device)
+        sampling = None if data.sampling is None else torch.as_tensor(data.sampling)
+        train(s.model, train_data, None, s.train_cfg, rt, task=ds.task, seed=cfg.runtime.seed, augment=s.augment,
+              sampling_weights=sampling)
+        pred = bundle.predictions(infer(s.model, torch.as_tensor(data.X[held]), rt), model_spec(cfg, ds, data, s))
+        value = evaluate.score(s.ranking.name, ds.y[held], pred, ds.task)
+        scores.append(float("nan") if value is None else float(value))
+    return scores

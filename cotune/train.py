@@ -53,12 +53,19 @@ class TrainResult:
 def check_config(cfg, task: str) -> None:
     """Reject knob combinations that cannot train, before anything is written."""
     loss = resolve_loss(cfg.loss, task)
-    if task == "regression" and loss in ("cross_entropy", "focal"):
+    if task == "regression" and loss in CLASSIFICATION_LOSSES:
         raise ConfigError(f"train.loss={cfg.loss!r} needs a classification target but the task is regression; use mse or huber.")
     if task != "regression" and loss in ("mse", "huber"):
-        raise ConfigError(f"train.loss={cfg.loss!r} is for regression but the task is {task}; use cross_entropy or focal.")
+        raise ConfigError(f"train.loss={cfg.loss!r} is for regression but the task is {task}; use cross_entropy, focal, gce or sce.")
+    if loss == "sce" and cfg.sce_alpha + cfg.sce_beta <= 0:
+        raise ConfigError("train.loss='sce' needs train.sce_alpha + train.sce_beta > 0 (both are 0, so the loss is 0); "
+                          "e.g. --set train.sce_alpha=0.1 --set train.sce_beta=1.")
     if cfg.nesterov and (cfg.optimizer != "sgd" or cfg.momentum <= 0):
         raise ConfigError("train.nesterov=true needs train.optimizer=sgd and train.momentum > 0; set both or drop nesterov.")
+
+
+CLASSIFICATION_LOSSES = ("cross_entropy", "focal", "gce", "sce")
+RCE_LOG_ZERO = -4.0  # sce: log 0 of the one-hot label, clipped to A = -4 (Wang et al. 2019), so RCE = -A * (1 - p_y)
 
 
 def resolve_loss(loss: str, task: str) -> str:
@@ -116,7 +123,10 @@ def make_optimizer(model: torch.nn.Module, cfg, fused: bool = False) -> torch.op
 
 def compute_loss(out: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, loss: str, cfg) -> torch.Tensor:
     """Mean loss over the batch, weighted per sample when w is given. out: (B, K) or (B, 1), or (B, k, K)
-    from an ensemble model in training mode: the mean of its k members' losses (each scored on y)."""
+    from an ensemble model in training mode: the mean of its k members' losses (each scored on y).
+
+    Per sample, p_y the softmax probability of the label: cross_entropy -log p_y (label-smoothed), focal
+    (1 - p_y)^gamma * -log p_y, gce (1 - p_y^q) / q, sce alpha * -log p_y + beta * 4 * (1 - p_y)."""
     if out.dim() == 3:
         k = out.shape[1]
         out, y = out.reshape(-1, out.shape[2]), y.repeat_interleave(k)
@@ -128,6 +138,12 @@ def compute_loss(out: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, los
     elif loss == "focal":
         ce = F.cross_entropy(out, y, reduction="none")
         per = (1 - torch.exp(-ce)) ** cfg.focal_gamma * ce
+    elif loss == "gce":  # (1 - p_y^q) / q with p_y^q = exp(-q CE): -expm1 keeps a small q exact (q -> 0: CE)
+        per = -torch.expm1(-cfg.gce_q * F.cross_entropy(out, y, reduction="none")) / cfg.gce_q
+    elif loss == "sce":  # alpha * CE + beta * RCE, RCE = -sum_k p_k log t_k = -A * (1 - p_y) for a one-hot t
+        ce = F.cross_entropy(out, y, reduction="none")
+        one_minus_py = -torch.expm1(-ce)  # 1 - p_y, as p_y = exp(-CE)
+        per = cfg.sce_alpha * ce + cfg.sce_beta * -RCE_LOG_ZERO * one_minus_py
     elif loss == "mse":
         per = F.mse_loss(out.squeeze(-1), y, reduction="none")
     else:

@@ -157,7 +157,7 @@ FAMILIES_FOR = {"tabular": ("mlp", "transformer"), "image": ("mlp", "cnn2d"),
                 "sequence": ("mlp", "cnn1d", "gru", "lstm", "transformer")}
 FAMILIES_FOR_CPU = {"tabular": ("mlp",), "image": ("mlp", "cnn2d"), "sequence": ("mlp", "cnn1d")}
 CLASSIFICATION_ONLY = ("data.balance", "data.clean.label_issues", "data.clean.label_threshold", "train.label_smoothing",
-                       "train.focal_gamma")
+                       "train.focal_gamma", "train.loss", "train.gce_q", "train.sce_alpha")
 REGRESSION_ONLY = ("data.target_transform",)
 TABULAR_ONLY = ("data.numeric",)
 
@@ -353,10 +353,11 @@ def test_parse_budget_rejects(text):
 
 @pytest.fixture(scope="module")
 def iris_fit(tmp_path_factory):
-    """One real search: 6 trials in 2 worker processes, width fixed at 16, the ensemble off."""
+    """One real search: 6 trials in 2 worker processes, width fixed at 16, the ensemble and the cross-validated
+    re-evaluation off, so the final model is the best trial's on validation (tests/test_reeval.py: with it on)."""
     out = tmp_path_factory.mktemp("fit") / "iris"
-    res = cli_proc("fit", "sklearn:iris", "--trials", 6, "--workers", 2, "--set", "search.top_k=1", *QUICK,
-                   "--out", out)
+    res = cli_proc("fit", "sklearn:iris", "--trials", 6, "--workers", 2, "--set", "search.top_k=1",
+                   "--set", "search.reeval=0", *QUICK, "--out", out)
     return out, res
 
 
@@ -406,7 +407,7 @@ def test_fit_end_to_end(iris_fit):
 
     # the final model: the best trial's knobs, trained on train+val, for the best trial's epochs
     best = study.best_trial
-    assert state["best"]["number"] == best.number
+    assert state["best"]["number"] == best.number and state["reeval"] == {"skipped": "off (search.reeval=0)"}
     fcfg = json.loads((out / "final/config.json").read_text())
     assert fcfg["model"]["width"] == 16
     base = from_dict(study.user_attrs["config"])
@@ -512,7 +513,8 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path):
     state = json.loads((out / "fit.json").read_text())
     assert state["counts"]["FAIL"] == sum(r["model.family"] == "cnn1d" for r in rows)
     assert state["best"]["params"]["model.family"] == "mlp"
-    assert (out / "final/model.safetensors").is_file()
+    # a final model: the chosen trial's, or the top trials' ensemble when it beats that one on validation
+    assert (out / "final/model.safetensors").is_file() or (out / "final/ensemble.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------ budget

@@ -1,13 +1,14 @@
-"""Seeded train / val / test index splits over a Dataset, and seeded stratified subsampling.
+"""Seeded train / val / test index splits over a Dataset, seeded stratified subsampling and k-fold parts.
 
 All functions return sorted int64 index arrays and never touch the Dataset itself.
 """
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from cotune.data.dataset import Dataset
 from cotune.errors import ConfigError, DataError, invalid
@@ -125,3 +126,25 @@ def _allocate(counts: np.ndarray, total: int, rng: np.random.Generator) -> np.nd
         k = int(np.argmax(quota))
         quota[k] -= 1
     return quota
+
+
+def kfold(idx, folds: int, seed: int = 0, y=None) -> list[np.ndarray]:
+    """`idx` cut into `folds` disjoint held-out parts (sorted int64) that cover it exactly once; seeded, and
+    stratified by `y` (the whole dataset's labels, indexed as ``y[idx]``) when given: a class with fewer rows
+    than folds spreads over as many folds as it has rows."""
+    idx = np.asarray(idx, dtype=np.int64).ravel()
+    if isinstance(folds, bool) or not isinstance(folds, numbers.Integral) or not 2 <= folds <= len(idx):
+        raise ConfigError(invalid("The number of folds", f"an integer from 2 to the rows ({len(idx)})", folds,
+                                  "e.g. --set search.reeval_folds=3"))
+    rng_seed = int(seed) % (2 ** 32)
+    splits = None
+    if y is not None:
+        with warnings.catch_warnings():  # "the least populated class has only n members": spread as it can
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                splits = list(StratifiedKFold(folds, shuffle=True, random_state=rng_seed).split(idx, np.asarray(y)[idx]))
+            except ValueError:  # every class has fewer rows than folds: no stratification to keep
+                splits = None
+    if splits is None:
+        splits = KFold(folds, shuffle=True, random_state=rng_seed).split(idx)
+    return [np.sort(idx[held]) for _, held in splits]

@@ -106,6 +106,8 @@ def search(page: Page, L: Loaded) -> None:
         vals = best.get("values") or []
         second = "" if len(vals) < 2 else f", second objective {fmt(number(vals[1]))}"
         sec.p(f"Best trial #{best.get('number')}: {metric} {fmt(number(get(vals, 0)))}{second}.")
+        if (line := reeval_line(get(L.fit, "reeval"))) is not None:
+            sec.p(line)
         params = best.get("params") or {}
         imp = {r.get("knob"): r.get("importance") for r in get(L.importances, "importances", default=[]) or []
                if isinstance(r, dict)}
@@ -128,6 +130,22 @@ def search(page: Page, L: Loaded) -> None:
         sec.plot("The trade-off chart (trials.csv)", charts.pareto, trials, metric, second)
     _parallel(sec, L, trials, metric, maximize)
     _pruned_failed(sec, trials, metric)
+
+
+def reeval_line(r) -> str | None:
+    """One sentence on fit.json's 'reeval': which trial the cross-validation of the top trials chose, and its mean."""
+    if not isinstance(r, dict) or str(r.get("skipped", "")).startswith("off"):
+        return None
+    rows = [c for c in r.get("candidates") or [] if isinstance(c, dict)]
+    chosen = next((c for c in rows if c.get("trial") == r.get("chosen")), None)
+    if r.get("skipped") or chosen is None:
+        return f"The cross-validation of the top trials did not decide: {r.get('skipped') or 'no record'}."
+    sd, other = number(chosen.get("cv_sd")), r.get("best_val_trial")
+    names = ", ".join(f"#{c.get('trial')}" for c in rows)
+    return (f"A {r.get('folds')}-fold cross-validation over train + validation of the top {len(rows)} trials ({names}) "
+            f"chose #{chosen.get('trial')}: mean {r.get('metric')} {fmt(number(chosen.get('cv_mean')))}"
+            + (f" \u00b1 {fmt(sd)}" if sd is not None else "")
+            + ("" if other == chosen.get("trial") else f"; the best on validation alone was #{other}") + ".")
 
 
 def _importances(sec, L: Loaded) -> None:

@@ -71,12 +71,13 @@ def quality(page: Page, L: Loaded) -> None:
     if isinstance(ens, dict) and ens.get("members"):
         members = ", ".join(f"#{m}" for m in ens["members"])
         metric = ens.get("metric", "metric")
+        single = f"trial #{ens['single']}" if isinstance(ens.get("single"), int) else "the best single trial"
         if ens.get("kept"):
             sec.p(f"The final model is a soft-voting ensemble of trials {members}: validation {metric} "
-                  f"{fmt(ens.get('val'))} against {fmt(ens.get('best_single_val'))} for the best single trial.")
+                  f"{fmt(ens.get('val'))} against {fmt(ens.get('best_single_val'))} for {single}.")
         else:
             sec.p(f"A soft-voting ensemble of trials {members} scored {fmt(ens.get('val'))} validation {metric}, "
-                  f"no better than the best single trial ({fmt(ens.get('best_single_val'))}): the single model was kept.")
+                  f"no better than {single} ({fmt(ens.get('best_single_val'))}): the single model was kept.")
     how = get(L.fit, "final", "summary")
     if isinstance(how, str):
         sec.p(f"The final model: {how}.")

@@ -1,8 +1,9 @@
-"""The search's final model: the best trial refitted, or a soft-voting ensemble of the top-k trials when
-that ensemble beats the best single trial on validation.
+"""The search's final model: the chosen trial refitted (search.reeval's choice, reeval.py, else the best on
+validation), or a soft-voting ensemble of the top-k trials when that ensemble beats the chosen trial on
+validation.
 
-    choice = ensemble_choice(cfg, study, done)     # None, or the candidate and the keep-or-reject decision
-    final, how = final_model(cfg, study, best, choice, out, deadline)
+    choice = ensemble_choice(cfg, study, done, chosen)  # None, or the candidate and the keep-or-reject decision
+    final, how = final_model(cfg, chosen, choice, out, deadline)
 
 Both ways the final model is refitted on train+val like the single model: each member with its own
 knobs for its own early-stopping epoch count, when the budget's remainder covers all of them (estimated
@@ -19,10 +20,11 @@ from cotune.search.objective import AFTER_FINAL_S, refit_seconds
 from cotune.search.storage import study_metric
 from cotune.track import read_json, write_json
 
-def ensemble_choice(cfg: RunConfig, study, done) -> dict | None:
+def ensemble_choice(cfg: RunConfig, study, done, single=None) -> dict | None:
     """Soft voting over the top-k completed trials, scored on validation as the search trained them; kept
-    only if it beats the best single trial there. None when there is no candidate (top_k 1, two objectives,
-    fewer than two trials with a saved model)."""
+    only if it beats the single model it would replace there: `single` (the trial search.reeval chose),
+    by default the best trial. None when there is no candidate (top_k 1, two objectives, fewer than two
+    trials with a saved model)."""
     from cotune.pipeline import evaluate_ensemble
     k = cfg.search.top_k
     if k < 2 or len(study.directions) > 1 or len(done) < 2:
@@ -33,16 +35,17 @@ def ensemble_choice(cfg: RunConfig, study, done) -> dict | None:
     if len(top) < 2:
         return None
     metrics = evaluate_ensemble(cfg, [t.user_attrs["run_dir"] for t in top])
-    ens, single = metrics["val"][metric.name], top[0].values[0]
-    return {"members": [t.number for t in top], "val": ens, "best_single_val": single, "metric": metric.name,
-            "kept": metric.better(ens, single), "trials": top, "metrics": metrics}
+    single = top[0] if single is None else single
+    ens, single_val = metrics["val"][metric.name], single.values[0]
+    return {"members": [t.number for t in top], "val": ens, "best_single_val": single_val, "single": single.number,
+            "metric": metric.name, "kept": metric.better(ens, single_val), "trials": top, "metrics": metrics}
 
 
 def final_model(cfg: RunConfig, best, choice: dict | None, out: Path, deadline: float | None):
     """Train (or assemble) out/final; returns (RunResult, how) with how = fit.json's 'final' record."""
     from cotune.pipeline import run
     if choice is None or not choice["kept"]:
-        epochs = _epochs(best, cfg)
+        epochs = trial_epochs(best, cfg)
         final = run(cfg.replace(**best.params, **{"out": str(out / "final"), "runtime.progress": False}),
                     refit_epochs=epochs)
         return final, {"kind": "single", "trials": [best.number], "epochs": [epochs], "trained_on": "train+val",
@@ -51,7 +54,8 @@ def final_model(cfg: RunConfig, best, choice: dict | None, out: Path, deadline: 
     return _ensemble(cfg, choice, out, deadline)
 
 
-def _epochs(trial, cfg: RunConfig) -> int:
+def trial_epochs(trial, cfg: RunConfig) -> int:
+    """The epochs a trial's knobs are refitted (and cross-validated, reeval.py) for: its early-stopping epoch."""
     return max(1, int(trial.user_attrs.get("best_epoch", cfg.train.epochs)))
 
 
@@ -62,7 +66,7 @@ def _ensemble(cfg: RunConfig, choice: dict, out: Path, deadline: float | None):
     trials, final = choice["trials"], out / "final"
     need = sum(refit_seconds(t, cfg.data.split.val) for t in trials)
     refit = deadline is None or time.time() + need + AFTER_FINAL_S <= deadline
-    epochs = [_epochs(t, cfg) for t in trials]
+    epochs = [trial_epochs(t, cfg) for t in trials]
     members = ", ".join(f"#{t.number}" for t in trials)
     if refit:
         dirs = []

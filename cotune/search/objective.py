@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cotune.config import RunConfig
 from cotune.errors import CotuneError, one_line
-from cotune.search.space import rungs, suggest
+from cotune.search.space import parse_budget, rungs, suggest
 from cotune.search.storage import import_optuna, study_metric
 from cotune.search.tracking import trial_tracker
 
@@ -93,7 +93,7 @@ class Objective:
         now = time.time()
         if now - self._refreshed > CLOCK_REFRESH_S:
             self._refreshed = now
-            self._stop_at = self.deadline - estimate_final(self.study.get_trials(deepcopy=False), self.cfg.data.split.val)
+            self._stop_at = self.deadline - estimate_final(self.study.get_trials(deepcopy=False), self.cfg)
         # this config may win: its refit on train+val (about this trial's time so far) must fit too
         return now > self._stop_at or now + (now - t0) * (1 + self.cfg.data.split.val) * 1.1 > self.deadline
 
@@ -127,6 +127,7 @@ class Objective:
 
 REFIT_MARGIN = 1.1  # a refit's estimate, with this margin
 AFTER_FINAL_S = 4.0  # after the final model: calibration, the baselines' check, fit.json, MLflow's artifacts
+REEVAL_SHARE = 0.25  # the search leaves time for search.reeval's cross-validation while it costs at most this share of the budget
 
 
 def refit_seconds(trial, val_share: float) -> float:
@@ -141,11 +142,30 @@ def refit_seconds(trial, val_share: float) -> float:
     return (max(0.0, seconds - steps) + steps * share * (1 + val_share)) * REFIT_MARGIN
 
 
-def estimate_final(trials, val_share: float) -> float:
-    """Seconds the end of the search is expected to take: the slowest completed trial's refit on train+val,
-    then the work after it (AFTER_FINAL_S)."""
-    secs = [refit_seconds(t, val_share) for t in trials if t.state.name == "COMPLETE"]
-    return (max(secs) if secs else 0.0) + AFTER_FINAL_S
+def cv_seconds(trials, val_share: float, folds: int) -> float:
+    """Expected seconds to cross-validate these completed trials (search.reeval): per trial, `folds` trainings on
+    (folds - 1) / folds of train+val for its refit's epoch count, so folds - 1 refits' worth."""
+    return sum(refit_seconds(t, val_share) for t in trials) * (folds - 1)
+
+
+def reeval_reserve(trials, cfg: RunConfig) -> float:
+    """Seconds the search keeps back for search.reeval: the cross-validation of the search.reeval slowest completed
+    trials (which ones will rank on top is not known yet), while that is at most REEVAL_SHARE of the budget;
+    beyond that 0: the search itself takes the time, and the re-evaluation is then skipped (reeval.py)."""
+    n, budget = cfg.search.reeval, parse_budget(cfg.search.budget)
+    if n < 2 or budget is None or cfg.search.objective != "quality":
+        return 0.0
+    slowest = sorted((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: -refit_seconds(t, cfg.data.split.val))
+    need = cv_seconds(slowest[:n], cfg.data.split.val, cfg.search.reeval_folds)
+    return need if need <= REEVAL_SHARE * budget else 0.0
+
+
+def estimate_final(trials, cfg: RunConfig) -> float:
+    """Seconds the end of the search is expected to take: the top trials' cross-validation when the budget leaves
+    room for it (reeval_reserve), the slowest completed trial's refit on train+val, then the work after it
+    (AFTER_FINAL_S)."""
+    secs = [refit_seconds(t, cfg.data.split.val) for t in trials if t.state.name == "COMPLETE"]
+    return reeval_reserve(trials, cfg) + (max(secs) if secs else 0.0) + AFTER_FINAL_S
 
 
 def _finish(trial, tdir: Path, t0: float) -> None:

@@ -6,6 +6,8 @@ Files in the search directory: config.json, fit.json (state, for --resume), stud
 study, unless --storage points elsewhere), trials/NNNNN/ (each trial's run directory, or its
 error.txt), trials.csv (one row per trial), importances.json, workers.log, final/ (the model),
 mlflow.db + mlartifacts/ (MLflow: a parent run with final/ and its test metrics, a nested run per trial).
+fit.json's 'best' is the trial the final model is made from: the best on validation, or the one that
+search.reeval's cross-validation of the top trials chose ('reeval' records how, reeval.py).
 `run_workers` (start worker processes on a study and watch them) serves `cotune scale` too.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ from cotune.config import RunConfig, explicit, from_dict
 from cotune.errors import ConfigError, CotuneError, one_line
 from cotune.evaluate import primary_metric
 from cotune.search.ensemble import decide, ensemble_choice, final_model
+from cotune.search.reeval import reevaluate
 from cotune.search.space import modality_base, parse_budget, search_space, start_params
 from cotune.search.storage import import_optuna, open_study, storage_url
 from cotune.search.tracking import track_study
@@ -150,7 +153,8 @@ def _search(cfg, fixed, space, ds, metric, out: Path, url: str, name: str, *, st
                           "raise --budget or --trials, or narrow the space.")
     best = best_trial(study)
     importances(study, out)
-    choice = ensemble_choice(cfg, study, done)
+    best, state["reeval"] = reevaluate(cfg, study, done, best, deadline)  # the trial the final model refits
+    choice = ensemble_choice(cfg, study, done, best)
     final, how = final_model(cfg, best, choice, out, deadline)
     calibration = decide(cfg, metric, best, choice, how, final)  # temperature and threshold, on held-out predictions
     if calibration is not None:

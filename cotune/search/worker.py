@@ -42,7 +42,7 @@ def work(url: str, name: str, *, deadline: float | None = None, threads: int = 1
             finished = sum(t.state.name in FINISHED and t.number not in retried for t in trials)
             if limit is not None and finished + sum(t.state.name == "RUNNING" for t in trials) >= limit:
                 break
-            if deadline is not None and time.time() + _reserve(trials) + estimate_final(trials, cfg.data.split.val) >= deadline:
+            if deadline is not None and time.time() + _reserve(trials) + estimate_final(trials, cfg) >= deadline:
                 break
             if study.user_attrs.get("stop"):
                 break
