@@ -60,7 +60,7 @@ def made(tmp_path_factory):
         r = CliRunner().invoke(app, [str(a) for a in ("fit", "sklearn:wine", "--trials", 4, "--workers", 1, "--set",
                                                       "search.mlflow=none", "--set", "search.top_k=1", *QUICK,
                                                       # trials long enough to differ: importances need variance
-                                                      "--set", "train.epochs=4", "--set", "model.width=16",
+                                                      "--set", "train.epochs=4", "--set", "model.width=16", "--set", "train.batch_size=16",
                                                       "--out", search)], env=ENV)
         assert r.exit_code == 0, f"cotune fit exited {r.exit_code}\n{r.stdout}\n{r.stderr}"
         wait_ok(train, "cotune train")
