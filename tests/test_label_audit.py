@@ -167,3 +167,16 @@ def test_fit_reports_validation_and_test_flags(tmp_path):
     assert labels["count"] == sum(labels["by_part"].values()) > 0 and labels["by_part"]["test"] > 0
     assert (res.path / "labels" / "audit.csv").is_file()
     assert labels["trust"] in ("low", "medium", "high") and labels["proxy"] in ("linear", "gbdt")
+
+
+def test_a_label_check_still_running_at_the_deadline_is_stopped(tmp_path):
+    import multiprocessing
+    import time
+
+    from cotune.search import labels
+    proc = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(60,), daemon=True)
+    proc.start()
+    t = time.time()
+    res = labels.finish((proc, tmp_path / "summary.json"), time.time() + 2.0)
+    assert "did not finish" in res["skipped"] and not proc.is_alive() and time.time() - t < 10
+    assert labels.finish(None, None) is None

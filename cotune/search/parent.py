@@ -26,6 +26,7 @@ from typing import Callable
 from cotune.config import RunConfig, explicit, from_dict
 from cotune.errors import ConfigError, CotuneError, one_line
 from cotune.evaluate import primary_metric
+from cotune.search import labels
 from cotune.search.ensemble import decide, ensemble_choice, final_model
 from cotune.search.reeval import reevaluate
 from cotune.search.space import modality_base, parse_budget, search_space, start_params
@@ -128,11 +129,13 @@ def _search(cfg, fixed, space, ds, metric, out: Path, url: str, name: str, *, st
             write_json(out / "fit.json", {**state, "elapsed": state["elapsed"] + time.time() - t0})
             saved[0] = time.time()
 
+    jobs: dict = {}
+
     def started() -> None:  # while the workers start, the idle parent fits the baselines on the same rows
         from cotune.baselines import fit_baselines_safe
+        jobs["labels"] = labels.start(cfg, ds, out)  # beside the trials; those that clean labels find its proxy cached
         _warm_up()
         state["baselines"] = fit_baselines_safe(cfg, ds, threads=cfg.runtime.threads)
-        state["labels"] = _label_check(cfg, ds, out)  # trials that clean labels then find the proxy cached
 
     try:
         with live_view(live, console, refresh=2, transient=False) as view:
@@ -143,7 +146,9 @@ def _search(cfg, fixed, space, ds, metric, out: Path, url: str, name: str, *, st
                 view.update(trial_table(study, study.get_trials(deepcopy=False), deadline))
     except KeyboardInterrupt:
         tracker.close("KILLED")
+        labels.finish(jobs.get("labels"), time.time())
         raise
+    state["labels"] = labels.finish(jobs.get("labels"), deadline)
     trials = study.get_trials(deepcopy=False)
     write_trials(out, trials)
     done = [t for t in trials if t.state.name == "COMPLETE"]
@@ -174,19 +179,6 @@ def _search(cfg, fixed, space, ds, metric, out: Path, url: str, name: str, *, st
     tracker.log_artifacts(out / "final")
     tracker.close()
     return FitResult(path=out, study_name=name, best=best_d, final=final, test=final.test, counts=counts, how=how)
-
-
-def _label_check(cfg, ds, out: Path) -> dict | None:
-    """Every part's labels checked by the audit (out/labels/audit.json, .csv), or why not: fit reports the
-    validation and test rows that look mislabelled and never changes a test label."""
-    from cotune.pipeline import label_check
-    try:
-        if ds.modality != "tabular" and ds.task != "regression":  # the network proxy: this process's thread share
-            import torch
-            torch.set_num_threads(cfg.runtime.threads)
-        return label_check(cfg, ds, out / "labels")
-    except Exception as err:  # a failing check never stops the search
-        return {"skipped": f"{type(err).__name__}: {err}"[:300]}
 
 
 def best_trial(study):
