@@ -128,6 +128,7 @@ class Objective:
 REFIT_MARGIN = 1.1  # a refit's estimate, with this margin
 AFTER_FINAL_S = 4.0  # after the final model: calibration, the baselines' check, fit.json, MLflow's artifacts
 REEVAL_SHARE = 0.25  # the search leaves time for search.reeval's cross-validation while it costs at most this share of the budget
+REEVAL_MIN_BUDGET = 300.0  # under this budget (s) every second goes to trials: search.reeval is skipped
 
 
 def refit_seconds(trial, val_share: float) -> float:
@@ -153,7 +154,7 @@ def reeval_reserve(trials, cfg: RunConfig) -> float:
     trials (which ones will rank on top is not known yet), while that is at most REEVAL_SHARE of the budget;
     beyond that 0: the search itself takes the time, and the re-evaluation is then skipped (reeval.py)."""
     n, budget = cfg.search.reeval, parse_budget(cfg.search.budget)
-    if n < 2 or budget is None or cfg.search.objective != "quality":
+    if n < 2 or budget is None or budget < REEVAL_MIN_BUDGET or cfg.search.objective != "quality":
         return 0.0
     slowest = sorted((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: -refit_seconds(t, cfg.data.split.val))
     need = cv_seconds(slowest[:n], cfg.data.split.val, cfg.search.reeval_folds)

@@ -29,7 +29,8 @@ import numpy as np
 from cotune.config import RunConfig
 from cotune.errors import CotuneError, one_line
 from cotune.search.ensemble import trial_epochs
-from cotune.search.objective import AFTER_FINAL_S, cv_seconds, refit_seconds
+from cotune.search.objective import AFTER_FINAL_S, REEVAL_MIN_BUDGET, cv_seconds, refit_seconds
+from cotune.search.space import parse_budget
 from cotune.search.storage import study_metric
 
 
@@ -54,6 +55,9 @@ def reevaluate(cfg: RunConfig, study, done, best, deadline: float | None) -> tup
         return best, {"skipped": f"off (search.reeval={n})"}
     if len(study.directions) > 1:
         return best, {"skipped": "two objectives: the final model is the Pareto front's best quality"}
+    budget = parse_budget(cfg.search.budget)
+    if budget is not None and budget < REEVAL_MIN_BUDGET:
+        return best, {"skipped": f"a budget under {REEVAL_MIN_BUDGET / 60:.0f} minutes: its time goes to trials"}
     cands = candidates(study, done, best, n)
     if len(cands) < 2:
         return best, {"skipped": f"{len(cands)} distinct complete trial(s): nothing to choose between"}
