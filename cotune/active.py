@@ -82,6 +82,8 @@ def label_next(cfg: RunConfig, fixed: set[str], *, n: int = 50, strategy: str = 
     from cotune.pipeline import load_data, run
     from cotune.track import atomic_write_bytes
     check_request(n, strategy, candidates)
+    if out is not None and Path(out).is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a folder; name the CSV file to write, e.g. --out next.csv.")
     work = Path(tempfile.mkdtemp(prefix="cotune-label-next-"))
     try:
         d = cfg.data

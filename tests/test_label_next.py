@@ -237,16 +237,17 @@ def bad_inputs(tmp_path):
             "unknown strategy": ([src, "--labeled", "label", "--strategy", "uncertainty"], r"--strategy must be one of"),
             "no label column": ([src], r"--labeled COLUMN"),
             "unknown column": ([src, "--labeled", "lable"], r"did you mean 'label'"),
-            "built-in": (["sklearn:digits"], r"no pool")}
+            "built-in": (["sklearn:digits"], r"no pool"),
+            "out is a folder": ([src, "--labeled", "label", "--out", tmp_path], r"is a folder")}
 
 
 @pytest.mark.parametrize("case", ["no unlabeled rows", "regression target", "--n larger than the pool",
                                   "one labeled class", "unknown strategy", "no label column", "unknown column",
-                                  "built-in"])
+                                  "built-in", "out is a folder"])
 def test_bad_input_is_one_line_exit_2_and_no_file(tmp_path, no_leftovers, case):
     args, match = bad_inputs(tmp_path)[case]
     out, run = tmp_path / "next.csv", tmp_path / "run"
-    code, stdout, stderr = cli("label-next", *args, "--out", out, "--run", run, "-q", *SET)
+    code, stdout, stderr = cli("label-next", *args, *([] if "--out" in args else ["--out", out]), "--run", run, "-q", *SET)
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     assert code == 2, stdout + stderr
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in stdout + stderr, stderr
