@@ -11,11 +11,11 @@ import types as _types
 
 __version__ = "0.1.0"
 
-from cotune.api import audit, demo, fit, load, predict, scale, train  # noqa: E402
+from cotune.api import audit, demo, fit, label_next, load, predict, scale, train  # noqa: E402
 from cotune.config import RunConfig, load_config  # noqa: E402
 from cotune.errors import BundleError, ConfigError, CotuneError, DataError, ModelError  # noqa: E402
 
-__all__ = ["RunConfig", "load_config", "train", "audit", "fit", "scale", "load", "predict", "demo",
+__all__ = ["RunConfig", "load_config", "train", "audit", "fit", "scale", "label_next", "load", "predict", "demo",
            "CotuneError", "ConfigError", "DataError", "ModelError", "BundleError", "__version__"]
 
 

@@ -4,6 +4,7 @@
     result = cotune.train("run.yaml", overrides=["train.lr=1e-3"], out="runs/a")
     result.test["accuracy"]
     cotune.load(result.path).predict(new_rows)
+    cotune.label_next("data.csv", target="label", n=50, out="next.csv").picks   # which rows to label next
 """
 from __future__ import annotations
 
@@ -85,6 +86,27 @@ def scale(run, *, overrides=(), sizes=None, fractions=None, seeds=None, workers=
     extra = [f"scale.{k}={v}" for k, v in (("sizes", sizes), ("fractions", fractions), ("seeds", seeds),
                                             ("compute", compute), ("extrapolate", extrapolate)) if v is not None]
     return _scale(run, [*extra, *overrides], out=out, workers=workers, live=live, console=console)
+
+
+def label_next(data=None, *, target=None, n: int = 50, strategy: str = "mix", config=None, overrides=(), budget=None,
+               trials=None, workers=None, seed: int = 0, out=None, run_dir=None, candidates: int = 10,
+               progress: bool | None = None, live: bool = False, console=None, started_at: float | None = None):
+    """Active learning: train on the labeled rows of `data`, rank its unlabeled rows, return (and write to `out`
+    as CSV) the n to label next. Returns a NextBatch: .picks (DataFrame), .model (the Bundle), .summary().
+
+    Unlabeled rows: an empty `target` cell (tables), y = -1 or NaN (.npz), the images in unlabeled/ (folders).
+    strategy: mix (default: k-center greedy among the n x `candidates` smallest-margin rows), margin, entropy,
+    kcenter or random. Trains with the config's fixed knobs, or searches when `budget` / `trials` is given.
+    run_dir: keep the model's directory there (default: a temporary one). See cotune.active."""
+    from cotune.active import check_request, label_next as _label_next
+    from cotune.config import explicit
+    check_request(n, strategy, candidates)
+    extra = [f"data.source={data}"] if data is not None else []
+    extra += [f"data.target={target}"] if target is not None else []
+    extra += [f"search.{k}={v}" for k, v in (("budget", budget), ("trials", trials), ("workers", workers)) if v is not None]
+    cfg = resolve_config(config, [*extra, *overrides])
+    return _label_next(cfg, explicit(cfg), n=n, strategy=strategy, seed=seed, out=out, run_dir=run_dir,
+                       candidates=candidates, progress=progress, live=live, console=console, started_at=started_at)
 
 
 def load(path):

@@ -5,6 +5,7 @@
     b.predict_proba(df)      # (N, K) class probabilities
     b.predict_frame("new.csv")  # DataFrame: prediction + one proba_<class> column per class
     b.predict_output(df)     # probabilities or values, whatever the task: what cotune.evaluate takes
+    b.embed(df)              # (N, D) penultimate-layer activations (active learning's diversity)
 
 A classifier's bundle may hold decision.json: a temperature applied to its probabilities (an
 ensemble's: to the averaged ones) and, for a binary model tuned for a label metric, the decision
@@ -135,6 +136,13 @@ class Bundle:
         feats = self.pre.transform(self._features(X))
         return self._decide(predictions(infer(self.model, torch.as_tensor(feats), self.runtime), self.spec))
 
+    def embed(self, X) -> np.ndarray:
+        """(N, D) penultimate-layer activations for X: the model's own representation of each row (the input
+        of its output layer; cotune.models.features), e.g. to measure how far apart rows are."""
+        from cotune.models.features import penultimate
+        feats = self.pre.transform(self._features(X))
+        return penultimate(self.model, torch.as_tensor(feats)).numpy()
+
     def predict_proba(self, X) -> np.ndarray:
         """(N, K) class probabilities, columns in the order of `classes_`."""
         if self.task == "regression":
@@ -234,6 +242,12 @@ class Ensemble(Bundle):
         if isinstance(X, (str, Path)):
             X = read_features(str(X), self.spec)  # read once, not once per member
         return self._decide(np.mean([m.predict_output(X) for m in self.members], axis=0))
+
+    def embed(self, X) -> np.ndarray:
+        """The members' embeddings side by side: (N, D_1 + D_2 + ...)."""
+        if isinstance(X, (str, Path)):
+            X = read_features(str(X), self.spec)
+        return np.concatenate([m.embed(X) for m in self.members], axis=1)
 
 
 def save_ensemble(out: str | Path, member_dirs: list[str | Path]) -> None:

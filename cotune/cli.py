@@ -190,6 +190,33 @@ def predict(run: Path = typer.Argument(..., help="Run directory of a finished ru
         out_console.print(f"{len(frame)} predictions written to [bold]{out}[/]")
 
 
+@app.command("label-next")
+@friendly
+def label_next(data: Optional[str] = typer.Argument(None, help="CSV / Parquet / .npz / image folder with unlabeled rows."),
+               labeled: Optional[str] = typer.Option(None, "--labeled", "--target", "-t", help="The label column of a table: rows whose cell is empty are the pool to rank (.npz: the label array, default y, -1 or NaN = unlabeled; image folders: the images in unlabeled/)."),
+               n: int = typer.Option(50, "--n", help="How many rows to propose."),
+               strategy: str = typer.Option("mix", "--strategy", help="mix (k-center among the most uncertain), margin, entropy, kcenter, random."),
+               config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config of the model to train on the labeled rows."),
+               set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
+               budget: Optional[str] = typer.Option(None, "--budget", "-b", help="Search the model for this long (e.g. 30s) instead of training the config's."),
+               trials: Optional[int] = typer.Option(None, "--trials", help="Search this many trials instead of training the config's."),
+               workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Search trials at once (worker processes)."),
+               candidates: int = typer.Option(10, "--candidates", help="mix: k-center picks among the n x this many smallest-margin rows."),
+               seed: int = typer.Option(0, "--seed", help="Seed of the selection (and of the training, unless the config sets it)."),
+               out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the ranked rows here as CSV (default: print them)."),
+               run_dir: Optional[Path] = typer.Option(None, "--run", help="Keep the trained model's directory here (default: a temporary one)."),
+               quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or live table.")):
+    """Active learning: train on the labeled rows, rank the unlabeled ones, propose the N to label next."""
+    from cotune import api
+    res = api.label_next(data, target=labeled, n=n, strategy=strategy, config=config, overrides=set_, budget=budget,
+                         trials=trials, workers=workers, seed=seed, out=out, run_dir=run_dir, candidates=candidates,
+                         progress=False if quiet else None, live=not quiet, console=out_console,
+                         started_at=process_start())
+    if out is None:
+        out_console.print(res.picks.head(20).to_string(index=False))
+    out_console.print(res.summary(), highlight=False, soft_wrap=True)
+
+
 @app.command()
 @friendly
 def scale(run: Path = typer.Argument(..., help="A finished search (`cotune fit`) or run (`cotune train`) directory."),

@@ -23,7 +23,7 @@ import cotune
 from cotune.cli import app
 
 ENV = {"OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-COMMANDS = ("train", "predict", "demo", "models", "knobs")
+COMMANDS = ("train", "predict", "label-next", "demo", "models", "knobs")
 FAMILIES = ("mlp", "cnn1d", "cnn2d", "gru", "lstm", "transformer")
 TINY = ("--set", "train.epochs=2", "--set", "model.width=8", "-q")
 

@@ -18,6 +18,7 @@ LAYERS = {
     "baselines": 3,  # the linear and LightGBM yardsticks, fitted on the rows `pipeline.prepare` gives
     "search": 4,  # search/*: the joint search (space, storage, objective, worker, parent, ensemble, tracking)
     "scale": 4,  # scale/* runs on the search's storage and parent (law.py and advice.py stay torch-free)
+    "active": 4,  # active learning (label-next): trains through the pipeline or the search's parent, then ranks
     "report": 5,
     "api": 5,  # the API sits right under the CLI: it may call the search and the report
     "cli": 6,

@@ -4,7 +4,8 @@ A source is one of:
 
 * a table: ``*.csv`` / ``*.tsv`` (optionally compressed, e.g. ``.csv.gz``), ``*.parquet`` / ``*.pq``;
 * an array file: ``*.npz`` with arrays ``X`` and ``y`` (and optionally ``split``: 'train'/'val'/'test');
-* an image folder: a directory with one subfolder per class holding PNG/JPEG/BMP/GIF files;
+* an image folder: a directory with one subfolder per class holding PNG/JPEG/BMP/GIF files (a subfolder
+  named ``unlabeled`` is never a class: it holds the pool of images to label, see cotune.data.pool);
 * a built-in: ``sklearn:digits`` (8x8 images), ``sklearn:iris``, ``sklearn:wine``,
   ``sklearn:breast_cancer``, ``sklearn:diabetes`` (tables), or ``mnist1d`` (generated sequences).
 
@@ -36,6 +37,7 @@ SKLEARN_BUILTINS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
 BUILTINS = tuple(f"sklearn:{n}" for n in SKLEARN_BUILTINS) + ("mnist1d",)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 IMAGE_MODES = ("rgb", "grayscale")
+POOL_FOLDER = "unlabeled"  # an image folder's subfolder of images without a label (compared case-insensitively)
 _CSV_ENDINGS = tuple(f"{base}{comp}" for base in (".csv", ".tsv") for comp in ("", ".gz", ".bz2", ".zip", ".xz", ".zst"))
 _PARQUET_ENDINGS = (".parquet", ".pq")
 SUPPORTED = "a .csv/.tsv or .parquet/.pq table, an .npz file with arrays X and y, an image folder " \
@@ -79,15 +81,11 @@ def load(source, *, target: str | None = None, task: str = "auto", modality: str
     if path.is_dir():
         _only_tables(name, target=target, categorical=categorical, split_column=split_column, drop=drop)
         return _load_image_folder(path, image_size=image_size, image_mode=image_mode, task=task, modality=modality)
-    lower = path.name.lower()
-    if lower.endswith(_CSV_ENDINGS):
-        df = _read_csv(path)
-    elif lower.endswith(_PARQUET_ENDINGS):
-        df = _read_parquet(path)
-    elif lower.endswith(".npz"):
+    df = read_table(path)
+    if df is None and path.name.lower().endswith(".npz"):
         _only_tables(name, categorical=categorical, split_column=split_column, drop=drop)
         return _load_npz(path, target=target, task=task, modality=modality)
-    else:
+    elif df is None:
         ext = "".join(path.suffixes[-2:]) or "(no extension)"
         raise DataError(f"Data source {name!r} has an unsupported type {ext!r}; supported are {SUPPORTED}. "
                         "Convert the file, e.g. to CSV.")
@@ -96,6 +94,14 @@ def load(source, *, target: str | None = None, task: str = "auto", modality: str
 
 # ----------------------------------------------------------------------------------------------
 # tables
+
+def read_table(path: Path) -> pd.DataFrame | None:
+    """The raw table in a .csv/.tsv (optionally compressed) or .parquet/.pq file; None for any other file."""
+    lower = Path(path).name.lower()
+    if lower.endswith(_CSV_ENDINGS):
+        return _read_csv(Path(path))
+    return _read_parquet(Path(path)) if lower.endswith(_PARQUET_ENDINGS) else None
+
 
 def _read_csv(path: Path) -> pd.DataFrame:
     sep = "\t" if ".tsv" in path.name.lower() else ","
@@ -196,10 +202,11 @@ def _from_table(df: pd.DataFrame, *, name: str, source: str, target, task, modal
 # ----------------------------------------------------------------------------------------------
 # arrays
 
-def _load_npz(path: Path, *, target, task, modality) -> Dataset:
+def read_arrays(path: Path) -> dict:
+    """Every array of an .npz file, by name (never unpickling)."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+            return {k: z[k] for k in z.files}
     except ValueError as e:
         if "pickle" in str(e).lower():
             raise DataError(f"The .npz file {str(path)!r} holds object arrays (pickled); save plain numeric/string "
@@ -207,6 +214,10 @@ def _load_npz(path: Path, *, target, task, modality) -> Dataset:
         raise DataError(f"Cannot read the .npz file {str(path)!r}: {one_line(e)[:300]}; re-save it with np.savez.") from None
     except Exception as e:  # BadZipFile, OSError, ...
         raise DataError(f"Cannot read the .npz file {str(path)!r}: {one_line(e)[:300]}; re-save it with np.savez.") from None
+
+
+def _load_npz(path: Path, *, target, task, modality) -> Dataset:
+    arrays = read_arrays(path)
     x_key = "X" if "X" in arrays else ("x" if "x" in arrays else None)
     y_key = str(target) if target is not None else "y"
     if x_key is None or y_key not in arrays:
@@ -232,10 +243,11 @@ def _load_image_folder(root: Path, *, image_size, image_mode, task, modality) ->
     mode = str(image_mode).lower()
     if mode not in IMAGE_MODES:
         raise ConfigError(invalid("'data.image_mode'", f"one of {fmt_choices(IMAGE_MODES)}", image_mode))
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                        and p.name.lower() != POOL_FOLDER)  # the unlabeled pool is no class
     if not class_dirs:
         raise DataError(f"The image folder {str(root)!r} has no class subfolders; put the images in one subfolder "
-                        "per class, e.g. root/cat/1.png and root/dog/2.png.")
+                        f"per class, e.g. root/cat/1.png and root/dog/2.png (root/{POOL_FOLDER}/ holds unlabeled ones).")
     files, labels, skipped = [], [], 0
     for d in class_dirs:
         for f in sorted(d.rglob("*")):
