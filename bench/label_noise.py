@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import cotune  # noqa: E402
 from cotune.data.sources import load  # noqa: E402
+from data_centric import split_array  # noqa: E402  (the same stratified 70/15/15 split array)
 
 EPOCHS = {"digits": 40, "mnist1d": 60}
 
@@ -41,16 +42,6 @@ EPOCHS = {"digits": 40, "mnist1d": 60}
 def dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
     ds = load("sklearn:digits") if name == "digits" else load("mnist1d", n_samples=5000)
     return np.asarray(ds.X, dtype=np.float32), np.asarray(ds.y)
-
-
-def split_array(y: np.ndarray, seed: int = 0) -> np.ndarray:
-    from sklearn.model_selection import train_test_split
-    idx = np.arange(len(y))
-    tr, rest = train_test_split(idx, test_size=0.30, stratify=y, random_state=seed)
-    va, te = train_test_split(rest, test_size=0.5, stratify=y[rest], random_state=seed)
-    split = np.empty(len(y), dtype="<U5")
-    split[tr], split[va], split[te] = "train", "val", "test"
-    return split
 
 
 def flip(y: np.ndarray, rows: np.ndarray, share: float, kind: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
