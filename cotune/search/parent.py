@@ -148,7 +148,7 @@ def _search(cfg, fixed, space, ds, metric, out: Path, url: str, name: str, *, st
         tracker.close("KILLED")
         labels.finish(jobs.get("labels"), time.time())
         raise
-    state["labels"] = labels.finish(jobs.get("labels"), deadline)
+    state["labels"] = labels.finish(jobs.get("labels"), deadline, cfg, ds, out)
     trials = study.get_trials(deepcopy=False)
     write_trials(out, trials)
     done = [t for t in trials if t.state.name == "COMPLETE"]
