@@ -253,10 +253,6 @@ class AuditContext:
             return {"pred_probs": out}
         return self.cached(f"labels-{kind}", settings, compute, data_key=h.hexdigest())["pred_probs"]
 
-    def pred_probs(self) -> np.ndarray:
-        """(N, K) class probabilities of the chosen proxy for every row (out-of-fold outside the test part)."""
-        return self.label_proxy()[1]
-
     def label_proxy(self) -> tuple[str, np.ndarray, dict]:
         """(kind, (N, K) probabilities, {kind: out-of-fold accuracy on the dev rows}) of the proxy 'auto' picks."""
         if "proxy" not in self.memo:

@@ -1,7 +1,7 @@
 """The search's check of every part's labels, in a process of its own beside the trials.
 
-    job = start(cfg, ds, out)          # while the workers start; returns at once
-    state["labels"] = finish(job, deadline)
+    job = start(cfg, ds, out)                               # while the workers start; returns at once
+    state["labels"] = finish(job, deadline, cfg, ds, out)   # once the trials are done
 
 The check (`cotune.pipeline.label_check`: the audit's label_issues over every part) can take a minute
 on images and sequences, whose proxy is a network trained in folds, so it must not hold the parent's
@@ -37,7 +37,8 @@ def _job(cfg_dict: dict, out: str, threads: int) -> None:
 
 
 def start(cfg, ds, out: Path):
-    """The check's process (None for regression: nothing to check)."""
+    """The check's process and its summary's path; {"after": True} without a budget (`finish` runs it),
+    {"skipped": why} under MIN_BUDGET, None for regression (nothing to check)."""
     if ds.task == "regression":
         return None
     budget = parse_budget(cfg.search.budget)
