@@ -18,7 +18,7 @@ URL = os.environ.get("COTUNE_TEST_PG_URL")
 pytestmark = pytest.mark.skipif(not URL, reason="COTUNE_TEST_PG_URL is not set: run `bash scripts/postgres.sh start` "
                                                 "and export its URL to test distributed search on PostgreSQL")
 ENV = {"OMP_NUM_THREADS": "1", "COLUMNS": "200", "PYTHONWARNINGS": "ignore"}
-TRIALS = 6
+TRIALS = 8
 
 
 def cotune(*args, **kw):
@@ -44,9 +44,9 @@ def test_a_second_worker_joins_a_search_on_postgres(tmp_path):
     optuna = pytest.importorskip("optuna")
     name = f"pg-{uuid.uuid4().hex[:10]}"
     out = tmp_path / "search"
-    # a few epochs per trial so that the second worker has trials left to take when it is up
+    # trials of a few seconds each, so that the second worker (a cold start: its imports) has trials left when it is up
     fit = cotune("fit", "sklearn:iris", "--storage", URL, "--study", name, "--trials", TRIALS, "--workers", 1,
-                 "--set", "train.epochs=20", "--set", "train.patience=0", "--set", "model.width=8",
+                 "--set", "train.epochs=300", "--set", "train.patience=0", "--set", "model.width=8",
                  "--set", "search.pruner=none", "--set", "search.top_k=1", "--out", out, "-q")
     try:
         wait_for_study(optuna, name, fit)
