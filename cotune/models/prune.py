@@ -33,11 +33,6 @@ from cotune.models.mlp import MLP
 from cotune.models.registry import create_model, family_of
 from cotune.models.rnn import RNN
 
-# Slot roles. w_in / b_in: a unit's incoming weights and bias; gamma / beta: its norm's scale and shift;
-# stat: the norm's running statistics; out: where the next layer (or the head) reads the unit.
-IN_ROLES = ("w_in", "b_in", "gamma", "beta")
-
-
 def unit(idx: torch.Tensor, n: int) -> torch.Tensor:
     """Unit j is index j: (k,) -> (k, 1)."""
     return idx[:, None]
@@ -56,14 +51,18 @@ def inner(m: int):
 
 @dataclass(frozen=True)
 class Slot:
+    """One tensor dimension a group indexes. role: 'w_in' / 'b_in' a unit's incoming weights and bias,
+    'gamma' / 'beta' its norm's scale and shift, 'stat' the norm's running statistics, 'out' where the next
+    layer (or the head) reads the unit."""
     key: str          # a state_dict key
     dim: int          # the dimension the group indexes
-    role: str         # see IN_ROLES, 'stat', 'out'
+    role: str
     spread: object = unit  # (idx (k,), group size n) -> (k, m) indices along dim: the m entries of each unit
 
 
 @dataclass
 class Group:
+    """Channels kept or dropped together, named after the module that produces them first."""
     name: str
     size: int
     slots: list = field(default_factory=list)
@@ -71,9 +70,9 @@ class Group:
     def add(self, key: str, dim: int, role: str, spread=unit) -> None:
         self.slots.append(Slot(key, dim, role, spread))
 
-    def produce(self, sd: dict, prefix: str, role_w: str = "w_in") -> None:
+    def produce(self, sd: dict, prefix: str) -> None:
         """A Linear / conv named `prefix` produces this group's units (rows of its weight, its bias)."""
-        self.add(f"{prefix}.weight", 0, role_w)
+        self.add(f"{prefix}.weight", 0, "w_in")
         if f"{prefix}.bias" in sd:
             self.add(f"{prefix}.bias", 0, "b_in")
 
@@ -248,7 +247,8 @@ def prune(model: nn.Module, name: str, kwargs: dict, in_shape: tuple, out_dim: i
         s = importance.get(g.name)
         s = scores(sd, g) if s is None else torch.as_tensor(s, dtype=torch.float32).flatten().cpu()
         if s.numel() != g.size:
-            raise ModelError(invalid(f"importance[{g.name!r}]", f"{g.size} scores, one per unit", f"{s.numel()} scores"))
+            raise ModelError(invalid(f"importance[{g.name!r}]", f"{g.size} scores, one per unit",
+                                     f"{s.numel()} scores"))
         kept = torch.argsort(s, descending=True, stable=True)[:new[g.name].size].sort().values
         for slot in g.slots:
             idx = slot.spread(kept, g.size).flatten().sort().values  # every layout here is monotone in the unit
