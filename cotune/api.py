@@ -109,6 +109,16 @@ def label_next(data=None, *, target=None, n: int = 50, strategy: str = "mix", co
                        candidates=candidates, progress=progress, live=live, console=console, started_at=started_at)
 
 
+def compress(run, *, tolerance: float = 0.5, prefer: str = "size", batches=(1, 256), keeps=None, console=None):
+    """ONNX export, int8 quantization, structured pruning and (for an ensemble) distillation of a finished run's
+    model, each measured (bytes, latency, validation and test metric); the smallest or fastest variant within
+    `tolerance` is chosen. keeps: the widths the pruned variants keep (default 0.75, 0.5, 0.25). Files go to
+    <run>/compress/. Returns a CompressResult."""
+    from cotune.compress.core import KEEPS, compress as _compress
+    return _compress(run, tolerance=tolerance, prefer=prefer, batches=batches, keeps=KEEPS if keeps is None else keeps,
+                     console=console)
+
+
 def load(path):
     """Load a finished run directory as a Bundle with predict / predict_proba / predict_frame."""
     from cotune.bundle import load as _load

@@ -244,6 +244,30 @@ def scale(run: Path = typer.Argument(..., help="A finished search (`cotune fit`)
 
 @app.command()
 @friendly
+def compress(run: Path = typer.Argument(..., help="A finished search (`cotune fit`) or run (`cotune train`) directory."),
+             tolerance: float = typer.Option(0.5, "--tolerance", help="Validation metric the chosen variant may lose: points of a bounded metric (accuracy, f1, r2, ...), percent of a loss (rmse, log_loss)."),
+             prefer: str = typer.Option("size", "--prefer", help="What the chosen variant minimises: size or latency."),
+             batch: str = typer.Option("1,256", "--batch", help="Batch sizes to time, comma-separated."),
+             quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines.")):
+    """ONNX export, int8, pruning and distillation of RUN's model: the size / latency / accuracy table, and the variant to ship."""
+    from cotune import api
+    res = api.compress(run, tolerance=tolerance, prefer=prefer, batches=batch, console=None if quiet else out_console)
+    metric = next(k[4:] for k in res.rows[0] if k.startswith("val_"))
+    batches = [k.rsplit("_b", 1)[1] for k in res.rows[0] if k.startswith("latency_ms_b")]
+    table = Table("variant", "params", "bytes", *[f"ms @{b}" for b in batches], f"val {metric}", f"test {metric}", "")
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    for r in res.rows:
+        table.add_row(r["variant"], f"{r['params']:,}", f"{r['bytes']:,}", *[f"{r[f'latency_ms_b{b}']:.3f}" for b in batches],
+                      fmt(r[f"val_{metric}"]), fmt(r[f"test_{metric}"]),
+                      "chosen" if r["chosen"] else ("" if r["within_tolerance"] else "over tolerance"))
+    out_console.print(table)
+    out_console.print(res.summary, highlight=False, soft_wrap=True)
+    out_console.print(f"compressed: [bold]{res.path}[/] (compress.csv, compress.json); predict with: "
+                      f"cotune predict {run} DATA --engine onnx", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@friendly
 def demo(out: Optional[Path] = typer.Option(None, "--out", "-o", help="Search directory (default runs/digits-<time>)."),
          budget: str = typer.Option("2m", "--budget", "-b", help="Wall time of the search, final model included."),
          quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table.")):

@@ -109,6 +109,7 @@ class TrainingSet:
     train_idx: np.ndarray | None = None     # dataset rows of the training part after cleaning, before balancing
     train_labels: np.ndarray | None = None  # their labels after cleaning (relabel), unscaled, aligned with train_idx
     val_labels: np.ndarray | None = None    # the validation rows' labels after data.clean.val, unscaled, aligned with val
+    train_rows: np.ndarray | None = None    # the dataset row of each training row (train_X's order); -1 for a synthetic one
 
 
 def takes_layout(family: str) -> bool:
@@ -147,6 +148,7 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False, parts: tuple | None = N
     bal = balance_train(cleaned.idx, cleaned.y_train, d.balance, n_classes=ds.n_classes, seed=d.split.seed,
                         X_train=X[cleaned.idx], is_tabular=ds.modality == "tabular")
     train_X, train_y = X[cleaned.idx][bal.pos], bal.y
+    train_rows = cleaned.idx[bal.pos]
     if bal.X_extra is not None and len(bal.X_extra):
         extra = bal.X_extra.astype(np.float32)
         codes = len(pre.layout_["cardinalities"]) if pre.layout_ else 0
@@ -154,6 +156,7 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False, parts: tuple | None = N
             extra[:, -codes:] = np.round(extra[:, -codes:])
         train_X = np.concatenate([train_X, extra])
         train_y = np.concatenate([train_y, bal.y_extra.astype(train_y.dtype)])
+        train_rows = np.concatenate([train_rows, np.full(len(extra), -1, dtype=train_rows.dtype)])
     summary = {"rows": {"train_split": n_split, "train_fraction": len(tr), "train_clean": len(cleaned.idx),
                         "train_used": len(train_y), "val": len(va), "test": len(te)},
                "fraction": d.fraction, "clean": cleaned.to_dict(), "balance": {"method": d.balance, **bal.to_dict()}}
@@ -166,7 +169,7 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False, parts: tuple | None = N
     return TrainingSet(X=X, y=scale(y_all), train_X=train_X, train_y=scale(train_y), weights=bal.weights,
                        sampling=bal.sampling_weights, val=va, test=te, pre=pre, y_mean=y_mean, y_std=y_std,
                        loss=bal.loss, report=report, summary=summary, target=target, train_idx=cleaned.idx,
-                       train_labels=cleaned.y_train, val_labels=y_val)
+                       train_labels=cleaned.y_train, val_labels=y_val, train_rows=train_rows)
 
 
 @dataclass
@@ -236,13 +239,30 @@ def audit_data(cfg: RunConfig, checks=None):
     return audit(ds, tr, va, te, checks=checks, seed=d.split.seed, proxy=d.clean.proxy)
 
 
+def soft_targets(ds, data: TrainingSet, teacher: Callable, weight: float) -> np.ndarray:
+    """(N, K) training targets for distillation: `weight` x the teacher's probabilities on each training row's
+    raw features + (1 - weight) x its one-hot label. A synthetic (SMOTE) row, which has no raw features, keeps
+    its one-hot label."""
+    y = data.train_y.astype(np.int64)
+    target = np.eye(ds.n_classes, dtype=np.float32)[y]
+    real = np.flatnonzero(data.train_rows >= 0)
+    rows = data.train_rows[real]
+    if len(real):
+        probs = np.asarray(teacher(ds.X.iloc[rows] if ds.modality == "tabular" else ds.X[rows]), dtype=np.float32)
+        target[real] = weight * probs + (1 - weight) * target[real]
+    return target
+
+
 def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None, progress: bool | None = None,
-        tracker=None, refit_epochs: int | None = None, checkpoint: bool = True) -> RunResult:
+        tracker=None, refit_epochs: int | None = None, checkpoint: bool = True, teacher: Callable | None = None,
+        teacher_weight: float = 0.5) -> RunResult:
     """Train one model with fixed knobs and write its run directory. Returns metrics and the path.
 
     refit_epochs: train on train+val for exactly this many epochs (no early stopping): the final
     model of a search, whose epoch count comes from the best trial's early-stopping point.
-    checkpoint: save the state after each validated epoch, for --resume (search trials, never resumed, go without)."""
+    checkpoint: save the state after each validated epoch, for --resume (search trials, never resumed, go without).
+    teacher: a classifier's distillation teacher, raw features -> (N, K) probabilities (e.g. an Ensemble's
+    predict_output): the model learns `teacher_weight` x its probabilities + the rest x the labels (soft_targets)."""
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     if resume:
         prepare_out(out, resume=True)
@@ -278,7 +298,8 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
 
     dev = rt.device
     X, y, va = data.X, data.y, data.val
-    train_data = TensorData.from_numpy(data.train_X, data.train_y, data.weights, device=dev)
+    targets = data.train_y if teacher is None else soft_targets(ds, data, teacher, teacher_weight)
+    train_data = TensorData.from_numpy(data.train_X, targets, data.weights, device=dev)
     val_data = TensorData.from_numpy(X[va], y[va], device=dev) if len(va) else None
     sampling = None if data.sampling is None else torch.as_tensor(data.sampling)
     show = cfg.runtime.progress if progress is None else progress

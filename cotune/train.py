@@ -126,11 +126,16 @@ def compute_loss(out: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, los
     from an ensemble model in training mode: the mean of its k members' losses (each scored on y).
 
     Per sample, p_y the softmax probability of the label: cross_entropy -log p_y (label-smoothed), focal
-    (1 - p_y)^gamma * -log p_y, gce (1 - p_y^q) / q, sce alpha * -log p_y + beta * 4 * (1 - p_y)."""
+    (1 - p_y)^gamma * -log p_y, gce (1 - p_y^q) / q, sce alpha * -log p_y + beta * 4 * (1 - p_y).
+    Soft targets, y of shape (B, K) (a teacher's probabilities when distilling): -sum_k y_k log p_k, whatever
+    the loss."""
     if out.dim() == 3:
         k = out.shape[1]
-        out, y = out.reshape(-1, out.shape[2]), y.repeat_interleave(k)
+        out, y = out.reshape(-1, out.shape[2]), y.repeat_interleave(k, dim=0)
         w = None if w is None else w.repeat_interleave(k)
+    if y.dim() == 2:
+        per = -(y * F.log_softmax(out, -1)).sum(-1)
+        return per.mean() if w is None else (per * w).sum() / w.sum()
     if loss == "cross_entropy" and w is None:  # the common case in one kernel
         return F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
     if loss == "cross_entropy":
