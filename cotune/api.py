@@ -4,6 +4,7 @@
     result = cotune.train("run.yaml", overrides=["train.lr=1e-3"], out="runs/a")
     result.test["accuracy"]
     cotune.load(result.path).predict(new_rows)
+    cotune.load("runs/x", engine="onnx").predict(new_rows)   # a search's final model, through ONNX Runtime
     cotune.label_next("data.csv", target="label", n=50, out="next.csv").picks   # which rows to label next
 """
 from __future__ import annotations
@@ -119,16 +120,29 @@ def compress(run, *, tolerance: float = 0.5, prefer: str = "size", batches=(1, 2
                      console=console)
 
 
-def load(path):
-    """Load a finished run directory as a Bundle with predict / predict_proba / predict_frame."""
+ENGINES = ("torch", "onnx")
+
+
+def load(path, engine: str = "torch"):
+    """Load a finished run as a predictor with predict / predict_proba / predict_frame. path: a run directory, a
+    search directory (its final/ model) or an ensemble. engine: 'torch' (the saved weights; a Bundle) or 'onnx'
+    (the export `cotune compress` chose, through ONNX Runtime, without importing torch; cotune.onnx_engine)."""
+    from cotune.predictor import resolve
+    if engine not in ENGINES:
+        from cotune.errors import ConfigError, fmt_choices, invalid
+        raise ConfigError(invalid("'engine'", f"one of {fmt_choices(ENGINES)}", engine, "pass --engine torch or --engine onnx"))
+    if engine == "onnx":
+        from cotune.onnx_engine import load_run
+        return load_run(path)
     from cotune.bundle import load as _load
-    return _load(path)
+    return _load(resolve(path)[0])
 
 
-def predict(run_dir, data, out=None):
-    """Predictions for `data` (path, built-in name, DataFrame or array) as a DataFrame; written to `out` as CSV if given."""
+def predict(run_dir, data, out=None, engine: str = "torch"):
+    """Predictions for `data` (path, built-in name, DataFrame or array) as a DataFrame; written to `out` as CSV if
+    given (atomically: a reader never sees half a file). engine: as for `load`."""
     from cotune.track import atomic_write_bytes
-    frame = load(run_dir).predict_frame(data)
+    frame = load(run_dir, engine=engine).predict_frame(data)
     if out is not None:
         atomic_write_bytes(out, frame.to_csv(index=False).encode())
     return frame

@@ -11,77 +11,31 @@ A classifier's bundle may hold decision.json: a temperature applied to its proba
 ensemble's: to the averaged ones) and, for a binary model tuned for a label metric, the decision
 threshold `predict` applies to P(second class). Loading reads JSON and safetensors only; nothing is
 ever unpickled.
+
+This module is the torch engine. What does not need torch (Spec, decision.json, reading new data,
+outputs -> `predictions`, the predict API itself) lives in cotune.predictor and is re-exported here;
+cotune.onnx_engine predicts the same way from an ONNX export, without torch
+(`cotune.load(run, engine="onnx")`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 
-from cotune.data.preprocess import Preprocessor, TargetTransform
-from cotune.errors import BundleError, CotuneError, DataError, one_line
+from cotune.data.preprocess import Preprocessor
+from cotune.errors import BundleError, CotuneError
 from cotune.models import create_model
+from cotune.predictor import (DECISION, ENSEMBLE, NO_DECISION, SPEC, Predictor, Spec, Voting,  # noqa: F401  (re-exported)
+                              load_decision, member_names, predictions, read_features, save_decision)
 from cotune.runtime import Runtime
 from cotune.track import read_json, write_json
 from cotune.train import infer
 
 WEIGHTS = "model.safetensors"
-SPEC = "model.json"
 REQUIRED = (WEIGHTS, SPEC, "preprocess.json")
-DECISION = "decision.json"
-NO_DECISION = {"temperature": 1.0, "threshold": None}
-
-
-@dataclass(frozen=True, kw_only=True)
-class Spec:
-    """model.json: how to rebuild the model, the data it takes and what its outputs mean (fields in file order)."""
-    family: str
-    in_shape: tuple[int, ...]            # one preprocessed sample, the model's input
-    out_dim: int
-    kwargs: dict                         # the model knobs create_model was called with
-    task: str
-    classes: list = field(default_factory=list)  # original label values, in output order; [] for regression
-    target: str | None
-    modality: str
-    columns: list[str] | None = None     # tabular: the raw feature columns, in order
-    raw_shape: tuple[int, ...]           # one raw sample, before preprocessing
-    y_mean: float = 0.0                  # regression: the model predicts (y - y_mean) / y_std
-    y_std: float = 1.0
-    meta: dict = field(default_factory=dict)  # the source's description (image size and mode, mnist1d generator)
-    n_params: int = 0
-    target_transform: dict | None = None  # regression: TargetTransform.to_dict(); None = y_mean / y_std alone
-
-    def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        if d["target_transform"] is None:  # classification: model.json as before the field existed
-            del d["target_transform"]
-        return d | {"in_shape": list(self.in_shape), "raw_shape": list(self.raw_shape), "classes": list(self.classes)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Spec:
-        """From a model.json's content; keys it does not know are ignored, a missing required one is a TypeError."""
-        s = {f.name: d[f.name] for f in fields(cls) if f.name in d}
-        s.update({k: tuple(s[k]) for k in ("in_shape", "raw_shape") if k in s})
-        if "classes" in s:
-            s["classes"] = list(s["classes"] or [])
-        return cls(**s)
-
-
-def predictions(outputs: torch.Tensor, spec: Spec) -> np.ndarray:
-    """Raw model outputs -> (N, K) class probabilities (classification) or (N,) values in target units.
-
-    The one place outputs become predictions: the evaluation after training, every Bundle and every
-    ensemble member go through it, so a calibration temperature or class thresholds hook in here."""
-    outputs = outputs.cpu()
-    if spec.task == "regression":
-        if spec.target_transform is not None:
-            return TargetTransform.from_dict(spec.target_transform).inverse(outputs.squeeze(-1).numpy())
-        return outputs.squeeze(-1).numpy() * spec.y_std + spec.y_mean
-    return torch.softmax(outputs, -1).numpy()
 
 
 def save(run_dir: str | Path, model: torch.nn.Module, spec: Spec, pre: Preprocessor) -> None:
@@ -94,47 +48,16 @@ def save(run_dir: str | Path, model: torch.nn.Module, spec: Spec, pre: Preproces
     write_json(run_dir / SPEC, spec.to_dict())
 
 
-class Bundle:
-    """A trained model loaded from a run directory, ready to predict on raw features."""
+class Bundle(Predictor):
+    """A trained model loaded from a run directory, ready to predict on raw features (torch on the CPU)."""
 
     def __init__(self, path: Path, spec: Spec, model: torch.nn.Module, pre: Preprocessor, decision: dict | None = None):
-        self.path, self.spec, self.model, self.pre = path, spec, model, pre
+        super().__init__(path, spec, pre, decision)
+        self.model = model
         self.runtime = Runtime(device="cpu", precision="fp32", threads=torch.get_num_threads())
-        self.decision = dict(decision or NO_DECISION)
 
-    @property
-    def threshold(self) -> float | None:
-        """The decision threshold on P(second class) that `predict` applies (binary models tuned for a label
-        metric), or None: the most probable class."""
-        return self.decision.get("threshold")
-
-    def _decide(self, output: np.ndarray) -> np.ndarray:
-        """The decision's temperature on a classifier's probabilities (regression values pass through)."""
-        t = float(self.decision.get("temperature") or 1.0)
-        if self.task == "regression" or t == 1.0:
-            return output
-        from cotune.calibrate import apply_temperature
-        return apply_temperature(output, t)
-
-    def _labels(self, proba: np.ndarray) -> np.ndarray:
-        from cotune.evaluate import labels
-        return np.asarray(self.classes_, dtype=object)[labels(proba, self.threshold)]
-
-    @property
-    def task(self) -> str:
-        return self.spec.task
-
-    @property
-    def classes_(self) -> list:
-        return list(self.spec.classes)
-
-    def __repr__(self) -> str:
-        return f"Bundle({str(self.path)!r}, family={self.spec.family!r}, task={self.task!r})"
-
-    def predict_output(self, X) -> np.ndarray:
-        """`predictions` on X, for any task: what cotune.evaluate.evaluate takes."""
-        feats = self.pre.transform(self._features(X))
-        return self._decide(predictions(infer(self.model, torch.as_tensor(feats), self.runtime), self.spec))
+    def _outputs(self, feats: np.ndarray) -> torch.Tensor:
+        return infer(self.model, torch.as_tensor(feats), self.runtime)
 
     def embed(self, X) -> np.ndarray:
         """(N, D) penultimate-layer activations for X: the model's own representation of each row (the input
@@ -143,83 +66,8 @@ class Bundle:
         feats = self.pre.transform(self._features(X))
         return penultimate(self.model, torch.as_tensor(feats)).numpy()
 
-    def predict_proba(self, X) -> np.ndarray:
-        """(N, K) class probabilities, columns in the order of `classes_`."""
-        if self.task == "regression":
-            raise BundleError("predict_proba needs a classification model but this one is regression; use predict().")
-        return self.predict_output(X)
 
-    def predict(self, X) -> np.ndarray:
-        """Predicted class labels (original label values) or regression values in target units."""
-        if self.task == "regression":
-            return self.predict_output(X)
-        return self._labels(self.predict_proba(X))
-
-    def predict_frame(self, X) -> pd.DataFrame:
-        if self.task == "regression":
-            return pd.DataFrame({"prediction": self.predict(X)})
-        proba = self.predict_proba(X)
-        df = pd.DataFrame({"prediction": self._labels(proba)})
-        for j, c in enumerate(self.classes_):
-            df[f"proba_{c}"] = proba[:, j]
-        if self.threshold is not None:  # the cut the prediction column applied to the last probability column
-            df["threshold"] = self.threshold
-        return df
-
-    def _features(self, X):
-        """Raw features from a DataFrame, an array, or a path / built-in name (the target is dropped if present)."""
-        if isinstance(X, (str, Path)):
-            X = read_features(str(X), self.spec)
-        if self.spec.modality == "tabular":
-            if isinstance(X, np.ndarray):
-                cols = self.spec.columns
-                if X.ndim != 2 or X.shape[1] != len(cols):
-                    raise DataError(f"Expected a table with columns {cols[:8]}...; got an array of shape {X.shape}; pass a DataFrame or CSV.")
-                X = pd.DataFrame(X, columns=cols)
-            if not isinstance(X, pd.DataFrame):
-                raise DataError(f"This model takes a table (DataFrame, CSV or Parquet); got {type(X).__name__}.")
-            return X.drop(columns=[c for c in [self.spec.target] if c in X.columns])
-        X = np.asarray(X, dtype=np.float32)
-        shape = self.spec.raw_shape
-        if X.ndim == len(shape) and self.spec.modality == "sequence" and len(shape) == 2:
-            X = X[:, None, :] if X.shape[1:] == shape[1:] else X
-        if tuple(X.shape[1:]) != shape:
-            raise DataError(f"Expected samples of shape {shape}; got {tuple(X.shape[1:])}; pass data shaped like the training data.")
-        return X
-
-
-def read_features(source: str, spec: Spec):
-    """Features of new data: a table file, an .npz with X, an image folder, or a built-in name."""
-    from cotune.data import sources
-    p = Path(source)
-    if not p.exists() and ":" not in source and source != "mnist1d":
-        raise DataError(f"Data {source!r} not found; check the path.")
-    try:
-        if p.suffix.lower() == ".csv":
-            return pd.read_csv(p)
-        if p.suffix.lower() in (".parquet", ".pq"):
-            return pd.read_parquet(p)
-        if p.suffix.lower() == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                if "X" not in z:
-                    raise DataError(f"{source!r} has no array named 'X'; save features with np.savez(path, X=...).")
-                return z["X"]
-    except CotuneError:
-        raise
-    except Exception as err:
-        raise DataError(f"Could not read {source!r} ({type(err).__name__}: {' '.join(str(err).split())[:120]}); check the file.") from None
-    if p.is_dir():
-        return sources.read_images(p, spec.meta.get("image_size", 32), spec.meta.get("image_mode", "rgb"))[0]
-    gen = spec.meta.get("generator") or {}  # mnist1d: regenerate the data the run was trained on
-    kw = {"n_samples": gen["num_samples"], "generator_seed": gen["seed"]} if "num_samples" in gen else {}
-    ds = sources.load(source, target=spec.target if spec.modality == "tabular" else None, **kw)
-    return ds.X
-
-
-ENSEMBLE = "ensemble.json"
-
-
-class Ensemble(Bundle):
+class Ensemble(Voting, Bundle):
     """Soft voting over member bundles (the top trials of a search): probabilities (or values) averaged.
 
     `spec` is member 0's, as the description of the raw data every member takes (`pre` is member 0's
@@ -227,21 +75,12 @@ class Ensemble(Bundle):
     hand one member to latency measurement or export."""
 
     def __init__(self, path: Path, members: list[Bundle], decision: dict | None = None):
-        first = members[0]
-        self.path, self.spec, self.pre, self.runtime, self.members = path, first.spec, first.pre, first.runtime, members
-        self.decision = dict(decision or NO_DECISION)
+        super().__init__(path, members, decision)
+        self.runtime = members[0].runtime
 
     @property
     def model(self) -> torch.nn.Module:
         raise BundleError(f"An ensemble has {len(self.members)} member models, not one; use .members[i].model.")
-
-    def __repr__(self) -> str:
-        return f"Ensemble({str(self.path)!r}, members={len(self.members)}, task={self.task!r})"
-
-    def predict_output(self, X) -> np.ndarray:
-        if isinstance(X, (str, Path)):
-            X = read_features(str(X), self.spec)  # read once, not once per member
-        return self._decide(np.mean([m.predict_output(X) for m in self.members], axis=0))
 
     def embed(self, X) -> np.ndarray:
         """The members' embeddings side by side: (N, D_1 + D_2 + ...)."""
@@ -269,11 +108,7 @@ def load(path: str | Path) -> Bundle:
     if not path.is_dir():
         raise BundleError(f"Run directory {str(path)!r} not found; pass the --out directory of a finished run.")
     if (path / ENSEMBLE).is_file():
-        try:
-            names = read_json(path / ENSEMBLE)["members"]
-        except Exception as err:
-            raise BundleError(f"{str(path / ENSEMBLE)!r} is damaged ({one_line(err)[:120]}); rerun the search.") from None
-        return Ensemble(path, [load(path / n) for n in names], load_decision(path))
+        return Ensemble(path, [load(path / n) for n in member_names(path)], load_decision(path))
     missing = [f for f in REQUIRED if not (path / f).is_file()]
     if missing:
         raise BundleError(f"Run directory {str(path)!r} has no {missing[0]}; it is not a finished run (resume it with --resume).")
@@ -289,22 +124,3 @@ def load(path: str | Path) -> Bundle:
                           "its files are damaged: retrain it.") from None
     model.eval()
     return Bundle(path, spec, model, pre, load_decision(path))
-
-
-def save_decision(path: str | Path, decision: dict) -> None:
-    """Write decision.json (temperature, threshold and how they were chosen) into a bundle's directory."""
-    write_json(Path(path) / DECISION, decision)
-
-
-def load_decision(path: Path) -> dict:
-    """A bundle's decision.json (its temperature and threshold checked), or no decision when there is none."""
-    f = Path(path) / DECISION
-    if not f.is_file():
-        return dict(NO_DECISION)
-    d = read_json(f)
-    t, thr = d.get("temperature", 1.0), d.get("threshold")
-    if (not isinstance(t, (int, float)) or isinstance(t, bool) or not t > 0
-            or (thr is not None and (not isinstance(thr, (int, float)) or not 0.0 <= thr <= 1.0))):
-        raise BundleError(f"{str(f)!r} holds an invalid temperature or threshold ({t!r}, {thr!r}); "
-                          "delete it to predict without them, or rerun the search.")
-    return {**d, "temperature": float(t), "threshold": None if thr is None else float(thr)}

@@ -176,12 +176,13 @@ def worker(storage: str = typer.Option(..., "--storage", help="Study storage URL
 
 @app.command()
 @friendly
-def predict(run: Path = typer.Argument(..., help="Run directory of a finished run."),
+def predict(run: Path = typer.Argument(..., help="Run directory of a finished run, or a search directory (its final model)."),
             data: str = typer.Argument(..., help="CSV / Parquet / .npz (X) / image folder / built-in name."),
-            out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write predictions here as CSV (default: print the first rows).")):
+            out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write predictions here as CSV (default: print the first rows)."),
+            engine: str = typer.Option("torch", "--engine", help="torch (the saved weights) or onnx (the export `cotune compress` chose, through ONNX Runtime; no torch import).")):
     """Predict classes and probabilities (or values) for new data with a trained run."""
     from cotune import api
-    frame = api.predict(run, data, out=out)
+    frame = api.predict(run, data, out=out, engine=engine)
     if out is None:
         out_console.print(frame.head(20).to_string(index=False))
         if len(frame) > 20:

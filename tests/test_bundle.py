@@ -153,8 +153,12 @@ def test_predictions_from_outputs():
     clf = Spec.from_dict(OLD_SPEC)
     p = predictions(out, clf)
     assert p.shape == (3, 3) and np.allclose(p.sum(1), 1.0, atol=1e-6)
-    np.testing.assert_array_equal(p, torch.softmax(out, -1).numpy())
+    np.testing.assert_allclose(p, torch.softmax(out, -1).numpy(), rtol=1e-6)  # numpy's softmax, torch's within an ulp
     np.testing.assert_allclose(p[1], [1 / 3] * 3, rtol=1e-6)
+    assert p.dtype == np.float32
+    np.testing.assert_array_equal(predictions(out.numpy(), clf), p)  # an array (an ONNX session's) is the same
+    huge = predictions(np.array([[1000.0, 0.0, -1000.0]], dtype=np.float32), clf)  # stable: no overflow to nan
+    np.testing.assert_allclose(huge, [[1.0, 0.0, 0.0]])
     reg = Spec.from_dict({**OLD_SPEC, "task": "regression", "out_dim": 1, "classes": [], "y_mean": 150.0, "y_std": 10.0})
     v = predictions(torch.tensor([[0.0], [1.0], [-2.5]]), reg)
     assert v.shape == (3,)

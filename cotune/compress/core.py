@@ -54,19 +54,16 @@ class CompressResult:
 
 
 def locate(run) -> tuple[Path, Path]:
-    """(the model's directory, <run>/compress) for a run directory, a search directory (its final/) or a search's
-    final/ itself; a search without final/ is unfinished."""
+    """(the model's directory, its compression directory): cotune.predictor.resolve, after checking that a search
+    has its final model."""
+    from cotune.predictor import resolve
     run = Path(run)
     if not run.is_dir():
         raise BundleError(f"Run directory {str(run)!r} not found; pass the --out directory of a finished run or search.")
-    if (run / "fit.json").is_file() or (run / "final").is_dir():
-        if not ((run / "final" / "model.json").is_file() or (run / "final" / "ensemble.json").is_file()):
-            raise BundleError(f"The search in {str(run)!r} has no final model yet; finish it (cotune fit --resume "
-                              f"--out {run}) before compressing.")
-        return run / "final", run / "compress"
-    if run.name == "final" and (run.parent / "fit.json").is_file():
-        return run, run.parent / "compress"
-    return run, run / "compress"
+    if (run / "fit.json").is_file() and not any((run / "final" / f).is_file() for f in ("model.json", "ensemble.json")):
+        raise BundleError(f"The search in {str(run)!r} has no final model yet; finish it (cotune fit --resume "
+                          f"--out {run}) before compressing.")
+    return resolve(run)
 
 
 def check_args(tolerance, prefer: str, batches) -> tuple[float, str, tuple]:
