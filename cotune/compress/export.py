@@ -26,7 +26,7 @@ PARITY_ATOL = 1e-4  # max |onnx - torch| on the raw outputs
 @contextlib.contextmanager
 def _quiet():
     """The exporter prints its steps and logs warnings about optional packages: keep both off the console."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "torch.__trace", "onnxscript")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
