@@ -13,7 +13,7 @@ MAX_LINES = 400
 LAYERS = {
     **{m: 0 for m in ("errors", "config", "knobs", "runtime", "track")},
     **{m: 1 for m in ("data", "models")},  # data/* and models/*
-    **{m: 2 for m in ("train", "evaluate", "calibrate", "bundle")},  # calibrate: temperatures and thresholds (numpy + scipy)
+    **{m: 2 for m in ("train", "evaluate", "calibrate", "bundle", "transfer")},  # transfer: a run's weights into a new model  # calibrate: temperatures and thresholds (numpy + scipy)
     "pipeline": 3,
     "baselines": 3,  # the linear and LightGBM yardsticks, fitted on the rows `pipeline.prepare` gives
     "search": 4,  # search/*: the joint search (space, storage, objective, worker, parent, ensemble, tracking)
