@@ -104,6 +104,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("model.num_embedding", str, "none", "mlp on tables: embed each numeric feature before the first layer: 'periodic' (trainable-frequency cos/sin features) or 'piecewise' (piecewise-linear encoding on training-quantile bins), each followed by a per-feature linear layer and ReLU", choices=("none", "periodic", "piecewise"), search=("none", "periodic", "piecewise"), when=(("model.family", ("mlp",)),), choice_modalities=(("periodic", ("tabular",)), ("piecewise", ("tabular",)))),
     _k("model.embedding_dim", int, 8, "mlp on tables: size of each categorical embedding and of each numeric feature embedding", low=1, high=256),
     _k("model.ensemble", int, 1, "mlp: k members sharing the hidden layers, each with its own input scaling and output head; the prediction averages them (1 = off)", low=1, high=64, search=(1, 8), when=(("model.family", ("mlp",)),)),
+    _k("model.init_from", str, None, "start from the weights of this finished run directory (a `cotune train --out`; a search directory, for its final model; one of its trials/NNNNN/): same family, modality and table columns, and model knobs that give the same layers (width, depth, norm, dropout on or off, ...); its output layer is copied when the classes (or the regression target) are the same, else re-initialized", optional=True),
     # ---- train: optimizer, schedule, loss, regularization, stopping
     _k("train.optimizer", str, "adamw", "optimizer", choices=("sgd", "rmsprop", "adagrad", "adam", "adamw"), search=("sgd", "rmsprop", "adam", "adamw")),
     _k("train.lr", float, 3e-3, "peak learning rate", low=0.0, high=10.0, open_low=True, search=(1e-4, 3e-2), log=True),
@@ -124,6 +125,8 @@ KNOBS: tuple[Knob, ...] = (
     _k("train.label_smoothing", float, 0.0, "cross-entropy label smoothing (cross_entropy and auto only; the other losses ignore it)", low=0.0, high=0.5, search=(0.0, 0.2), when=(("train.loss", ("auto", "cross_entropy")),), tasks=CLASSIFICATION, unless_metric=("log_loss", "roc_auc")),
     _k("train.focal_gamma", float, 2.0, "focal loss: focusing exponent (searched when data.balance=focal)", low=0.0, high=10.0, search=(0.5, 4.0), when=(("data.balance", ("focal",)),), tasks=CLASSIFICATION),
     _k("train.huber_delta", float, 1.0, "huber loss: transition point, in standardized target units", low=0.0, high=100.0, open_low=True),
+    _k("train.freeze_epochs", int, 0, "train only the output layer for the first this many epochs (the rest frozen: no gradients, no weight decay, batch-norm statistics kept), then every layer; for model.init_from", low=0, high=100000),
+    _k("train.backbone_lr", float, 1.0, "factor on the learning rate of every parameter outside the output layer (the schedule scales both): below 1 to fine-tune model.init_from's weights gently", low=0.0, high=100.0, open_low=True),
     _k("train.grad_clip", float, 0.0, "clip the gradient norm to this (0 = off)", low=0.0, high=1e6),
     _k("train.epochs", int, 30, "maximum epochs (passes over the training part)", low=1, high=100000),
     _k("train.batch_size", int, 128, "samples per step", low=1, high=1_000_000, search=(32, 512), log=True),

@@ -1,10 +1,11 @@
 """run(cfg): the only place that knows the order of the stages.
 
     load -> split -> fraction -> audit + clean (train part) -> preprocess (fit on train)
-         -> balance (train part) -> augment (in the loop) -> model -> train -> evaluate (val, test) -> bundle
+         -> balance (train part) -> augment (in the loop) -> model (+ model.init_from's weights) -> train
+         -> evaluate (val, test) -> bundle
 
-Everything that can reject the input (config, data, model spec) runs before the run directory
-is created, so bad input leaves nothing behind. A run interrupted during training keeps its
+Everything that can reject the input (config, data, model spec, the run to start from) runs before
+the run directory is created, so bad input leaves nothing behind. A run interrupted during training keeps its
 checkpoint and continues with resume=True. cross_validate(cfg, folds, epochs, seed) runs the same
 stages on k-fold parts of train + validation and scores each held-out fold (a search's re-evaluation).
 """
@@ -37,6 +38,7 @@ from cotune.models import create_model
 from cotune.runtime import Runtime, seed_everything, versions
 from cotune.track import FileTracker, Tee, read_json, write_csv, write_json
 from cotune.train import CHECKPOINT, CHECKPOINT_STATE, TrainResult, check_config, infer, train
+from cotune.transfer import init_from
 
 
 @dataclass
@@ -182,6 +184,7 @@ class Setup:
     augment: Callable | None
     ranking: evaluate.Metric     # search.metric: what ranks the run
     monitor: evaluate.Metric     # what early stopping follows
+    transfer: dict | None = None  # model.init_from: where the weights came from and what was copied
 
 
 def setup(cfg: RunConfig, ds, data: TrainingSet, refit_epochs: int | None = None) -> Setup:
@@ -196,14 +199,17 @@ def setup(cfg: RunConfig, ds, data: TrainingSet, refit_epochs: int | None = None
     if refit_epochs is not None:
         train_cfg = train_cfg.model_copy(update={"epochs": int(refit_epochs), "patience": 0})
     out_dim = 1 if ds.task == "regression" else ds.n_classes
-    kwargs = cfg.model.model_dump(exclude={"family"})
+    kwargs = model_registry.factory_knobs(cfg.model.model_dump())
     if data.pre.layout_ is not None and takes_layout(cfg.model.family):
         kwargs["layout"] = data.pre.layout_  # in model.json's kwargs too, so the bundle rebuilds the same model
     model = create_model(cfg.model.family, data.pre.in_shape_, out_dim, **kwargs)
+    transfer = None
+    if cfg.model.init_from is not None:
+        transfer = init_from(cfg.model.init_from, model, cfg.model.family, ds, kwargs, tuple(data.pre.in_shape_))
     check_config(train_cfg, ds.task)
     ranking = evaluate.primary_metric(ds.task, cfg.search.metric)  # a metric that does not fit the task: ConfigError
     monitor = evaluate.monitored_metric(ds.task, train_cfg.monitor, cfg.search.metric)
-    return Setup(model, kwargs, out_dim, train_cfg, augment, ranking, monitor)
+    return Setup(model, kwargs, out_dim, train_cfg, augment, ranking, monitor, transfer)
 
 
 def model_spec(cfg: RunConfig, ds, data: TrainingSet, s: Setup) -> bundle.Spec:
@@ -326,7 +332,7 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
     write_json(out / "metrics.json", {**metrics, "train": {
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
         "train_time_s": result.train_time_s, "samples_per_s": result.samples_per_s, "n_params": n_params},
-        "data": data.summary})
+        "data": data.summary, **({"transfer": s.transfer} if s.transfer is not None else {})})
     for f in (CHECKPOINT, CHECKPOINT_STATE):  # finished: the bundle supersedes the checkpoint
         (out / f).unlink(missing_ok=True)
     tracker.log_summary(metrics)

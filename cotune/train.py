@@ -3,9 +3,11 @@
     result = train(model, train_data, val_data, cfg.train, runtime, task="multiclass", seed=0)
 
 Reads top to bottom: optimizer, then per epoch a reseed (so a resumed run replays the same
-shuffles and dropout masks), index-slice batches, the LR from get_lr(step), forward under
-autocast, loss (+ L1), backward, clip, step; then validation, history, early stopping, a
-checkpoint (after validated epochs), the progress bar and on_eval. Best weights are restored at the end.
+shuffles and dropout masks), the frozen part (train.freeze_epochs: only the output layer trains in
+the first epochs), index-slice batches, the LR from get_lr(step) (times train.backbone_lr outside the
+output layer), forward under autocast, loss (+ L1), backward, clip, step; then validation, history,
+early stopping, a checkpoint (after validated epochs), the progress bar and on_eval. Best weights are
+restored at the end.
 
 `on_eval(epoch, row)` is the one hook: it sees each epoch's metrics and may return True to stop
 or raise (a search uses it to prune). This module never imports optuna.
@@ -26,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from cotune.data.batches import TensorData
 from cotune.errors import ConfigError, CotuneError
 from cotune.evaluate import Metric, metric, monitored_metric, score as metric_score
+from cotune.models.registry import head as model_head
 from cotune.runtime import Runtime
 from cotune.track import write_json
 
@@ -96,18 +99,26 @@ def get_lr(step: int, total: int, base: float, schedule: str, warmup: float, gam
     raise ConfigError(f"Unknown train.schedule {schedule!r}")
 
 
-def make_optimizer(model: torch.nn.Module, cfg, fused: bool = False) -> torch.optim.Optimizer:
-    """Weight decay only on matrices and kernels (dim >= 2), not on biases and norm scales.
-
-    One parameter group when there is no decay (each group costs a Python pass per step), and the
-    foreach (multi-tensor) implementation, or fused kernels on CUDA for Adam/AdamW."""
+def make_optimizer(model: torch.nn.Module, cfg, fused: bool = False, head: torch.nn.Module | None = None
+                   ) -> torch.optim.Optimizer:
+    """Weight decay only on matrices and kernels (dim >= 2), not on biases and norm scales. Each group's
+    `lr_scale` multiplies get_lr's rate: train.backbone_lr outside `head` (the output layer, given when
+    backbone_lr != 1), 1 in it. One parameter group when there is neither decay nor a backbone factor (each
+    group costs a Python pass per step), and the foreach (multi-tensor) implementation, or fused kernels on
+    CUDA for Adam/AdamW."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.weight_decay > 0:
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        groups = [g for g in groups if g["params"]]
-    else:
-        groups = [{"params": params, "weight_decay": 0.0}]
+    parts = [(params, 1.0)]
+    if head is not None:
+        in_head = {id(p) for p in head.parameters()}
+        parts = [([p for p in params if id(p) not in in_head], cfg.backbone_lr), ([p for p in params if id(p) in in_head], 1.0)]
+    groups = []
+    for ps, scale in parts:
+        if cfg.weight_decay > 0:
+            groups += [{"params": [p for p in ps if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+                       {"params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0, "lr_scale": scale}]
+        else:
+            groups.append({"params": ps, "weight_decay": 0.0, "lr_scale": scale})
+    groups = [g for g in groups if g["params"]] or groups[:1]
     name, lr = cfg.optimizer, cfg.lr
     impl = {"fused": True} if fused else {"foreach": True}
     if name == "sgd":
@@ -257,7 +268,15 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
     dev = torch.device(runtime.device)
     model.to(dev)
     net = torch.compile(model) if runtime.compile else model
-    opt = make_optimizer(model, cfg, fused=runtime.is_cuda and cfg.optimizer in ("adam", "adamw"))
+    head = model_head(model) if cfg.freeze_epochs > 0 or cfg.backbone_lr != 1.0 else None  # the output layer
+    opt = make_optimizer(model, cfg, fused=runtime.is_cuda and cfg.optimizer in ("adam", "adamw"),
+                         head=head if cfg.backbone_lr != 1.0 else None)
+    # train.freeze_epochs: the rest gets no gradients (so no steps, no weight decay, no optimizer state) and its
+    # batch norms keep their statistics (eval mode, as Keras freezes them): the head learns the inference features
+    in_head = {id(p) for p in head.parameters()} if head is not None else set()
+    frozen_params = [p for p in model.parameters() if p.requires_grad and id(p) not in in_head] if cfg.freeze_epochs else []
+    frozen_norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                    and not any(m is h for h in head.modules())] if cfg.freeze_epochs else []
     loss_name = resolve_loss(cfg.loss, task)
     n, bs = len(train_data), min(cfg.batch_size, len(train_data))
     steps_per_epoch = max(1, n // bs if n % bs == 1 else math.ceil(n / bs))  # never a lone 1-sample batch (batch norm)
@@ -282,7 +301,12 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
         for epoch in range(start_epoch, cfg.epochs):
             torch.manual_seed(seed * 1_000_003 + epoch)  # shuffles and dropout depend only on (seed, epoch)
             t0 = time.perf_counter()
+            frozen = epoch < cfg.freeze_epochs
+            for p in frozen_params:
+                p.requires_grad_(not frozen)
             net.train()
+            for m in frozen_norms if frozen else ():
+                m.eval()
             perm = (torch.randperm(n, device=X.device) if sampling_weights is None else
                     torch.multinomial(sampling_weights.to(X.device), n, replacement=True))
             running = torch.zeros((), device=dev)
@@ -290,7 +314,7 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
                 idx = perm[i * bs:(i + 1) * bs]
                 lr = get_lr(step, total_steps, cfg.lr, cfg.schedule, cfg.warmup, cfg.gamma, cfg.step_every * steps_per_epoch)
                 for g in opt.param_groups:
-                    g["lr"] = lr
+                    g["lr"] = lr * g.get("lr_scale", 1.0)  # train.backbone_lr (a checkpoint from before it: 1)
                 xb, yb = X[idx].to(dev, non_blocking=True), y[idx].to(dev, non_blocking=True)  # no-op when resident
                 wb = None if w is None else w[idx].to(dev, non_blocking=True)
                 yb2, lam = None, 1.0
@@ -340,6 +364,8 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
                 break
     finally:
         bar.stop()
+        for p in frozen_params:
+            p.requires_grad_(True)
     model.load_state_dict(best_state)
     res.epochs_run, res.steps = len(res.history), step
     res.samples_per_s = res.steps * bs / res.train_time_s if res.train_time_s > 0 else 0.0

@@ -14,12 +14,14 @@ LAYERS = {
     **{m: 0 for m in ("errors", "config", "knobs", "runtime", "track")},
     **{m: 1 for m in ("data", "models")},  # data/* and models/*
     **{m: 2 for m in ("train", "evaluate", "calibrate", "bundle")},  # calibrate: temperatures and thresholds (numpy + scipy)
+    "transfer": 2,  # a run's weights into a new model
     **{m: 2 for m in ("predictor", "onnx_engine")},  # the predict API and the ONNX Runtime engine: no torch
     "pipeline": 3,
     "baselines": 3,  # the linear and LightGBM yardsticks, fitted on the rows `pipeline.prepare` gives
     "search": 4,  # search/*: the joint search (space, storage, objective, worker, parent, ensemble, tracking)
     "scale": 4,  # scale/* runs on the search's storage and parent (law.py and advice.py stay torch-free)
     "active": 4,  # active learning (label-next): trains through the pipeline or the search's parent, then ranks
+    "compress": 4,  # compress/*: export, int8, pruning and distillation through the pipeline; the trade-off table
     "report": 5,
     "api": 5,  # the API sits right under the CLI: it may call the search and the report
     "cli": 6,

@@ -12,7 +12,7 @@ from cotune.errors import ModelError
 from cotune.models import FAMILIES, create_model, list_models, model_info, takes_layout
 from cotune.knobs import KNOBS
 from cotune.models.embeddings import PiecewiseLinearEmbedding
-from cotune.models.registry import DEFAULTS, KNOBS as MODEL_KNOBS, family_of, n_params, register_model
+from cotune.models.registry import DEFAULTS, KNOBS as MODEL_KNOBS, family_of, head, head_keys, n_params, register_model
 from cotune.models.mlp import mlp
 from cotune.models.transformer import fit_heads
 from cotune.train import compute_loss
@@ -54,6 +54,33 @@ def test_forward_backward(name, shape):
     for pname, p in model.named_parameters():
         assert p.grad is not None, f"{name}: no grad for {pname}"
         assert torch.isfinite(p.grad).all(), f"{name}: non-finite grad for {pname}"
+
+
+HEAD_OUT = 11  # no other parameter of the cases has a dimension of 11
+HEAD_CASES = [(n, s, {}) for n, s in CASES] + [("mlp", TAB, {"depth": 0}), ("mlp", TAB, {"ensemble": 3}),
+                                               ("cnn1d", SEQ, {"pool": "flatten"})]
+
+
+@pytest.mark.parametrize("name,shape,knobs", HEAD_CASES, ids=[f"{n}-{'x'.join(map(str, s))}-{'-'.join(map(str, k.values()))}"
+                                                                 for n, s, k in HEAD_CASES])
+def test_head_is_the_output_layer_and_the_only_one_sized_by_out_dim(name, shape, knobs):
+    """What transfer learning re-initializes and freezing tells apart: the head makes the model's outputs (in
+    training mode; an ensemble's per-member ones), and out_dim sizes its tensors and no others."""
+    torch.manual_seed(0)
+    model = create_model(name, shape, HEAD_OUT, **knobs).train()
+    seen = []
+    head(model).register_forward_hook(lambda mod, args, out: seen.append(out))
+    out = model(batch(shape, n=4)[0])
+    assert out.shape[-1] == HEAD_OUT and torch.equal(seen[-1], out)
+    keys = head_keys(model)
+    assert keys and keys <= set(model.state_dict())
+    for k, v in model.state_dict().items():
+        assert (HEAD_OUT in v.shape) == (k in keys), f"{name}: {k} {tuple(v.shape)}"
+
+
+def test_a_model_without_a_head_name_is_a_one_line_error():
+    with pytest.raises(ModelError, match="does not name its output layer"):
+        head(torch.nn.Linear(2, 2))
 
 
 @pytest.mark.parametrize("name,shape", CASES, ids=IDS)
@@ -123,7 +150,8 @@ def test_other_knobs_build_and_run():
 
 def test_model_knobs_and_defaults_come_from_the_knob_table():
     assert FAMILIES == ("mlp", "cnn1d", "cnn2d", "gru", "lstm", "transformer")  # registration order
-    assert MODEL_KNOBS == tuple(k.name[len("model."):] for k in KNOBS if k.stage == "model" and k.name != "model.family")
+    not_factory = ("model.family", "model.init_from")  # which model and from what weights: never factory arguments
+    assert MODEL_KNOBS == tuple(k.name[len("model."):] for k in KNOBS if k.stage == "model" and k.name not in not_factory)
     assert MODEL_KNOBS == ("width", "depth", "dropout", "norm", "activation", "kernel_size", "pool", "bidirectional",
                            "heads", "num_embedding", "embedding_dim", "ensemble")
     # a model built directly: the factories' defaults, without the training config's dropout

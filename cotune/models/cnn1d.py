@@ -27,6 +27,8 @@ def conv_lengths(length: int, depth: int, kernel_size: int) -> list:
 class CNN1D(nn.Module):
     """`depth` x [Conv1d(width, stride 2, padding 1) -> norm -> act -> dropout], then pool -> Linear."""
 
+    head_name = "head"  # the output layer (registry.head)
+
     def __init__(self, in_shape: tuple, out_dim: int, width: int, depth: int, dropout: float, norm: str,
                  activation: str, kernel_size: int, pool: str):
         super().__init__()

@@ -37,6 +37,8 @@ class BasicBlock(nn.Module):
 class CNN2D(nn.Module):
     """Stem conv3x3 -> `depth` residual stages -> pool -> dropout -> Linear."""
 
+    head_name = "head"  # the output layer (registry.head)
+
     def __init__(self, in_shape: tuple, out_dim: int, width: int, depth: int, dropout: float, norm: str,
                  activation: str, pool: str):
         super().__init__()

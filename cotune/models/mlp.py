@@ -54,6 +54,7 @@ class MLP(nn.Module):
         else:
             layers.append(nn.Linear(d, out_dim))
         self.net = nn.Sequential(*layers)
+        self.head_name = "head" if ensemble > 1 else f"net.{len(layers) - 1}"  # the output layer (registry.head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, *in_shape) -> (B, out_dim); an ensemble in training mode: (B, k, out_dim)."""

@@ -4,7 +4,12 @@ A family file defines an nn.Module, a base factory named after the family (e.g. 
 variants (`mlp_s`, `mlp_m`, `mlp_l`), each decorated with `@register_model`; the base factory's
 decorator declares the family's facts (what it accepts, where a search holds it by default). Every
 factory takes `(in_shape, out_dim, **knobs)`, the model knobs of knobs.py (stage 'model' except
-'family'), and fills them with `check_knobs`; a family ignores the knobs that do not apply to it.
+'family' and 'init_from', which say which model to build and from what weights), and fills them with
+`check_knobs`; a family ignores the knobs that do not apply to it.
+
+Every family's module names its output layer, the one that maps to out_dim, in `head_name` (a dotted
+module path, also the prefix of its state_dict keys): `head(model)` returns it. Transfer learning
+re-initializes it for new classes, and train.freeze_epochs / train.backbone_lr tell it from the rest.
 
 Tabular factories also take `layout=`, not a knob but data the preprocessing computes (see
 `check_layout`): which input columns are numeric, one-hot or integer codes of embedded categoricals.
@@ -25,7 +30,8 @@ import torch.nn.functional as F
 from cotune.errors import ModelError, fmt_choices, invalid
 from cotune.knobs import BY_NAME, KNOBS as KNOB_TABLE
 
-KNOBS = tuple(k.name.split(".", 1)[1] for k in KNOB_TABLE if k.stage == "model" and k.name != "model.family")
+NOT_FACTORY = ("model.family", "model.init_from")  # which model to build and from what weights, not how
+KNOBS = tuple(k.name.split(".", 1)[1] for k in KNOB_TABLE if k.stage == "model" and k.name not in NOT_FACTORY)
 # a factory called directly (not from a config) builds without dropout; the config's default is for training
 DEFAULTS = {**{n: BY_NAME[f"model.{n}"].default for n in KNOBS}, "dropout": 0.0}
 NORMS, ACTIVATIONS, POOLS, NUM_EMBEDDINGS = (BY_NAME[f"model.{n}"].choices
@@ -135,6 +141,25 @@ def create_model(name: str, in_shape, out_dim: int, **kw) -> nn.Module:
     kw = {k: v for k, v in kw.items() if v is not None}  # None means "use the default"
     _check_names(kw)
     return fn(check_shape(in_shape), check_int("out_dim", out_dim, 1), **kw)
+
+
+def factory_knobs(model_cfg: dict) -> dict:
+    """The factory keyword arguments among a model config's values (its model_dump()): KNOBS only."""
+    return {k: v for k, v in model_cfg.items() if k in KNOBS}
+
+
+def head(model: nn.Module) -> nn.Module:
+    """The model's output layer (the module that maps to out_dim), named by the model's `head_name`."""
+    name = getattr(model, "head_name", None)
+    if not isinstance(name, str):
+        raise ModelError(f"{type(model).__name__} does not name its output layer; give the class a `head_name` "
+                         "(the dotted module path of the layer that maps to out_dim).")
+    return model.get_submodule(name)
+
+
+def head_keys(model: nn.Module) -> set:
+    """The model's state_dict keys that belong to its output layer."""
+    return {f"{model.head_name}.{k}" for k in head(model).state_dict()}
 
 
 # ---- shared checks -------------------------------------------------------------------------------

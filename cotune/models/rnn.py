@@ -35,6 +35,8 @@ def to_steps(x: torch.Tensor) -> torch.Tensor:
 class RNN(nn.Module):
     """nn.GRU / nn.LSTM (batch_first) -> pool over time -> dropout -> Linear."""
 
+    head_name = "head"  # the output layer (registry.head)
+
     def __init__(self, cell: str, in_shape: tuple, out_dim: int, width: int, depth: int, dropout: float,
                  pool: str, bidirectional: bool):
         super().__init__()

@@ -35,6 +35,8 @@ class FeatureTokenizer(nn.Module):
 class Transformer(nn.Module):
     """Tokenize -> [CLS] + tokens + positions -> `depth` pre-norm encoder layers -> LayerNorm -> pool -> Linear."""
 
+    head_name = "head"  # the output layer (registry.head)
+
     def __init__(self, in_shape: tuple, out_dim: int, width: int, depth: int, dropout: float, activation: str,
                  pool: str, heads: int):
         super().__init__()

@@ -53,10 +53,10 @@ def model_cost(cfg: RunConfig, width: int, shapes: tuple) -> tuple[int, float]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cotune.models import create_model
+    from cotune.models import create_model, factory_knobs
     in_shape, out_dim, layout = (*shapes, None)[:3]
     extra = {"layout": layout} if layout is not None else {}
-    model = create_model(cfg.model.family, in_shape, out_dim, **{**cfg.model.model_dump(exclude={"family"}), "width": width}, **extra)
+    model = create_model(cfg.model.family, in_shape, out_dim, **{**factory_knobs(cfg.model.model_dump()), "width": width}, **extra)
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, *in_shape))

@@ -54,6 +54,10 @@ def study_config(base: RunConfig, overrides=()) -> RunConfig:
                                      "search.fidelity=epochs", "search.budget=null", *overrides])
     if cfg.data.split.val <= 0:
         raise ConfigError("A scaling study fits validation loss: set data.split.val > 0 (e.g. 0.15).")
+    if cfg.model.init_from is not None:  # its weights fit one width only, and a law of pretrained sizes is another study
+        raise ConfigError(f"A scaling study trains models of other widths, which model.init_from "
+                          f"({cfg.model.init_from!r}) cannot start; study the configuration from scratch with "
+                          "--set model.init_from=null.")
     if cfg.scale.extrapolate and cfg.data.source != "mnist1d":
         raise ConfigError(f"scale.extrapolate needs a source that generates its data (mnist1d); {cfg.data.source!r} "
                           "has only its own rows. Drop scale.extrapolate, or lower scale.max_fraction to keep rows back.")

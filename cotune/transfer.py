@@ -1,0 +1,86 @@
+"""Transfer learning: a new model starts from the weights of a finished run (model.init_from).
+
+    info = init_from("runs/a", model, "mlp", ds, kwargs, in_shape)   # model: just built for this run's data
+
+The source must hold one model (not an ensemble) of the same family, trained on data of the same modality
+(tables: the same columns in the same order), and every layer outside the output layer must have the same
+shape here. The model knobs are not taken from the source but must match it, so that a run's config says
+what it trains; a mismatch names the layer, both shapes and the knobs that differ. The output layer
+(cotune.models.head) is copied when it predicts the same thing, the same classes in the same order or a
+regression target, and otherwise keeps its fresh initialization (new classes). train.freeze_epochs and
+train.backbone_lr (cotune.train) then decide how gently the copied layers move.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cotune import bundle
+from cotune.errors import ConfigError, CotuneError, one_line
+from cotune.models.registry import KNOBS as MODEL_KNOBS, family_of, head_keys
+
+
+def init_from(path: str, model: torch.nn.Module, family: str, ds, kwargs: dict, in_shape: tuple) -> dict:
+    """Copy the weights of the finished run at `path` into `model` (family: the run's model.family, ds its
+    Dataset, kwargs its factory knobs, in_shape one preprocessed sample's) or raise a one-line error. A search
+    directory stands for its final model. Returns what was done, for metrics.json."""
+    where = f"model.init_from {path!r}"
+    src_dir = Path(path)
+    if not src_dir.is_dir():
+        raise ConfigError(f"{where} is not a directory; pass the --out directory of a finished run.")
+    if (src_dir / "fit.json").is_file() and not (src_dir / bundle.SPEC).is_file():
+        src_dir = src_dir / "final"
+    try:
+        src = bundle.load(src_dir)
+    except CotuneError as err:
+        raise type(err)(f"{where}: {one_line(err)}") from None
+    if isinstance(src, bundle.Ensemble):
+        raise ConfigError(f"{where} is an ensemble of {len(src.members)} models, not one; point it at one of them, "
+                          f"e.g. {str(src_dir / 'members' / '0')!r} (the best on validation).")
+    spec = src.spec
+    if spec.modality != ds.modality:
+        raise ConfigError(f"{where} holds a model of {spec.modality} data but this data is {ds.modality}; start from "
+                          f"a run on {ds.modality} data, or drop model.init_from.")
+    if family_of(spec.family) != family_of(family):
+        raise ConfigError(f"{where} holds model family {spec.family!r} but model.family is {family!r}; set "
+                          f"model.family={spec.family} or start from a {family} run.")
+    columns = list(spec.columns or [])
+    if ds.modality == "tabular" and columns != list(ds.X.columns):
+        raise ConfigError(f"{where} was trained on other table columns ({', '.join(columns[:4])}, ...) than "
+                          f"these ({', '.join(map(str, ds.X.columns[:4]))}, ...); its first layer reads them by "
+                          "position: give the data the same columns in the same order.")
+    ours, theirs = model.state_dict(), src.model.state_dict()
+    own_head = head_keys(model)
+    same = spec.task == ds.task and (ds.task == "regression" or [str(c) for c in spec.classes] == [str(c) for c in ds.classes])
+
+    def mismatch(key: str, what: str) -> ConfigError:
+        diff = [f"model.{k}={spec.kwargs.get(k)!r} there, {v!r} here" for k, v in kwargs.items()
+                if k in MODEL_KNOBS and spec.kwargs.get(k) != v]
+        if tuple(spec.in_shape) != in_shape:
+            why = f"its inputs are {tuple(spec.in_shape)}, these {in_shape}: the data must have the source's input shape"
+        elif diff:
+            why = f"its model knobs differ ({', '.join(diff[:3])}): set them as the source run has them"
+        else:
+            why = "set the model knobs as the source run has them"
+        return ConfigError(f"{where}: layer {key!r} {what}; {why}.")
+
+    if head_keys(src.model) != own_head:  # the output layer elsewhere: other layers, even where some shapes agree
+        raise mismatch(src.model.head_name, f"is the source's output layer but this model's is {model.head_name!r}")
+    for k in ours:
+        if k not in theirs:
+            raise mismatch(k, "of this model is not in the source's")
+    for k in theirs:
+        if k not in ours:
+            raise mismatch(k, "of the source's is not in this model")
+    copy = [k for k in ours if same or k not in own_head]
+    for k in copy:
+        if theirs[k].shape != ours[k].shape:
+            raise mismatch(k, f"is {tuple(theirs[k].shape)} there but {tuple(ours[k].shape)} here")
+    model.load_state_dict({**ours, **{k: theirs[k] for k in copy}})
+    if same:
+        why = "a regression target in both" if ds.task == "regression" else "the same classes"
+    else:
+        why = f"the source is {spec.task}, this run {ds.task}" if spec.task != ds.task else "the classes differ"
+    return {"init_from": str(src_dir.resolve()), "family": spec.family, "tensors_copied": len(copy),
+            "head": "copied" if same else "reinitialized", "head_why": why, "source_classes": list(spec.classes)}
