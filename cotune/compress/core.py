@@ -19,30 +19,24 @@ metrics are reported, never used to choose. Everything is built in a temporary d
 """
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cotune.compress.table import POINT_METRICS, choose, rows as rows_of, summary
+from cotune.compress.variants import distill, prune_finetune, trained_on_val
 from cotune.errors import BundleError, ConfigError, CotuneError, invalid, one_line
 from cotune.track import read_json, write_csv, write_json
 
 PREFER = ("size", "latency")
-KEEPS = (0.75, 0.5, 0.25)           # the width kept by the pruned variants
-MIN_GAIN = 0.10                     # a variant replaces the fp32 export only when >= 10% smaller / faster
-FINETUNE_SHARE = 0.25               # fine-tuning epochs: this share of the model's own (at least MIN_FINETUNE)
-MIN_FINETUNE = 3
-FINETUNE_LR = 0.3                   # fine-tuning learning rate: this factor on the model's
-TEACHER_WEIGHT = 0.5                # the student's targets: this x the ensemble's probabilities + the rest x labels
+KEEPS = (0.75, 0.5, 0.25)  # the width kept by the pruned variants
 MAX_TOLERANCE = 100.0
 JSON_FILES = ("model.json", "preprocess.json", "decision.json")
-# bounded metrics: the tolerance is in points (x 100); the others (losses): in percent of the model's value
-POINT_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "f1", "roc_auc", "r2")
 
 
 @dataclass
@@ -79,17 +73,6 @@ def check_args(tolerance, prefer: str, batches) -> tuple[float, str, tuple]:
     if not bs or any(b < 1 or b > 65536 for b in bs):
         raise ConfigError(invalid("--batch", "batch sizes from 1 to 65536, comma-separated", batches, "e.g. --batch 1,256"))
     return float(tolerance), prefer, bs
-
-
-def within(metric, ref: float | None, value: float | None, tolerance: float) -> bool:
-    """Whether `value` loses at most `tolerance` against `ref`: points (x 100) of a bounded metric, else percent."""
-    if value is None or ref is None or not math.isfinite(value):
-        return False
-    if not math.isfinite(ref):
-        return True
-    lost = (ref - value) if metric.maximize else (value - ref)
-    scale = 100.0 if metric.name in POINT_METRICS else 100.0 / max(abs(ref), 1e-12)
-    return lost * scale <= tolerance + 1e-9
 
 
 def compress(run, *, tolerance: float = 0.5, prefer: str = "size", batches=(1, 256), keeps=KEEPS,
@@ -183,7 +166,7 @@ def compress(run, *, tolerance: float = 0.5, prefer: str = "size", batches=(1, 2
         bases = [] if ensemble else [(model, "")]
         if ensemble and ds.task != "regression":
             try:
-                student = _distill(cfg, model, tmp / "distilled", say)
+                student = distill(cfg, model, tmp / "distilled", say)
                 attempt("distilled", _add_run, student, "distilled", add_onnx)
                 if any(v["name"] == "distilled" for v in variants):
                     attempt("distilled-int8", add_onnx, "int8", bundle.load(student), "distilled")
@@ -194,7 +177,7 @@ def compress(run, *, tolerance: float = 0.5, prefer: str = "size", batches=(1, 2
             for keep in keeps:
                 name = f"{prefix}pruned-{round(keep * 100)}"
                 try:
-                    run_dir = _prune_finetune(cfg, base, keep, tmp / name, say)
+                    run_dir = prune_finetune(cfg, base, keep, tmp / name, say)
                 except CotuneError as err:
                     skipped.append({"name": name, "reason": one_line(err)})
                     say(f"  {name}: skipped ({one_line(err)})")
@@ -219,8 +202,8 @@ def compress(run, *, tolerance: float = 0.5, prefer: str = "size", batches=(1, 2
         predictors = {v["name"]: _timed(v["models"], inputs) for v in variants}
         load_before = load_average()
         lat = measure({n: p for n, p in predictors.items()}, {b: b for b in batches}, seed=cfg.runtime.seed)
-        table = _table(variants, lat, metric, batches, tolerance, prefer)
-        chosen = _choose(table, prefer, batches)
+        table = rows_of(variants, lat, metric, batches, tolerance)
+        chosen = choose(table, prefer, batches)
         for r in table:
             r["chosen"] = r["variant"] == chosen
         if (tmp / "onnx-fp32" / "model.onnx").is_file():
@@ -228,11 +211,11 @@ def compress(run, *, tolerance: float = 0.5, prefer: str = "size", batches=(1, 2
         record = {"chosen": chosen, "prefer": prefer, "tolerance": tolerance, "metric": metric.to_dict(),
                   "tolerance_unit": "points" if metric.name in POINT_METRICS else "percent",
                   "batches": list(batches), "model": str(model_dir), "kind": "ensemble" if ensemble else "single",
-                  "val_in_sample": _trained_on_val(model_dir, members), "load_average": [load_before, load_average()],
+                  "val_in_sample": trained_on_val(model_dir, members), "load_average": [load_before, load_average()],
                   "threads": 1, "seconds": round(time.time() - t0, 1), "variants": table, "skipped": skipped,
                   "details": {v["name"]: {k: v.get(k) for k in ("parity", "quantize", "keep", "epochs", "val", "test")
                                           if v.get(k) is not None} for v in variants},
-                  "summary": _summary(table, chosen, metric, prefer)}
+                  "summary": summary(table, chosen, metric, prefer)}
         write_csv(tmp / "compress.csv", [{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in table])
         write_json(tmp / "compress.json", record)
         if dest.exists():
@@ -267,65 +250,6 @@ def _add_run(name: str, run_dir: Path, kind: str, add_onnx, extra: dict | None =
     add_onnx(name, kind, bundle.load(run_dir), extra={**(extra or {}), "epochs": epochs})
 
 
-def _trained_on_val(model_dir: Path, members) -> bool:
-    """Whether the model's training rows included the validation rows (a search's refit on train + val)."""
-    for m in members:
-        env = m.path / "env.json"
-        if env.is_file() and (read_json(env).get("rows") or {}).get("val", 1) == 0:
-            return True
-    return False
-
-
-def _finetune_cfg(cfg_dir: Path, out: Path, updates: dict):
-    """The run config of a model's directory, retargeted at `out` with `updates`."""
-    from cotune.config import from_dict
-    cfg = from_dict(read_json(cfg_dir / "config.json"))
-    cfg = cfg.replace(**{"out": str(out), "runtime.progress": False, **updates})
-    return cfg
-
-
-def _prune_finetune(cfg, base, keep: float, out: Path, say) -> Path:
-    """The base model pruned to `keep` of its width, then fine-tuned from the kept weights into `out`."""
-    from cotune import bundle
-    from cotune.models.prune import prune
-    from cotune.pipeline import run
-    spec = base.spec
-    narrow, kwargs = prune(base.model, spec.family, spec.kwargs, spec.in_shape, spec.out_dim, keep)
-    init = out.with_name(f".{out.name}-init")
-    init.mkdir(parents=True, exist_ok=True)
-    n_params = sum(p.numel() for p in narrow.parameters())
-    bundle.save(init, narrow, replace(spec, kwargs=kwargs, n_params=n_params), base.pre)
-    shutil.copy2(base.path / "config.json", init / "config.json")
-    epochs_own = int(read_json(base.path / "metrics.json").get("train", {}).get("epochs_run") or 0) or 10
-    epochs = max(MIN_FINETUNE, math.ceil(FINETUNE_SHARE * epochs_own))
-    base_cfg = _finetune_cfg(base.path, out, {})
-    cfg2 = base_cfg.replace(**{"model.width": int(kwargs["width"]), "model.init_from": str(init),
-                               "train.lr": base_cfg.train.lr * FINETUNE_LR, "train.epochs": epochs})
-    merged = _trained_on_val(base.path, [base])
-    say(f"  pruning to {keep:.0%} of the width ({spec.n_params} -> {n_params} parameters), fine-tuning {epochs} epochs")
-    try:
-        run(cfg2, refit_epochs=epochs if merged else None, checkpoint=False, progress=False)
-    finally:
-        shutil.rmtree(init, ignore_errors=True)
-    if (base.path / "decision.json").is_file():  # the same model, narrower: its decision threshold still applies
-        shutil.copy2(base.path / "decision.json", out / "decision.json")
-    return out
-
-
-def _distill(cfg, ens, out: Path, say) -> Path:
-    """One student with the best member's knobs trained on the ensemble's probabilities into `out`."""
-    from cotune.pipeline import run
-    best = ens.members[0]
-    epochs_own = int(read_json(best.path / "metrics.json").get("train", {}).get("epochs_run") or 0) or None
-    merged = _trained_on_val(best.path, [best])
-    scfg = _finetune_cfg(best.path, out, {})
-    say(f"  distilling the {len(ens.members)}-model ensemble into one {best.spec.family} "
-        f"({'train + validation' if merged else 'train'} rows)")
-    run(scfg, refit_epochs=epochs_own if merged else None, checkpoint=False, progress=False,
-        teacher=ens.predict_output, teacher_weight=TEACHER_WEIGHT)
-    return out
-
-
 def _timed(models: list, inputs: dict):
     """A callable(batch) that runs every model of a variant on its own preprocessed rows of that batch size."""
     import torch
@@ -348,67 +272,6 @@ def _timed(models: list, inputs: dict):
         for c in calls:
             c(b)
     return run_all
-
-
-def _table(variants: list, lat: dict, metric, batches: tuple, tolerance: float, prefer: str) -> list:
-    ref = variants[0]
-    ref_val = (ref.get("val") or {}).get(metric.name)
-    rows = []
-    for v in variants:
-        r = {"variant": v["name"], "kind": v["kind"], "engine": v["engine"], "models": len(v["models"]),
-             "params": int(v["params"]), "bytes": int(v["bytes"])}
-        for b in batches:
-            r[f"latency_ms_b{b}"] = round(lat[v["name"]][b]["median_ms"], 4)
-            r[f"latency_p90_ms_b{b}"] = round(lat[v["name"]][b]["p90_ms"], 4)
-        for part in ("val", "test"):
-            r[f"{part}_{metric.name}"] = (v.get(part) or {}).get(metric.name)
-        parity = v.get("parity") or []
-        if parity:
-            r["max_abs_diff"] = max(p["max_abs_diff"] for p in parity)
-            agree = [p["argmax_agreement"] for p in parity if p["argmax_agreement"] is not None]
-            r["argmax_agreement"] = min(agree) if agree else None
-        r["within_tolerance"] = v["name"] == "torch" or within(metric, ref_val, r[f"val_{metric.name}"], tolerance)
-        rows.append(r)
-    return rows
-
-
-def _score(r: dict, prefer: str, batches: tuple) -> float:
-    """What `prefer` minimises: file bytes, or the geometric mean of the median latencies over the batch sizes."""
-    if prefer == "size":
-        return float(r["bytes"])
-    return float(np.exp(np.mean([np.log(max(r[f"latency_ms_b{b}"], 1e-9)) for b in batches])))
-
-
-def _choose(table: list, prefer: str, batches: tuple) -> str:
-    """onnx-fp32, unless an ONNX variant within tolerance is at least MIN_GAIN smaller / faster; 'torch' without
-    any ONNX export."""
-    by = {r["variant"]: r for r in table}
-    if "onnx-fp32" not in by:
-        return "torch"
-    ref = _score(by["onnx-fp32"], prefer, batches)
-    best, best_score = "onnx-fp32", ref
-    for r in table:
-        if r["engine"] != "onnx" or not r["within_tolerance"] or r["variant"] == "onnx-fp32":
-            continue
-        s = _score(r, prefer, batches)
-        if s <= (1 - MIN_GAIN) * ref and s < best_score:
-            best, best_score = r["variant"], s
-    return best
-
-
-def _summary(table: list, chosen: str, metric, prefer: str) -> str:
-    by = {r["variant"]: r for r in table}
-    c, ref = by[chosen], by["torch"]
-    key = f"val_{metric.name}"
-    if chosen == "torch":
-        return "no variant could be exported to ONNX; the PyTorch model stays the one to use"
-    return (f"{chosen}: {c['bytes'] / max(ref['bytes'], 1):.2f}x the PyTorch weights' bytes, validation {metric.name} "
-            f"{_fmt(c[key])} against {_fmt(ref[key])}, chosen as the {'smallest' if prefer == 'size' else 'fastest'} "
-            "variant within the tolerance")
-
-
-def _fmt(v) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
 
 
 def _rebuild_report(run_dir: Path) -> None:

@@ -42,7 +42,8 @@ def _quiet():
 
 
 def strip(proto) -> None:
-    """Drop doc strings, value_info and node metadata in place: what the exporter records for debugging."""
+    """Drop doc strings, value_info, metadata and unused opset imports in place: what the exporter and the
+    quantization tools record for debugging."""
     g = proto.graph
     g.doc_string = ""
     del g.value_info[:]
@@ -50,9 +51,40 @@ def strip(proto) -> None:
         n.doc_string = ""
         del n.metadata_props[:]
     del proto.metadata_props[:]
+    del g.metadata_props[:]
+    used = {n.domain for n in g.node} | {""} | {f.domain for f in proto.functions}
+    for f in proto.functions:
+        used |= {n.domain for n in f.node}
+    keep = [o for o in proto.opset_import if o.domain in used]
+    del proto.opset_import[:]
+    proto.opset_import.extend(keep)
     for f in proto.functions:
         for n in f.node:
             del n.metadata_props[:]
+    _short_names(g)
+
+
+def _short_names(g) -> None:
+    """Rename every node and inner tensor to a short id (the graph's input and output names stay): names like
+    'net.1.weight_Transposed_quantized', repeated at each use, are a third of a small int8 file. A graph with
+    subgraphs (control flow) keeps its names, since those can refer to outer tensors."""
+    if any(a.type in (5, 10) for n in g.node for a in n.attribute):  # GRAPH, GRAPHS
+        return
+    keep = {v.name for v in g.input} | {v.name for v in g.output} | {""}
+    names: dict = {}
+
+    def short(name: str) -> str:
+        if name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names)}")
+    for t in g.initializer:
+        t.name = short(t.name)
+    for t in g.sparse_initializer:
+        t.values.name = short(t.values.name)
+    for i, n in enumerate(g.node):
+        n.name = f"n{i}"
+        n.input[:] = [short(x) for x in n.input]
+        n.output[:] = [short(x) for x in n.output]
 
 
 def to_onnx(model: torch.nn.Module, in_shape: tuple, path: str | Path, family: str = "") -> Path:
