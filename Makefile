@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test,track,postgres]"
+	$(BIN)/python -m pip install -q -e ".[test,track,postgres,onnx]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -249,10 +249,12 @@ def compress(run: Path = typer.Argument(..., help="A finished search (`cotune fi
              tolerance: float = typer.Option(0.5, "--tolerance", help="Validation metric the chosen variant may lose: points of a bounded metric (accuracy, f1, r2, ...), percent of a loss (rmse, log_loss)."),
              prefer: str = typer.Option("size", "--prefer", help="What the chosen variant minimises: size or latency."),
              batch: str = typer.Option("1,256", "--batch", help="Batch sizes to time, comma-separated."),
+             prune: str = typer.Option("0.75,0.5,0.25", "--prune", help="Width shares of the pruned variants, comma-separated ('none': no pruning)."),
              quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines.")):
     """ONNX export, int8, pruning and distillation of RUN's model: the size / latency / accuracy table, and the variant to ship."""
     from cotune import api
-    res = api.compress(run, tolerance=tolerance, prefer=prefer, batches=batch, console=None if quiet else out_console)
+    res = api.compress(run, tolerance=tolerance, prefer=prefer, batches=batch, keeps=prune,
+                       console=None if quiet else out_console)
     metric = next(k[4:] for k in res.rows[0] if k.startswith("val_"))
     batches = [k.rsplit("_b", 1)[1] for k in res.rows[0] if k.startswith("latency_ms_b")]
     table = Table("variant", "params", "bytes", *[f"ms @{b}" for b in batches], f"val {metric}", f"test {metric}", "")

@@ -16,7 +16,7 @@ import cotune
 from cotune.bundle import save_ensemble
 from cotune.cli import app
 from cotune.compress import export
-from cotune.compress.core import check_args
+from cotune.compress.core import check_args, check_keeps
 from cotune.compress.table import within
 from cotune.compress.quantize import quantize
 from cotune.errors import BundleError, ConfigError
@@ -98,6 +98,9 @@ def test_the_tolerance_counts_points_or_percent():
         check_args(0.5, "speed", (1,))
     with pytest.raises(ConfigError):
         check_args(0.5, "size", "1,x")
+    assert check_keeps("0.75,0.5") == (0.75, 0.5) and check_keeps("none") == ()
+    with pytest.raises(ConfigError):
+        check_keeps("1.5")
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +168,7 @@ def test_bad_input_is_one_line_and_writes_nothing(digits_run, tmp_path):
     shutil.copy2(digits_run / "config.json", unfinished / "config.json")
     run = shutil.copytree(digits_run, tmp_path / "run")
     cases = [(unfinished, ()), (run, ("--tolerance", "-1")), (run, ("--tolerance", "500")), (run, ("--prefer", "speed")),
-             (run, ("--batch", "0")), (tmp_path / "missing", ())]
+             (run, ("--batch", "0")), (run, ("--prune", "2")), (tmp_path / "missing", ())]
     for where, extra in cases:
         code, out, err = cli("compress", where, *extra, "-q")
         assert code == 2, (where, extra, out, err)

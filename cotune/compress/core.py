@@ -60,6 +60,20 @@ def locate(run) -> tuple[Path, Path]:
     return resolve(run)
 
 
+def check_keeps(keeps) -> tuple:
+    """The pruned variants' width shares: numbers in (0, 1), a comma-separated string of them, or 'none'."""
+    if isinstance(keeps, str):
+        keeps = () if keeps.strip().lower() in ("", "none") else keeps.split(",")
+    try:
+        out = tuple(dict.fromkeys(float(k) for k in keeps))
+    except (TypeError, ValueError):
+        out = (-1.0,)
+    if any(not 0 < k < 1 for k in out):
+        raise ConfigError(invalid("--prune", "width shares in (0, 1), comma-separated, or 'none'", keeps,
+                                  "e.g. --prune 0.75,0.5"))
+    return out
+
+
 def check_args(tolerance, prefer: str, batches) -> tuple[float, str, tuple]:
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance <= MAX_TOLERANCE:
         raise ConfigError(invalid("--tolerance", f"a number of metric points in [0, {MAX_TOLERANCE:g}]", tolerance,
@@ -85,6 +99,7 @@ def compress(run, *, tolerance: float = 0.5, prefer: str = "size", batches=(1, 2
     from cotune.pipeline import held_out, load_data
     from cotune.data.split import split_indices
     tolerance, prefer, batches = check_args(tolerance, prefer, batches)
+    keeps = check_keeps(keeps)
     model_dir, dest = locate(run)
     model = bundle.load(model_dir)  # an unfinished run: one BundleError
     cfg_file = model_dir / "config.json"

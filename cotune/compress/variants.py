@@ -9,9 +9,9 @@ from pathlib import Path
 
 from cotune.track import read_json
 
-FINETUNE_SHARE = 0.25  # fine-tuning epochs: this share of the model's own (at least MIN_FINETUNE)
+FINETUNE_SHARE = 0.5   # fine-tuning epochs: this share of the model's own (at least MIN_FINETUNE)
 MIN_FINETUNE = 3
-FINETUNE_LR = 0.3      # fine-tuning learning rate: this factor on the model's
+FINETUNE_LR = 1.0      # fine-tuning learning rate: this factor on the model's (its schedule and warm-up restart)
 TEACHER_WEIGHT = 0.5   # the student's targets: this x the ensemble's probabilities + the rest x the labels
 
 
