@@ -38,7 +38,7 @@ from cotune.models import create_model
 from cotune.runtime import Runtime, seed_everything, versions
 from cotune.track import FileTracker, Tee, read_json, write_csv, write_json
 from cotune.train import CHECKPOINT, CHECKPOINT_STATE, TrainResult, check_config, infer, train
-from cotune.transfer import init_from
+from cotune.transfer import init_from, load_source
 
 
 @dataclass
@@ -111,6 +111,7 @@ class TrainingSet:
     train_idx: np.ndarray | None = None     # dataset rows of the training part after cleaning, before balancing
     train_labels: np.ndarray | None = None  # their labels after cleaning (relabel), unscaled, aligned with train_idx
     val_labels: np.ndarray | None = None    # the validation rows' labels after data.clean.val, unscaled, aligned with val
+    source: object | None = None            # model.init_from's Bundle: its preprocessing is `pre`, its weights the model's
 
 
 def takes_layout(family: str) -> bool:
@@ -124,12 +125,14 @@ def make_preprocessor(cfg: RunConfig) -> Preprocessor:
 
 
 def prepare(cfg: RunConfig, ds, merge_val: bool = False, parts: tuple | None = None) -> TrainingSet:
-    """split -> fraction -> audit (only the checks cleaning needs) -> clean -> preprocess -> balance.
+    """split -> fraction -> audit (only the checks cleaning needs) -> clean -> preprocess -> balance. With
+    model.init_from the source run is checked first and its fitted preprocessing is this run's (cotune.transfer).
 
     merge_val: the validation rows join the training part (the final refit of a search).
     parts: (train, val, test) dataset rows instead of the configured split (a cross-validation fold: its
     held-out rows are the validation part, which the data knobs never touch, like validation rows)."""
     d = cfg.data
+    source = None if cfg.model.init_from is None else load_source(cfg.model.init_from, ds, cfg.model.family, d.numeric)
     tr, va, te = parts if parts is not None else split_indices(ds, val=d.split.val, test=d.split.test, seed=d.split.seed)
     if merge_val:
         tr, va = np.sort(np.concatenate([tr, va])), va[:0]
@@ -141,7 +144,7 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False, parts: tuple | None = N
     report = audit(ds, tr, va, te, checks=sorted(need), seed=d.split.seed, proxy=d.clean.proxy) if need else None
     cleaned = clean_train(tr, ds.y, report, **opts)
     va, y_val, val_clean = clean_val(va, ds.y, report, **opts)  # data.clean.val: what ranks and stops the runs
-    pre = make_preprocessor(cfg).fit(ds, cleaned.idx)
+    pre = make_preprocessor(cfg).fit(ds, cleaned.idx) if source is None else source.pre
     X = pre.transform(ds.X)  # (N, *in_shape) float32
     target = TargetTransform(d.target_transform).fit(cleaned.y_train) if ds.task == "regression" else None
     y_mean, y_std = (target.mean, target.std) if target is not None else (0.0, 1.0)
@@ -168,7 +171,7 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False, parts: tuple | None = N
     return TrainingSet(X=X, y=scale(y_all), train_X=train_X, train_y=scale(train_y), weights=bal.weights,
                        sampling=bal.sampling_weights, val=va, test=te, pre=pre, y_mean=y_mean, y_std=y_std,
                        loss=bal.loss, report=report, summary=summary, target=target, train_idx=cleaned.idx,
-                       train_labels=cleaned.y_train, val_labels=y_val)
+                       train_labels=cleaned.y_train, val_labels=y_val, source=source)
 
 
 @dataclass
@@ -201,8 +204,8 @@ def setup(cfg: RunConfig, ds, data: TrainingSet, refit_epochs: int | None = None
         kwargs["layout"] = data.pre.layout_  # in model.json's kwargs too, so the bundle rebuilds the same model
     model = create_model(cfg.model.family, data.pre.in_shape_, out_dim, **kwargs)
     transfer = None
-    if cfg.model.init_from is not None:
-        transfer = init_from(cfg.model.init_from, model, cfg.model.family, ds, kwargs, tuple(data.pre.in_shape_))
+    if data.source is not None:
+        transfer = init_from(cfg.model.init_from, data.source, model, ds, kwargs)
     check_config(train_cfg, ds.task)
     ranking = evaluate.primary_metric(ds.task, cfg.search.metric)  # a metric that does not fit the task: ConfigError
     monitor = evaluate.monitored_metric(ds.task, train_cfg.monitor, cfg.search.metric)
