@@ -15,6 +15,7 @@ and epochs:
                                a fresh output layer (new classes), every layer trained at the full rate
   init + freeze                and train.freeze_epochs=10: the new output layer alone for the first 10 epochs
   init + freeze + backbone_lr  and train.backbone_lr=0.1 for the copied layers (fastai / Lightning style)
+  head only                    init, frozen for all 60 epochs (a linear probe): how far the source's features go
 Prints a Markdown table: test accuracy per arm (mean +- sd over seeds, and per seed) and the per-seed
 difference of each transfer arm to scratch.
 """
@@ -46,7 +47,8 @@ RECIPE = {"model": {"family": "mlp", "width": 128, "depth": 2, "dropout": 0.1},
           "train": {"optimizer": "adamw", "lr": 3e-3, "schedule": "cosine", "epochs": 60, "batch_size": 32},
           "runtime": {"progress": False}}
 ARMS = {"scratch": {}, "init": {"init": True}, "init + freeze": {"init": True, "train": {"freeze_epochs": 10}},
-        "init + freeze + backbone_lr": {"init": True, "train": {"freeze_epochs": 10, "backbone_lr": 0.1}}}
+        "init + freeze + backbone_lr": {"init": True, "train": {"freeze_epochs": 10, "backbone_lr": 0.1}},
+        "head only": {"init": True, "train": {"freeze_epochs": 60}}}
 
 
 def frame(classes) -> pd.DataFrame:
