@@ -1,12 +1,12 @@
 """run(cfg): the only place that knows the order of the stages.
 
-    load -> split -> fraction -> audit + clean (train part) -> preprocess (fit on train)
-         -> balance (train part) -> augment (in the loop) -> model (+ model.init_from's weights) -> train
-         -> evaluate (val, test) -> bundle
+    load -> split -> fraction -> audit + clean (train part) -> preprocess (fit on train; model.init_from:
+         the source's) -> balance (train part) -> augment (in the loop) -> model (+ model.init_from's weights)
+         -> train -> evaluate (val, test) -> bundle
 
 Everything that can reject the input (config, data, model spec, the run to start from) runs before
-the run directory is created, so bad input leaves nothing behind. A run interrupted during training keeps its
-checkpoint and continues with resume=True. cross_validate(cfg, folds, epochs, seed) runs the same
+the run directory is created, so bad input leaves nothing behind. A run interrupted during training
+keeps its checkpoint and continues with resume=True. cross_validate(cfg, folds, epochs, seed) runs the same
 stages on k-fold parts of train + validation and scores each held-out fold (a search's re-evaluation).
 """
 from __future__ import annotations
@@ -132,7 +132,8 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False, parts: tuple | None = N
     parts: (train, val, test) dataset rows instead of the configured split (a cross-validation fold: its
     held-out rows are the validation part, which the data knobs never touch, like validation rows)."""
     d = cfg.data
-    source = None if cfg.model.init_from is None else load_source(cfg.model.init_from, ds, cfg.model.family, d.numeric)
+    source = None if cfg.model.init_from is None else load_source(
+        cfg.model.init_from, ds, cfg.model.family, {"data.numeric": d.numeric, "data.embed_above": d.embed_above})
     tr, va, te = parts if parts is not None else split_indices(ds, val=d.split.val, test=d.split.test, seed=d.split.seed)
     if merge_val:
         tr, va = np.sort(np.concatenate([tr, va])), va[:0]

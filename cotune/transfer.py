@@ -1,11 +1,11 @@
 """Transfer learning: a run starts from a finished run (model.init_from), its preprocessing and its weights.
 
-    src = load_source("runs/a", ds, "mlp", "standard")   # before anything is prepared: bad input fails fast
+    src = load_source("runs/a", ds, "mlp", {"data.numeric": "standard", "data.embed_above": 8})  # fails fast
     pre = src.pre                                       # the run preprocesses as the source did
     info = init_from("runs/a", src, model, ds, kwargs)   # model: just built for this run's data
 
 The source must hold one model (not an ensemble) of the same family, trained on data of the same modality
-and sample shape (tables: the same columns in the same order, scaled by the same data.numeric). Its fitted
+and sample shape (tables: the same columns in the same order, the same data.numeric and data.embed_above). Its fitted
 preprocessing comes with its weights, as a pretrained network's input normalization does: the copied first
 layer sees inputs scaled as it learned them, not by statistics refitted on what is often a small new set.
 Every layer outside the output layer must have the same shape here: the model knobs are not taken from the
@@ -26,9 +26,10 @@ from cotune.errors import ConfigError, CotuneError, one_line
 from cotune.models.registry import KNOBS as MODEL_KNOBS, family_of, head_keys
 
 
-def load_source(path: str, ds, family: str, numeric: str) -> bundle.Bundle:
-    """The finished run at `path`, checked against this run's Dataset `ds`, model.family and data.numeric, or a
-    one-line error. A search directory stands for its final model."""
+def load_source(path: str, ds, family: str, preprocessing: dict) -> bundle.Bundle:
+    """The finished run at `path`, checked against this run's Dataset `ds`, model.family and table preprocessing
+    knobs ({'data.numeric': ..., 'data.embed_above': ...}), or a one-line error. A search directory stands for
+    its final model."""
     where = f"model.init_from {path!r}"
     src_dir = Path(path)
     if not src_dir.is_dir():
@@ -58,9 +59,11 @@ def load_source(path: str, ds, family: str, numeric: str) -> bundle.Bundle:
     if ds.modality != "tabular" and tuple(spec.raw_shape) != tuple(ds.feature_shape):
         raise ConfigError(f"{where} was trained on samples of shape {tuple(spec.raw_shape)}, this data's are "
                           f"{tuple(ds.feature_shape)}; resize or cut the data to the source's shape.")
-    if ds.modality == "tabular" and src.pre.numeric != numeric:
-        raise ConfigError(f"{where} scales numeric columns with data.numeric={src.pre.numeric!r} (its preprocessing "
-                          f"comes with its weights) but this run sets {numeric!r}; set data.numeric={src.pre.numeric}.")
+    theirs = {"data.numeric": src.pre.numeric, "data.embed_above": src.pre.embed_above}
+    for key, value in preprocessing.items() if ds.modality == "tabular" else ():
+        if theirs[key] != value:
+            raise ConfigError(f"{where} preprocesses tables with {key}={theirs[key]!r} (its preprocessing comes with "
+                              f"its weights) but this run sets {value!r}; set {key}={theirs[key]}.")
     return src
 
 

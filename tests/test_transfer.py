@@ -264,7 +264,8 @@ BAD = {
     "other-sample-shape": (_sequences, ("data.source=short.npz", "data.target=null"),
                            "was trained on samples of shape (1, 64), this data's are (1, 32)"),
     "other-scaling": (lambda d: "runs/src", ("data.numeric=quantile",),
-                      "scales numeric columns with data.numeric='standard' (its preprocessing comes with its weights)"),
+                      "preprocesses tables with data.numeric='standard' (its preprocessing comes with its weights) but "
+                      "this run sets 'quantile'; set data.numeric=standard."),
 }
 
 
