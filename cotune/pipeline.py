@@ -1,12 +1,12 @@
 """run(cfg): the only place that knows the order of the stages.
 
-    load -> split -> fraction -> audit + clean (train part) -> preprocess (fit on train)
-         -> balance (train part) -> augment (in the loop) -> model (+ model.init_from's weights) -> train
-         -> evaluate (val, test) -> bundle
+    load -> split -> fraction -> audit + clean (train part) -> preprocess (fit on train; model.init_from:
+         the source's) -> balance (train part) -> augment (in the loop) -> model (+ model.init_from's weights)
+         -> train -> evaluate (val, test) -> bundle
 
 Everything that can reject the input (config, data, model spec, the run to start from) runs before
-the run directory is created, so bad input leaves nothing behind. A run interrupted during training keeps its
-checkpoint and continues with resume=True. cross_validate(cfg, folds, epochs, seed) runs the same
+the run directory is created, so bad input leaves nothing behind. A run interrupted during training
+keeps its checkpoint and continues with resume=True. cross_validate(cfg, folds, epochs, seed) runs the same
 stages on k-fold parts of train + validation and scores each held-out fold (a search's re-evaluation).
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ from cotune.models import create_model
 from cotune.runtime import Runtime, seed_everything, versions
 from cotune.track import FileTracker, Tee, read_json, write_csv, write_json
 from cotune.train import CHECKPOINT, CHECKPOINT_STATE, TrainResult, check_config, infer, train
-from cotune.transfer import init_from
+from cotune.transfer import init_from, load_source
 
 
 @dataclass
@@ -112,6 +112,7 @@ class TrainingSet:
     train_labels: np.ndarray | None = None  # their labels after cleaning (relabel), unscaled, aligned with train_idx
     val_labels: np.ndarray | None = None    # the validation rows' labels after data.clean.val, unscaled, aligned with val
     train_rows: np.ndarray | None = None    # the dataset row of each training row (train_X's order); -1 for a synthetic one
+    source: object | None = None            # model.init_from's Bundle: its preprocessing is `pre`, its weights the model's
 
 
 def takes_layout(family: str) -> bool:
@@ -125,12 +126,15 @@ def make_preprocessor(cfg: RunConfig) -> Preprocessor:
 
 
 def prepare(cfg: RunConfig, ds, merge_val: bool = False, parts: tuple | None = None) -> TrainingSet:
-    """split -> fraction -> audit (only the checks cleaning needs) -> clean -> preprocess -> balance.
+    """split -> fraction -> audit (only the checks cleaning needs) -> clean -> preprocess -> balance. With
+    model.init_from the source run is checked first and its fitted preprocessing is this run's (cotune.transfer).
 
     merge_val: the validation rows join the training part (the final refit of a search).
     parts: (train, val, test) dataset rows instead of the configured split (a cross-validation fold: its
     held-out rows are the validation part, which the data knobs never touch, like validation rows)."""
     d = cfg.data
+    source = None if cfg.model.init_from is None else load_source(
+        cfg.model.init_from, ds, cfg.model.family, {"data.numeric": d.numeric, "data.embed_above": d.embed_above})
     tr, va, te = parts if parts is not None else split_indices(ds, val=d.split.val, test=d.split.test, seed=d.split.seed)
     if merge_val:
         tr, va = np.sort(np.concatenate([tr, va])), va[:0]
@@ -142,7 +146,7 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False, parts: tuple | None = N
     report = audit(ds, tr, va, te, checks=sorted(need), seed=d.split.seed, proxy=d.clean.proxy) if need else None
     cleaned = clean_train(tr, ds.y, report, **opts)
     va, y_val, val_clean = clean_val(va, ds.y, report, **opts)  # data.clean.val: what ranks and stops the runs
-    pre = make_preprocessor(cfg).fit(ds, cleaned.idx)
+    pre = make_preprocessor(cfg).fit(ds, cleaned.idx) if source is None else source.pre
     X = pre.transform(ds.X)  # (N, *in_shape) float32
     target = TargetTransform(d.target_transform).fit(cleaned.y_train) if ds.task == "regression" else None
     y_mean, y_std = (target.mean, target.std) if target is not None else (0.0, 1.0)
@@ -171,7 +175,7 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False, parts: tuple | None = N
     return TrainingSet(X=X, y=scale(y_all), train_X=train_X, train_y=scale(train_y), weights=bal.weights,
                        sampling=bal.sampling_weights, val=va, test=te, pre=pre, y_mean=y_mean, y_std=y_std,
                        loss=bal.loss, report=report, summary=summary, target=target, train_idx=cleaned.idx,
-                       train_labels=cleaned.y_train, val_labels=y_val, train_rows=train_rows)
+                       train_labels=cleaned.y_train, val_labels=y_val, train_rows=train_rows, source=source)
 
 
 @dataclass
@@ -204,8 +208,8 @@ def setup(cfg: RunConfig, ds, data: TrainingSet, refit_epochs: int | None = None
         kwargs["layout"] = data.pre.layout_  # in model.json's kwargs too, so the bundle rebuilds the same model
     model = create_model(cfg.model.family, data.pre.in_shape_, out_dim, **kwargs)
     transfer = None
-    if cfg.model.init_from is not None:
-        transfer = init_from(cfg.model.init_from, model, cfg.model.family, ds, kwargs, tuple(data.pre.in_shape_))
+    if data.source is not None:
+        transfer = init_from(cfg.model.init_from, data.source, model, ds, kwargs)
     check_config(train_cfg, ds.task)
     ranking = evaluate.primary_metric(ds.task, cfg.search.metric)  # a metric that does not fit the task: ConfigError
     monitor = evaluate.monitored_metric(ds.task, train_cfg.monitor, cfg.search.metric)
@@ -245,30 +249,15 @@ def audit_data(cfg: RunConfig, checks=None):
     return audit(ds, tr, va, te, checks=checks, seed=d.split.seed, proxy=d.clean.proxy)
 
 
-def soft_targets(ds, data: TrainingSet, teacher: Callable, weight: float) -> np.ndarray:
-    """(N, K) training targets for distillation: `weight` x the teacher's probabilities on each training row's
-    raw features + (1 - weight) x its one-hot label. A synthetic (SMOTE) row, which has no raw features, keeps
-    its one-hot label."""
-    y = data.train_y.astype(np.int64)
-    target = np.eye(ds.n_classes, dtype=np.float32)[y]
-    real = np.flatnonzero(data.train_rows >= 0)
-    rows = data.train_rows[real]
-    if len(real):
-        probs = np.asarray(teacher(ds.X.iloc[rows] if ds.modality == "tabular" else ds.X[rows]), dtype=np.float32)
-        target[real] = weight * probs + (1 - weight) * target[real]
-    return target
-
-
 def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None, progress: bool | None = None,
-        tracker=None, refit_epochs: int | None = None, checkpoint: bool = True, teacher: Callable | None = None,
-        teacher_weight: float = 0.5) -> RunResult:
+        tracker=None, refit_epochs: int | None = None, checkpoint: bool = True, teacher: Callable | None = None) -> RunResult:
     """Train one model with fixed knobs and write its run directory. Returns metrics and the path.
 
     refit_epochs: train on train+val for exactly this many epochs (no early stopping): the final
     model of a search, whose epoch count comes from the best trial's early-stopping point.
     checkpoint: save the state after each validated epoch, for --resume (search trials, never resumed, go without).
-    teacher: a classifier's distillation teacher, raw features -> (N, K) probabilities (e.g. an Ensemble's
-    predict_output): the model learns `teacher_weight` x its probabilities + the rest x the labels (soft_targets)."""
+    teacher: distillation, `teacher(ds, data) -> (N, K)` soft targets for data.train_X's rows, which the model
+    learns instead of the labels (cotune.compress.variants.soft_targets)."""
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     if resume:
         prepare_out(out, resume=True)
@@ -304,7 +293,7 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
 
     dev = rt.device
     X, y, va = data.X, data.y, data.val
-    targets = data.train_y if teacher is None else soft_targets(ds, data, teacher, teacher_weight)
+    targets = data.train_y if teacher is None else teacher(ds, data)
     train_data = TensorData.from_numpy(data.train_X, targets, data.weights, device=dev)
     val_data = TensorData.from_numpy(X[va], y[va], device=dev) if len(va) else None
     sampling = None if data.sampling is None else torch.as_tensor(data.sampling)

@@ -96,7 +96,7 @@ def test_a_search_from_init_from_keeps_the_model_and_a_scaling_study_refuses_it(
     from cotune.search.space import search_space
     cfg = from_dict(config(work / "high.csv", model={"init_from": str(work / "runs" / "src")}))
     space = search_space(cfg, set(), "tabular", "multiclass", cpu=True)
-    assert space and not [k for k in space if k.startswith("model.")]
+    assert space and not [k for k in space if k.startswith("model.") or k == "data.numeric"]
     assert "model.width" in search_space(from_dict(config(work / "high.csv")), set(), "tabular", "multiclass", cpu=True)
     with pytest.raises(ConfigError, match="model.init_from=null"):
         study_config(cfg)
@@ -161,6 +161,8 @@ def test_a_run_that_only_freezes_records_where_its_weights_came_from(work):
     assert metrics["transfer"]["init_from"] == str((work / "runs" / "src").resolve())
     assert metrics["transfer"]["head"] == "reinitialized"
     assert json.loads((res.path / "config.json").read_text())["model"]["init_from"] == str(work / "runs" / "src")
+    # the source's fitted preprocessing, not one refitted on the new rows: the inputs its weights expect
+    assert (res.path / "preprocess.json").read_text() == (work / "runs" / "src" / "preprocess.json").read_text()
 
 
 def test_backbone_lr_scales_the_backbone_step_and_not_the_head(work):
@@ -259,8 +261,11 @@ BAD = {
                     "model's is 'net.9'; its model knobs differ (model.depth=1 there, 2 here)"),
     "dropout-off": (lambda d: "runs/src", ("model.dropout=0",), "model.dropout=0.1 there, 0.0 here"),
     "other-columns": (lambda d: "runs/src", ("data.source=renamed.csv",), "was trained on other table columns (px0, px1"),
-    "other-input-shape": (_sequences, ("data.source=short.npz", "data.target=null"),
-                          "its inputs are (1, 64), these (1, 32)"),
+    "other-sample-shape": (_sequences, ("data.source=short.npz", "data.target=null"),
+                           "was trained on samples of shape (1, 64), this data's are (1, 32)"),
+    "other-scaling": (lambda d: "runs/src", ("data.numeric=quantile",),
+                      "preprocesses tables with data.numeric='standard' (its preprocessing comes with its weights) but "
+                      "this run sets 'quantile'; set data.numeric=standard."),
 }
 
 
@@ -269,7 +274,7 @@ def test_bad_init_from_is_one_line_exit_2_and_leaves_nothing(case, work, monkeyp
     make, extra, match = BAD[case]
     monkeypatch.chdir(work)
     source = make(work)
-    if case == "other-input-shape":
+    if case == "other-sample-shape":
         _short_sequences(work)
     sets = [a for s in (f"model.init_from={source}", *extra) for a in ("--set", s)]
     (work / "ft.yaml").write_text(yaml.safe_dump(config("high.csv")))

@@ -7,12 +7,28 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from cotune.track import read_json
 
 FINETUNE_SHARE = 0.5   # fine-tuning epochs: this share of the model's own (at least MIN_FINETUNE)
 MIN_FINETUNE = 3
 FINETUNE_LR = 1.0      # fine-tuning learning rate: this factor on the model's (its schedule and warm-up restart)
 TEACHER_WEIGHT = 0.5   # the student's targets: this x the ensemble's probabilities + the rest x the labels
+
+
+def soft_targets(ds, data, teacher, weight: float) -> np.ndarray:
+    """(N, K) training targets for distillation: `weight` x the teacher's probabilities on each training row's
+    raw features + (1 - weight) x its one-hot label. A synthetic (SMOTE) row, which has no raw features, keeps
+    its one-hot label."""
+    y = data.train_y.astype(np.int64)
+    target = np.eye(ds.n_classes, dtype=np.float32)[y]
+    real = np.flatnonzero(data.train_rows >= 0)
+    rows = data.train_rows[real]
+    if len(real):
+        probs = np.asarray(teacher(ds.X.iloc[rows] if ds.modality == "tabular" else ds.X[rows]), dtype=np.float32)
+        target[real] = weight * probs + (1 - weight) * target[real]
+    return target
 
 
 def trained_on_val(model_dir: Path, members) -> bool:
@@ -70,5 +86,5 @@ def distill(cfg, ens, out: Path, say) -> Path:
     say(f"  distilling the {len(ens.members)}-model ensemble into one {best.spec.family} "
         f"({'train + validation' if merged else 'train'} rows)")
     run(scfg, refit_epochs=epochs_own if merged else None, checkpoint=False, progress=False,
-        teacher=ens.predict_output, teacher_weight=TEACHER_WEIGHT)
+        teacher=lambda ds, data: soft_targets(ds, data, ens.predict_output, TEACHER_WEIGHT))
     return out

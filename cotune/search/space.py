@@ -4,7 +4,8 @@ The space comes from knobs.py (every knob with a `search` range that the user di
 conditional where a knob says `when`, for the tasks and modalities it declares, narrowed by
 `search.space` (every value checked against the knob first), with model families from the
 registry: those searched on the data's modality (cotune.models declares them per family). With
-model.init_from no model knob is searched: the trials start from its weights, so they keep its shapes.
+model.init_from neither the model knobs nor data.numeric are searched: the trials start from its weights and
+preprocessing, so they keep its shapes and scaling.
 """
 from __future__ import annotations
 
@@ -71,8 +72,8 @@ def search_space(cfg: RunConfig, fixed: set[str], modality: str, task: str, cpu:
         if (k.name in fixed or (k.tasks and task not in k.tasks) or (k.modalities and modality not in k.modalities)
                 or ranked_by in k.unless_metric):
             continue
-        if k.stage == "model" and cfg.model.init_from is not None:  # the model is model.init_from's, as configured
-            continue
+        if cfg.model.init_from is not None and (k.stage == "model" or k.name == "data.numeric"):
+            continue  # the model and its preprocessing are model.init_from's (cotune.transfer)
         named = k.name in cfg.search.space
         spec = tuple(cfg.search.space[k.name]) if named else k.search
         if k.name == "model.family":  # search=(): the registry's for the modality; named ones skip the CPU cut
