@@ -114,10 +114,13 @@ def compress(run, *, tolerance: float = 0.5, prefer: str = "size", batches=(1, 2
     """ONNX export, int8 quantization, structured pruning and (for an ensemble) distillation of a finished run's
     model, each measured (bytes, latency, validation and test metric); the smallest or fastest variant within
     `tolerance` is chosen. keeps: the widths the pruned variants keep (default 0.75, 0.5, 0.25). Files go to
-    <run>/compress/. Returns a CompressResult."""
+    <run>/compress/; the run's report.html, if it has one, is rebuilt with them. Returns a CompressResult."""
     from cotune.compress.core import KEEPS, compress as _compress
-    return _compress(run, tolerance=tolerance, prefer=prefer, batches=batches, keeps=KEEPS if keeps is None else keeps,
-                     console=console)
+    res = _compress(run, tolerance=tolerance, prefer=prefer, batches=batches, keeps=KEEPS if keeps is None else keeps,
+                    console=console)
+    if (res.path.parent / "report.html").is_file():  # the run's report gains its compression section
+        report(res.path.parent)
+    return res
 
 
 ENGINES = ("torch", "onnx")

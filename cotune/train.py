@@ -2,15 +2,14 @@
 
     result = train(model, train_data, val_data, cfg.train, runtime, task="multiclass", seed=0)
 
-Reads top to bottom: optimizer, then per epoch a reseed (so a resumed run replays the same
-shuffles and dropout masks), the frozen part (train.freeze_epochs: only the output layer trains in
-the first epochs), index-slice batches, the LR from get_lr(step) (times train.backbone_lr outside the
-output layer), forward under autocast, loss (+ L1), backward, clip, step; then validation, history,
-early stopping, a checkpoint (after validated epochs), the progress bar and on_eval. Best weights are
-restored at the end.
+Reads top to bottom: optimizer, then per epoch a reseed (so a resumed run replays the same shuffles and dropout
+masks), the frozen part (train.freeze_epochs: only the output layer trains in the first epochs), index-slice
+batches, the LR from get_lr(step) (times train.backbone_lr outside the output layer), forward under autocast,
+loss (+ L1), backward, clip, step; then validation, history, early stopping, a checkpoint (after validated
+epochs), the progress bar and on_eval. Best weights are restored at the end.
 
-`on_eval(epoch, row)` is the one hook: it sees each epoch's metrics and may return True to stop
-or raise (a search uses it to prune). This module never imports optuna.
+`on_eval(epoch, row)` is the one hook: it sees each epoch's metrics and may return True to stop or raise (a
+search uses it to prune). This module never imports optuna.
 """
 from __future__ import annotations
 
@@ -32,8 +31,7 @@ from cotune.models.registry import head as model_head
 from cotune.runtime import Runtime
 from cotune.track import write_json
 
-CHECKPOINT = "checkpoint.safetensors"
-CHECKPOINT_STATE = "checkpoint.json"
+CHECKPOINT, CHECKPOINT_STATE = "checkpoint.safetensors", "checkpoint.json"
 EVAL_BATCH = 4096  # samples per forward pass at evaluation
 
 
@@ -137,19 +135,17 @@ def compute_loss(out: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, los
     from an ensemble model in training mode: the mean of its k members' losses (each scored on y).
 
     Per sample, p_y the softmax probability of the label: cross_entropy -log p_y (label-smoothed), focal
-    (1 - p_y)^gamma * -log p_y, gce (1 - p_y^q) / q, sce alpha * -log p_y + beta * 4 * (1 - p_y).
-    Soft targets, y of shape (B, K) (a teacher's probabilities when distilling): -sum_k y_k log p_k, whatever
-    the loss."""
+    (1 - p_y)^gamma * -log p_y, gce (1 - p_y^q) / q, sce alpha * -log p_y + beta * 4 * (1 - p_y); with soft
+    targets y (B, K) (a teacher's probabilities when distilling) -sum_k y_k log p_k, whatever the loss."""
     if out.dim() == 3:
         k = out.shape[1]
         out, y = out.reshape(-1, out.shape[2]), y.repeat_interleave(k, dim=0)
         w = None if w is None else w.repeat_interleave(k)
-    if y.dim() == 2:
+    if y.dim() == 2:  # soft targets
         per = -(y * F.log_softmax(out, -1)).sum(-1)
-        return per.mean() if w is None else (per * w).sum() / w.sum()
-    if loss == "cross_entropy" and w is None:  # the common case in one kernel
+    elif loss == "cross_entropy" and w is None:  # the common case in one kernel
         return F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing)
-    if loss == "cross_entropy":
+    elif loss == "cross_entropy":
         per = F.cross_entropy(out, y, label_smoothing=cfg.label_smoothing, reduction="none")
     elif loss == "focal":
         ce = F.cross_entropy(out, y, reduction="none")
@@ -286,16 +282,15 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
     key = monitor.history_key if has_val else "train_loss"
     names = tuple(sorted({monitor.name, *([ranking.name] if ranking is not None else [])}))
     l1_params = [p for p in model.parameters() if p.dim() >= 2] if cfg.l1 > 0 else []  # matrices and kernels
-    X, y, w = train_data.X, train_data.y, train_data.w
-    res = TrainResult()
+    X, y, w, res = train_data.X, train_data.y, train_data.w, TrainResult()
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     bad_epochs, start_epoch, step = 0, 0, 0
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if resume and ckpt is not None and (ckpt / CHECKPOINT_STATE).exists():
         state, best_state = _load_checkpoint(ckpt, model, opt)
         start_epoch, step, bad_epochs = state["epoch"], state["step"], state["bad_epochs"]
-        res.history, res.best_epoch, res.best_score = state["history"], state["best_epoch"], state["best_score"]
-        res.train_time_s = state["train_time_s"]
+        res.history, res.best_epoch, res.best_score, res.train_time_s = (state[k] for k in (
+            "history", "best_epoch", "best_score", "train_time_s"))
     bar = ProgressBar(cfg.epochs, start_epoch) if progress else NullProgress()
     try:
         for epoch in range(start_epoch, cfg.epochs):

@@ -245,7 +245,6 @@ def compress(run, *, tolerance: float = 0.5, prefer: str = "size", batches=(1, 2
         raise
     finally:
         torch.set_num_threads(threads)
-    _rebuild_report(dest.parent)
     return CompressResult(path=dest, chosen=chosen, rows=table, summary=record["summary"])
 
 
@@ -287,13 +286,3 @@ def _timed(models: list, inputs: dict):
         for c in calls:
             c(b)
     return run_all
-
-
-def _rebuild_report(run_dir: Path) -> None:
-    """Refresh report.html when the run has one, so the compression section appears in it."""
-    if (run_dir / "report.html").is_file():
-        try:
-            from cotune.report import build_report
-            build_report(run_dir)
-        except CotuneError:
-            pass
