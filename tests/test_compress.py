@@ -137,7 +137,12 @@ def test_compress_a_run_end_to_end(digits_run, tmp_path):
     X = _digits_rows(run)
     onnx_p = cotune.load(comp / "onnx-fp32", engine="onnx").predict_proba(X)
     np.testing.assert_allclose(onnx_p, cotune.load(run).predict_proba(X), atol=1e-4)
-    assert "chosen" in out or code == 0
+    # `cotune predict RUN --engine onnx` runs the chosen variant
+    code, out, err = cli("predict", run, "sklearn:digits", "--engine", "onnx", "--out", tmp_path / "p.csv")
+    assert code == 0, err
+    frame = pd.read_csv(tmp_path / "p.csv")
+    chosen = cotune.load(comp / rec["chosen"], engine="onnx").predict_frame("sklearn:digits")
+    np.testing.assert_allclose(frame.filter(like="proba_").to_numpy(), chosen.filter(like="proba_").to_numpy(), atol=1e-6)
 
 
 def test_compress_an_ensemble_distils_a_student(digits_run, tmp_path):
