@@ -1,13 +1,14 @@
 """`cotune compress` on MNIST-1D CNNs from a search: int8, pruning and the distilled student of a top-3 ensemble.
 
-    .venv/bin/python bench/compress_mnist1d.py --seeds 0 1 2 --budget 3m
+    OMP_NUM_THREADS=1 .venv/bin/python bench/compress_mnist1d.py --seeds 0 1 2 --budget 6m --keep
 
 Per seed: `cotune fit mnist1d` with model.family=cnn1d (search.seed = runtime.seed = the seed, top_k 1, so the
 final model is one CNN refitted on train + validation), then `cotune compress` on it (tolerance 0.5 points,
-batches 1 and 256): onnx-fp32, onnx-int8, pruned-75/50/25. Then the search's three best complete trials (as the
-search trained them, on the training part) as a soft-voting ensemble, compressed too: its distilled student
-(the best trial's knobs trained on the ensemble's probabilities, early-stopped on validation) against the
-ensemble and against the best single trial model. Test accuracy on the 1,000 MNIST-1D test rows; latency is
+batches 1 and 256): onnx-fp32, onnx-int8, pruned-75/70/50/25 (width shares; 70% keeps about half the
+parameters). Then the search's three best complete trials (as the search trained them, on the training part)
+as a soft-voting ensemble, compressed too: its distilled student (the best trial's knobs trained on the
+ensemble's probabilities, early-stopped on validation) against the ensemble and against the best single trial
+model. Test accuracy on the 1,000 MNIST-1D test rows; latency is
 compress's own measurement (ONNX Runtime and PyTorch eager, one thread, interleaved, median), run by run.
 Prints a markdown table per seed and the acceptance summary.
 """
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--budget", default="3m")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--prune", default="0.75,0.7,0.5,0.25", help="width shares of the pruned variants (0.7: about half the parameters)")
     ap.add_argument("--resume", action="store_true", help="reuse the seeds already in .bench-out/compress_mnist1d.json")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="compress-bench-"))
@@ -67,7 +69,7 @@ def main() -> None:
         t0 = time.time()
         search = work / f"s{seed}"
         res = fit(seed, args.budget, search)
-        single = cotune.compress(search, tolerance=0.5, batches=(1, 256))
+        single = cotune.compress(search, tolerance=0.5, batches=(1, 256), keeps=args.prune)
         ens_dir, dirs = top_ensemble(search, work / f"e{seed}")
         ens = cotune.compress(ens_dir, tolerance=0.5, batches=(1, 256), keeps=())
         members = [json.loads((d / "metrics.json").read_text())["test"]["accuracy"] for d in dirs]
@@ -97,6 +99,8 @@ def main() -> None:
             ("pruned-50 params / original", lambda r: row_of(r["final"], "pruned-50")["params"] / row_of(r["final"], "torch")["params"]),
             ("pruned-50 test points lost", lambda r: 100 * (row_of(r["final"], "torch")["test_accuracy"] - row_of(r["final"], "pruned-50")["test_accuracy"])),
             ("pruned-75 test points lost", lambda r: 100 * (row_of(r["final"], "torch")["test_accuracy"] - row_of(r["final"], "pruned-75")["test_accuracy"])),
+            ("pruned-70 params / original", lambda r: row_of(r["final"], "pruned-70")["params"] / row_of(r["final"], "torch")["params"]),
+            ("pruned-70 test points lost", lambda r: 100 * (row_of(r["final"], "torch")["test_accuracy"] - row_of(r["final"], "pruned-70")["test_accuracy"])),
             ("ensemble - student test points", lambda r: 100 * (row_of(r["ensemble"], "torch")["test_accuracy"] - row_of(r["ensemble"], "distilled")["test_accuracy"])),
             ("student - best single test points", lambda r: 100 * (row_of(r["ensemble"], "distilled")["test_accuracy"] - r["best_single_test"])),
             ("student / ensemble latency @256 (ONNX)", lambda r: row_of(r["ensemble"], "distilled")["latency_ms_b256"] / row_of(r["ensemble"], "onnx-fp32")["latency_ms_b256"]),
