@@ -48,10 +48,6 @@ def top_ensemble(search: Path, out: Path, k: int = 3) -> tuple[Path, list]:
     return out, dirs
 
 
-def row(res, name: str) -> dict:
-    return next(r for r in res.rows if r["variant"] == name)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -59,33 +55,42 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--prune", default="0.75,0.7,0.5,0.25", help="width shares of the pruned variants (0.7: about half the parameters)")
     ap.add_argument("--resume", action="store_true", help="reuse the seeds already in .bench-out/compress_mnist1d.json")
+    ap.add_argument("--reuse", type=Path, help="a kept work directory: redo only the ensemble side on its searches")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="compress-bench-"))
+    work = args.reuse or Path(tempfile.mkdtemp(prefix="compress-bench-"))
+    old = {r["seed"]: r for r in json.loads(Path(".bench-out/compress_mnist1d.json").read_text())} if args.reuse else {}
     saved = Path(".bench-out/compress_mnist1d.json")
     results = [r for r in json.loads(saved.read_text()) if r["seed"] in args.seeds] if args.resume and saved.is_file() else []
+    if args.reuse:
+        shutil.copy2(saved, saved.with_name("compress_mnist1d-before-reuse.json"))
     for seed in args.seeds:
         if any(r["seed"] == seed for r in results):
             continue
         t0 = time.time()
         search = work / f"s{seed}"
-        res = fit(seed, args.budget, search)
-        single = cotune.compress(search, tolerance=0.5, batches=(1, 256), keeps=args.prune)
+        if args.reuse:
+            trials, single_rows, chosen = old[seed]["trials"], old[seed]["final"], old[seed]["chosen"]
+            shutil.rmtree(work / f"e{seed}")
+        else:
+            res = fit(seed, args.budget, search)
+            single = cotune.compress(search, tolerance=0.5, batches=(1, 256), keeps=args.prune)
+            trials, single_rows, chosen = res.counts.get("COMPLETE"), single.rows, single.chosen
         ens_dir, dirs = top_ensemble(search, work / f"e{seed}")
         ens = cotune.compress(ens_dir, tolerance=0.5, batches=(1, 256), keeps=())
         members = [json.loads((d / "metrics.json").read_text())["test"]["accuracy"] for d in dirs]
         member_val = [json.loads((d / "metrics.json").read_text())["val"]["accuracy"] for d in dirs]
         best_single = members[int(np.argmax(member_val))]
-        r = {"seed": seed, "trials": res.counts.get("COMPLETE"), "seconds": round(time.time() - t0),
-             "final": single.rows, "ensemble": ens.rows, "best_single_test": best_single, "chosen": single.chosen,
-             "ens_chosen": ens.chosen}
+        r = {"seed": seed, "trials": trials, "seconds": round(time.time() - t0), "final": single_rows,
+             "ensemble": ens.rows, "best_single_test": best_single, "chosen": chosen, "ens_chosen": ens.chosen,
+             "members_params": [json.loads((d / "model.json").read_text())["n_params"] for d in dirs]}
         results.append(r)
         saved.parent.mkdir(exist_ok=True)
         saved.write_text(json.dumps(results, indent=1, default=str))
-        print(f"\n### seed {seed}: {r['trials']} complete trials, final {row(single, 'torch')['params']} params; "
-              f"chosen {single.chosen} (ensemble side: {ens.chosen})")
+        print(f"\n### seed {seed}: {r['trials']} complete trials, final {row_of(single_rows, 'torch')['params']} params; "
+              f"chosen {chosen} (ensemble side: {ens.chosen}; members {r['members_params']} params)")
         print("| variant | params | bytes | ms @1 | ms @256 | val acc | test acc |")
         print("|---|---:|---:|---:|---:|---:|---:|")
-        for x in single.rows + [dict(v, variant="ensemble " + v["variant"]) for v in ens.rows]:
+        for x in single_rows + [dict(v, variant="ensemble " + v["variant"]) for v in ens.rows]:
             print(f"| {x['variant']} | {x['params']:,} | {x['bytes']:,} | {x['latency_ms_b1']:.3f} | "
                   f"{x['latency_ms_b256']:.3f} | {x['val_accuracy']:.4f} | {x['test_accuracy']:.4f} |")
         print(f"best single trial model (of the ensemble's members, by validation): test {best_single:.4f}")

@@ -69,14 +69,18 @@ def choose(table: list, prefer: str, batches: tuple) -> str:
 
 
 def summary(table: list, chosen: str, metric, prefer: str) -> str:
+    """One sentence on the chosen variant against the fp32 export and the model."""
     by = {r["variant"]: r for r in table}
-    c, ref = by[chosen], by["torch"]
-    key = f"val_{metric.name}"
     if chosen == "torch":
         return "no variant could be exported to ONNX; the PyTorch model stays the one to use"
-    return (f"{chosen}: {c['bytes'] / max(ref['bytes'], 1):.2f}x the PyTorch weights' bytes, validation {metric.name} "
-            f"{_fmt(c[key])} against {_fmt(ref[key])}, chosen as the {'smallest' if prefer == 'size' else 'fastest'} "
-            "variant within the tolerance")
+    what = "smaller" if prefer == "size" else "faster"
+    if chosen == "onnx-fp32":
+        return f"onnx-fp32 (the fp32 export): no other variant within the tolerance is at least 10% {what}"
+    c, fp32, key = by[chosen], by["onnx-fp32"], f"val_{metric.name}"
+    b = max(int(k.rsplit("_b", 1)[1]) for k in c if k.startswith("latency_ms_b"))
+    return (f"{chosen}: {c['bytes'] / max(fp32['bytes'], 1):.2f}x the fp32 export's bytes and "
+            f"{c[f'latency_ms_b{b}'] / max(fp32[f'latency_ms_b{b}'], 1e-9):.2f}x its latency at batch {b}, validation "
+            f"{metric.name} {_fmt(c[key])} against the model's {_fmt(by['torch'][key])}")
 
 
 def _fmt(v) -> str:

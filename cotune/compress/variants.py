@@ -48,25 +48,35 @@ def _cfg(cfg_dir: Path, out: Path, updates: dict):
     return cfg
 
 
-def prune_finetune(cfg, base, keep: float, out: Path, say) -> Path:
-    """The base model pruned to `keep` of its width, then fine-tuned from the kept weights into `out`."""
+def _pruned_init(base, keep: float, init: Path) -> tuple[dict, int]:
+    """Save `base` pruned to `keep` of its width as a bundle in `init` (for model.init_from); returns the narrow
+    model's knobs and parameter count."""
     from cotune import bundle
     from cotune.models.prune import prune
-    from cotune.pipeline import run
     spec = base.spec
     narrow, kwargs = prune(base.model, spec.family, spec.kwargs, spec.in_shape, spec.out_dim, keep)
-    init = out.with_name(f".{out.name}-init")
     init.mkdir(parents=True, exist_ok=True)
     n_params = sum(p.numel() for p in narrow.parameters())
     bundle.save(init, narrow, replace(spec, kwargs=kwargs, n_params=n_params), base.pre)
     shutil.copy2(base.path / "config.json", init / "config.json")
-    epochs_own = int(read_json(base.path / "metrics.json").get("train", {}).get("epochs_run") or 0) or 10
-    epochs = max(MIN_FINETUNE, math.ceil(FINETUNE_SHARE * epochs_own))
+    return kwargs, n_params
+
+
+def _epochs(model_dir: Path) -> int | None:
+    return int(read_json(model_dir / "metrics.json").get("train", {}).get("epochs_run") or 0) or None
+
+
+def prune_finetune(cfg, base, keep: float, out: Path, say) -> Path:
+    """The base model pruned to `keep` of its width, then fine-tuned from the kept weights into `out`."""
+    from cotune.pipeline import run
+    init = out.with_name(f".{out.name}-init")
+    kwargs, n_params = _pruned_init(base, keep, init)
+    epochs = max(MIN_FINETUNE, math.ceil(FINETUNE_SHARE * (_epochs(base.path) or 10)))
     base_cfg = _cfg(base.path, out, {})
     cfg2 = base_cfg.replace(**{"model.width": int(kwargs["width"]), "model.init_from": str(init),
                                "train.lr": base_cfg.train.lr * FINETUNE_LR, "train.epochs": epochs})
     merged = trained_on_val(base.path, [base])
-    say(f"  pruning to {keep:.0%} of the width ({spec.n_params} -> {n_params} parameters), fine-tuning {epochs} epochs")
+    say(f"  pruning to {keep:.0%} of the width ({base.spec.n_params} -> {n_params} parameters), fine-tuning {epochs} epochs")
     try:
         run(cfg2, refit_epochs=epochs if merged else None, checkpoint=False, progress=False)
     finally:
@@ -76,15 +86,48 @@ def prune_finetune(cfg, base, keep: float, out: Path, say) -> Path:
     return out
 
 
+def student_width(spec, budget: float) -> int:
+    """The largest width (at most the spec's) at which the spec's model has at most `budget` parameters (1 if none)."""
+    from cotune.models import create_model
+    lo, hi = 1, int(spec.kwargs["width"])
+
+    def params(w: int) -> int:
+        return sum(p.numel() for p in create_model(spec.family, spec.in_shape, spec.out_dim,
+                                                   **{**spec.kwargs, "width": w}).parameters())
+    while lo < hi:  # parameters grow with the width
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if params(mid) <= budget else (lo, mid - 1)
+    return lo
+
+
 def distill(cfg, ens, out: Path, say) -> Path:
-    """One student with the best member's knobs trained on the ensemble's probabilities into `out`."""
+    """One student with the best member's knobs trained on the ensemble's probabilities into `out`.
+
+    The student replaces k models at 1/k of their cost: when the best member alone has more than 1/k of the
+    ensemble's parameters, its width is cut to fit (the member pruned to that width is the starting point, for a
+    family that prunes; otherwise it starts fresh)."""
+    from cotune.models.prune import prunable
     from cotune.pipeline import run
-    best = ens.members[0]
-    epochs_own = int(read_json(best.path / "metrics.json").get("train", {}).get("epochs_run") or 0) or None
+    best, k = ens.members[0], len(ens.members)
+    budget = sum(m.spec.n_params for m in ens.members) / k
+    updates, init = {}, None
+    width = best.spec.kwargs.get("width")
+    if best.spec.n_params > budget and isinstance(width, int):
+        narrow = student_width(best.spec, budget)
+        if narrow < width:
+            updates["model.width"] = narrow
+            if prunable(best.spec.family):
+                init = out.with_name(f".{out.name}-init")
+                _pruned_init(best, narrow / width, init)
+                updates["model.init_from"] = str(init)
     merged = trained_on_val(best.path, [best])
-    scfg = _cfg(best.path, out, {})
-    say(f"  distilling the {len(ens.members)}-model ensemble into one {best.spec.family} "
+    scfg = _cfg(best.path, out, updates)
+    say(f"  distilling the {k}-model ensemble into one {best.spec.family} of width {updates.get('model.width', width)} "
         f"({'train + validation' if merged else 'train'} rows)")
-    run(scfg, refit_epochs=epochs_own if merged else None, checkpoint=False, progress=False,
-        teacher=lambda ds, data: soft_targets(ds, data, ens.predict_output, TEACHER_WEIGHT))
+    try:
+        run(scfg, refit_epochs=_epochs(best.path) if merged else None, checkpoint=False, progress=False,
+            teacher=lambda ds, data: soft_targets(ds, data, ens.predict_output, TEACHER_WEIGHT))
+    finally:
+        if init is not None:
+            shutil.rmtree(init, ignore_errors=True)
     return out

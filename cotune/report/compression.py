@@ -43,8 +43,9 @@ def compress_section(sec: Section, L, path: Path) -> None:
                       *[f"{r[f'latency_ms_b{b}']:.3f}" for b in batches],
                       "" if r.get(f"val_{metric}") is None else f"{r[f'val_{metric}']:.4f}",
                       "" if r.get(f"test_{metric}") is None else f"{r[f'test_{metric}']:.4f}", note])
-    sec.table(cols, table, caption=f"Median latency over interleaved calls, one thread (ONNX Runtime; PyTorch eager "
-                                   f"for the torch row); load average {s.get('load_average')}")
+    load = [f"{v:.2f}" for v in s.get("load_average") or [] if isinstance(v, (int, float))]
+    sec.table(cols, table, caption="Median latency over interleaved calls, one thread (ONNX Runtime; PyTorch eager "
+                                   "for the torch row)" + (f"; load average {' -> '.join(load)}" if load else ""))
     for skip in s.get("skipped") or []:
         sec.note(f"{skip['name']}: not built ({skip['reason']})")
     sec.plot("The size chart (compress.json)", _scatter, rows, "bytes", "file bytes", metric,
