@@ -34,6 +34,15 @@ class DamagedFileError(BundleError):
     """A file cotune wrote in a run or search directory (config.json, fit.json, model.json, ...) no longer parses."""
 
 
+class ConfigValueError(ConfigError, ValueError):
+    """A ConfigError raised by cotune.sklearn's estimators: scikit-learn's callers (pipelines, cross-validation,
+    its estimator checks) expect bad parameters and bad input to be ValueErrors."""
+
+
+class DataValueError(DataError, ValueError):
+    """A DataError raised by cotune.sklearn's estimators, a ValueError for scikit-learn's callers likewise."""
+
+
 def fmt_choices(choices) -> str:
     return "{" + ", ".join(repr(c) for c in choices) + "}"
 

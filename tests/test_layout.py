@@ -24,6 +24,7 @@ LAYERS = {
     "compress": 4,  # compress/*: export, int8, pruning and distillation through the pipeline; the trade-off table
     "report": 5,
     "api": 5,  # the API sits right under the CLI: it may call the search and the report
+    "sklearn": 5,  # the scikit-learn estimators: a face of the API (they call cotune.train and cotune.fit)
     "cli": 6,
 }
 TOP = 5  # the package facade (cotune/__init__.py) re-exports the API
