@@ -332,6 +332,8 @@ BAD_TRAIN = {
                            "train.epochs.*many", True),
     "negative-lr": (None, (*IRIS, "--set", "train.lr=-0.1"), "train.lr", False),
     "unknown-key": (None, (*IRIS, "--set", "train.lrr=0.1"), "train.lrr.*train.lr", False),
+    "repeated-yaml-key": (lambda d: (d / "c.yaml").write_text("train:\n  lr: 0.01\n  epochs: 2\n  lr: 0.1\n"),
+                          ("c.yaml", *IRIS), r"'train\.lr' twice, on lines 2 and 4", False),
 }
 
 
