@@ -5,6 +5,7 @@ Bad input (a CotuneError) prints one line to stderr and exits with code 2, never
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 import time
@@ -78,6 +79,22 @@ def print_metrics(result, how: dict | None = None) -> None:
     out_console.print(f"run directory: [bold]{result.path}[/]")
 
 
+def print_dialect(*run_dirs) -> None:
+    """One line when a CSV was not read as the plain comma-separated file its name suggests (a ';' file with
+    decimal commas, say), from the first of `run_dirs` that holds an env.json; nothing otherwise."""
+    from cotune.data.sources import dialect_note
+    for d in run_dirs:
+        f = Path(d) / "env.json" if d else None
+        if f is not None and f.is_file():
+            try:
+                note = dialect_note(json.loads(f.read_text()).get("dataset") or {})
+            except (ValueError, AttributeError):
+                return  # a damaged env.json is the report's to name
+            if note:
+                out_console.print(note, highlight=False, soft_wrap=True)
+            return
+
+
 SET_HELP = "Override one config key, e.g. --set train.lr=1e-3 (repeatable). Keys: see `cotune knobs`."
 
 
@@ -93,6 +110,7 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config; every
     if resume and (config is not None or set_):
         raise CotuneError("--resume continues the run in --out with its saved config; drop the CONFIG and --set arguments.")
     result = api.train(config, overrides=set_, out=out, resume=resume, progress=False if quiet else None)
+    print_dialect(result.path)
     print_metrics(result)
 
 
@@ -138,6 +156,7 @@ def fit(data: Optional[str] = typer.Argument(None, help="CSV / Parquet / .npz / 
     res = api.fit(data, target=target, config=config, overrides=set_, budget=budget, trials=trials, workers=workers,
                   sampler=sampler, objective=objective, metric=metric, storage=storage, started_at=process_start(), study=study, mlflow=mlflow, out=out, resume=resume,
                   live=not quiet, console=out_console)
+    print_dialect(res.final.path, res.final.path / "members" / "0", res.best.get("run_dir"))
     print_metrics(res.final, res.how)
     c = res.counts
     out_console.print(f"trials: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed; best #{res.best['number']}")
