@@ -668,6 +668,22 @@ def test_fit_refuses_a_finished_search_without_resume(iris_fit):
     assert (out / "fit.json").stat().st_mtime_ns == stamp
 
 
+def test_a_finished_live_view_ends_its_line():
+    """Not on a terminal, rich leaves the live table's last line open; what is printed next starts a new one."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from cotune.search.parent import live_view
+    buf = io.StringIO()
+    console = Console(file=buf, width=80)
+    with live_view(True, console, refresh=2, transient=False) as view:
+        view.update(Table("#", title="trials"))
+    console.print("metrics")
+    assert buf.getvalue().endswith("┘\nmetrics\n"), buf.getvalue()
+
+
 def test_worker_with_a_bad_storage_is_one_line(tmp_path):
     res = cli_proc("worker", "--storage", "sqlite:///nonexistent/x.db", "--study", "nope", timeout=120)
     assert_user_error(res, match="storage")

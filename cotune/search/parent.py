@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -248,13 +248,25 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+@contextmanager
 def live_view(live: bool, console, *, refresh: float, transient: bool):
-    """A rich Live view while workers run, or nothing (the caller's updates are skipped when not live)."""
+    """A rich Live view while workers run, or nothing (the caller's updates are skipped when not live).
+
+    Rich ends the view's last line only on a terminal; written to a pipe or a file (`make demo | tee`, CI logs)
+    the next print would start on that line, so the line is ended here."""
     if not live:
-        return nullcontext()
+        yield None
+        return
     from rich.console import Console
     from rich.live import Live
-    return Live(console=console or Console(), refresh_per_second=refresh, transient=transient)
+    view = Live(console=console or Console(), refresh_per_second=refresh, transient=transient)
+    try:
+        with view:
+            yield view
+    finally:
+        c = view.console
+        if not transient and not c.is_terminal and not c.is_jupyter:  # a transient view leaves nothing there
+            c.line()
 
 
 def requeue_interrupted(study) -> list[int]:
