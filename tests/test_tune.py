@@ -430,6 +430,40 @@ def test_fit_end_to_end(iris_fit):
     assert "prediction" in stdout and "150 rows" in stdout
 
 
+def test_fit_writes_its_report(iris_fit):
+    out, res = iris_fit
+    text = ok(res)
+    html = (out / "report.html").read_text()
+    test_acc = json.loads((out / "final/metrics.json").read_text())["test"]["accuracy"]
+    assert f"{test_acc:.4f}"[:5] in html
+    assert re.search(rf"^report: {re.escape(str(out / 'report.html'))} \(open it in a browser\)$", text, re.M), text
+
+
+def test_a_report_that_cannot_be_built_is_one_note_and_the_fit_stands(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import cotune.report
+    import cotune.search.parent as parent
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "fit.json").write_text("{}")
+    final = SimpleNamespace(metrics={"test": {"accuracy": 0.9}}, config=from_dict({}), n_params=10, path=out / "final",
+                            train=SimpleNamespace(best_epoch=1, epochs_run=2))
+    done = parent.FitResult(path=out, study_name="s", best={"number": 0}, final=final, test=final.metrics["test"],
+                            counts={"COMPLETE": 1, "PRUNED": 0, "FAIL": 0}, how={"kind": "single"})
+    monkeypatch.setattr(parent, "fit", lambda *a, **k: done)  # the search itself is tested above
+
+    def broken(path):
+        raise RuntimeError("no room for the figures")
+
+    monkeypatch.setattr(cotune.report, "build_report", broken)
+    text = ok(cli("fit", "sklearn:iris", "--trials", 1, "--out", out))
+    notes = [ln for ln in text.splitlines() if ln.startswith("note:")]
+    assert notes == [f"note: report.html could not be built (RuntimeError: no room for the figures); "
+                     f"rebuild it with: cotune report {out}"], text
+    assert "search directory" in text and done.report is None
+
+
 def test_replaying_the_best_trial_reproduces_its_config(iris_fit):
     out, res = iris_fit
     ok(res)
@@ -495,9 +529,15 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path):
     X = g.normal(size=(120, 1, 12)).astype(np.float32)
     np.savez(tmp_path / "seq.npz", X=X, y=(X.mean(axis=(1, 2)) > 0).astype(np.int64))
     out = tmp_path / "mixed"
-    ok(cli("fit", tmp_path / "seq.npz", "--trials", 4, "--workers", 1, "--sampler", "random",
-           "--set", "model.kernel_size=63", "--set", "search.space={model.family: [mlp, cnn1d]}",
-           "--set", "search.pruner=none", *QUICK, "--out", out))
+    live = [a for a in QUICK if a != "-q"]  # the live table, captured (not a terminal), and no report.html
+    text = ok(cli("fit", tmp_path / "seq.npz", "--trials", 4, "--workers", 1, "--sampler", "random",
+                  "--set", "model.kernel_size=63", "--set", "search.space={model.family: [mlp, cnn1d]}",
+                  "--set", "search.pruner=none", *live, "--no-report", "--out", out))
+    assert re.search(r"^trials: \d+ complete, \d+ running", text, re.M), text
+    # rich leaves a captured live view's last line open: the final metrics' title must start a line of its own
+    title = next(ln for ln in text.splitlines() if "parameters, best epoch" in ln or "soft-voting ensemble" in ln)
+    assert re.match(r"\s*(\w+, [\d,]+ parameters, best epoch|soft-voting ensemble)", title), text
+    assert not (out / "report.html").exists() and "report:" not in text
     rows = read_csv(out / "trials.csv")
     assert len(rows) == 4
     fams = {r["model.family"] for r in rows}

@@ -5,7 +5,8 @@
 Files in the search directory: config.json, fit.json (state, for --resume), study.db (the Optuna
 study, unless --storage points elsewhere), trials/NNNNN/ (each trial's run directory, or its
 error.txt), trials.csv (one row per trial), importances.json, workers.log, final/ (the model),
-mlflow.db + mlartifacts/ (MLflow: a parent run with final/ and its test metrics, a nested run per trial).
+mlflow.db + mlartifacts/ (MLflow: a parent run with final/ and its test metrics, a nested run per trial), and
+report.html (built by api.fit).
 fit.json's 'best' is the trial the final model is made from: the best on validation, or the one that
 search.reeval's cross-validation of the top trials chose ('reeval' records how, reeval.py).
 `run_workers` (start worker processes on a study and watch them) serves `cotune scale` too.
@@ -47,6 +48,8 @@ class FitResult:
     test: dict          # final test metrics
     counts: dict        # trials per state
     how: dict           # how the final model was made (fit.json 'final'): kind, trials, epochs, trained_on, summary
+    report: Path | None = None       # report.html, when the API built it (api.fit's report=True)
+    report_note: str | None = None   # why report.html could not be built; the search itself stands
 
 
 def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, storage: str | None = None,
