@@ -708,6 +708,23 @@ def test_fit_refuses_a_finished_search_without_resume(iris_fit):
     assert (out / "fit.json").stat().st_mtime_ns == stamp
 
 
+def test_a_search_whose_storage_cannot_be_opened_leaves_nothing(tmp_path):
+    """It fails before its first trial: the folders it made go, runs/ too."""
+    out = tmp_path / "runs" / "x"
+    res = cli_proc("fit", "sklearn:iris", "--trials", 1, "--workers", 1, *NO_TRACK, "--storage",
+                   f"sqlite:///{tmp_path / 'no_such_dir' / 'x.db'}", "--out", out, timeout=120)
+    assert_user_error(res, match="storage")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "no_such_dir").exists()
+
+
+def test_a_search_that_fails_before_its_first_trial_empties_the_out_folder_it_was_given(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert_user_error(cli("fit", "sklearn:iris", "--trials", 1, "--workers", 1, *NO_TRACK, "--storage",
+                          "postgresql://nobody@127.0.0.1:1/x", "--out", mine), match="storage")
+    assert mine.is_dir() and list(mine.iterdir()) == []
+
+
 def test_a_finished_live_view_ends_its_line():
     """Not on a terminal, rich leaves the live table's last line open; what is printed next starts a new one."""
     import io
