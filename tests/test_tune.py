@@ -725,6 +725,19 @@ def test_a_search_that_fails_before_its_first_trial_empties_the_out_folder_it_wa
     assert mine.is_dir() and list(mine.iterdir()) == []
 
 
+def test_a_bare_postgresql_url_uses_the_installed_driver(monkeypatch):
+    """SQLAlchemy 2.1 reads postgresql:// as psycopg 3; the `postgres` extra installs psycopg2."""
+    import importlib.util
+
+    from cotune.search.storage import driver_url
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "psycopg" else object())
+    assert driver_url("postgresql://u@h:5432/db") == "postgresql+psycopg2://u@h:5432/db"
+    assert driver_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"  # a driver named stays
+    assert driver_url("sqlite:///x.db") == "sqlite:///x.db"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())  # psycopg 3 there: SQLAlchemy's choice
+    assert driver_url("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
 def test_a_finished_live_view_ends_its_line():
     """Not on a terminal, rich leaves the live table's last line open; what is printed next starts a new one."""
     import io
