@@ -56,13 +56,15 @@ def audit(data=None, *, target=None, config=None, overrides=(), checks=None, out
 
 def fit(data=None, *, target=None, config=None, overrides=(), budget=None, trials=None, workers=None, sampler=None,
         objective=None, metric=None, storage=None, study=None, mlflow=None, out=None, resume: bool = False, live: bool = False,
-        console=None, started_at: float | None = None):
+        console=None, started_at: float | None = None, report: bool = True):
     """Search data and model knobs together, refit the best on train+val, test it once. Returns a FitResult.
 
     Knobs you set (in `config`, `overrides` or these arguments) are fixed; every other searchable knob is searched.
     metric: search.metric, what ranks the trials and stops them early (accuracy, f1_macro, log_loss, r2, ...).
     started_at: the Unix time the budget counts from (default: now; the CLI passes its process's start).
-    mlflow: tracking URI (default: SQLite in the search directory; 'none': no tracking)."""
+    mlflow: tracking URI (default: SQLite in the search directory; 'none': no tracking).
+    report: then write <out>/report.html (FitResult.report). One that cannot be built leaves the search standing:
+    FitResult.report_note says why, and `report(out)` rebuilds it."""
     from cotune.config import explicit
     from cotune.search.parent import fit as _fit
     extra = [f"data.source={data}"] if data is not None else []
@@ -75,9 +77,25 @@ def fit(data=None, *, target=None, config=None, overrides=(), budget=None, trial
         if out is None:
             from cotune.errors import ConfigError
             raise ConfigError("resume needs the run directory: pass out=... (CLI: --out DIR --resume).")
-        return _fit(RunConfig(out=str(out)), resume=True, live=live, console=console, started_at=started_at)
-    cfg = resolve_config(config, [*extra, *overrides], out)
-    return _fit(cfg, explicit(cfg), storage=storage, study_name=study, live=live, console=console, started_at=started_at)
+        res = _fit(RunConfig(out=str(out)), resume=True, live=live, console=console, started_at=started_at)
+    else:
+        cfg = resolve_config(config, [*extra, *overrides], out)
+        res = _fit(cfg, explicit(cfg), storage=storage, study_name=study, live=live, console=console,
+                   started_at=started_at)
+    if report:
+        _add_report(res)
+    return res
+
+
+def _add_report(res) -> None:
+    """Build a finished search's report.html into res.report; a failure becomes res.report_note, not the search's."""
+    try:
+        from cotune.report import build_report
+        res.report = build_report(res.path)
+    except Exception as err:  # the search's files are all written by now: a report problem must not cost them
+        from cotune.errors import one_line
+        res.report_note = (f"report.html could not be built ({type(err).__name__}: {one_line(err)[:200]}); "
+                           f"rebuild it with: cotune report {res.path}")
 
 
 def scale(run, *, overrides=(), sizes=None, fractions=None, seeds=None, workers=None, compute=None,
@@ -157,10 +175,10 @@ DEMO_BUDGET = "2m"  # the search, final model included; the whole demo stays und
 
 
 def demo(out=None, budget: str = DEMO_BUDGET, live: bool = False, console=None):
-    """`fit` on sklearn's digits (built in, no download), then the report. Returns (FitResult, report path)."""
-    from cotune.report import build_report
+    """`fit` on sklearn's digits (built in, no download), its report included. Returns (FitResult, report path,
+    or None when the report could not be built: FitResult.report_note says why)."""
     res = fit("sklearn:digits", budget=budget, workers=2, out=out, live=live, console=console)
-    return res, build_report(res.path)
+    return res, res.report
 
 
 def report(path):

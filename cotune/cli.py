@@ -5,6 +5,7 @@ Bad input (a CotuneError) prints one line to stderr and exits with code 2, never
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 import time
@@ -78,6 +79,32 @@ def print_metrics(result, how: dict | None = None) -> None:
     out_console.print(f"run directory: [bold]{result.path}[/]")
 
 
+def print_dialect(*run_dirs) -> None:
+    """One line when a CSV was not read as the plain comma-separated file its name suggests (a ';' file with
+    decimal commas, say), from the first of `run_dirs` that holds an env.json; nothing otherwise."""
+    from cotune.data.sources import dialect_note
+    for d in run_dirs:
+        f = Path(d) / "env.json" if d else None
+        if f is not None and f.is_file():
+            try:
+                note = dialect_note(json.loads(f.read_text()).get("dataset") or {})
+            except (ValueError, AttributeError):
+                return  # a damaged env.json is the report's to name
+            if note:
+                out_console.print(note, highlight=False, soft_wrap=True)
+            return
+
+
+def print_report(res) -> None:
+    """Where a search's report.html went, or the one line saying why it could not be built."""
+    if res.report is not None:
+        for line in res.report.problems:
+            out_console.print(f"report problem: {line}", highlight=False, soft_wrap=True)
+        out_console.print(f"report: [bold]{res.report}[/] (open it in a browser)")
+    elif res.report_note:
+        out_console.print(f"note: {res.report_note}", highlight=False, soft_wrap=True)
+
+
 SET_HELP = "Override one config key, e.g. --set train.lr=1e-3 (repeatable). Keys: see `cotune knobs`."
 
 
@@ -93,6 +120,7 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config; every
     if resume and (config is not None or set_):
         raise CotuneError("--resume continues the run in --out with its saved config; drop the CONFIG and --set arguments.")
     result = api.train(config, overrides=set_, out=out, resume=resume, progress=False if quiet else None)
+    print_dialect(result.path)
     print_metrics(result)
 
 
@@ -130,14 +158,16 @@ def fit(data: Optional[str] = typer.Argument(None, help="CSV / Parquet / .npz / 
         mlflow: Optional[str] = typer.Option(None, "--mlflow", help="MLflow tracking URI (default: SQLite in --out; 'none': off)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
         resume: bool = typer.Option(False, "--resume", help="Continue the search in --out, keeping finished trials."),
+        no_report: bool = typer.Option(False, "--no-report", help="Skip report.html (build it later with `cotune report OUT`)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table.")):
-    """Search data and model knobs as one space, train the final model, test it once."""
+    """Search data and model knobs as one space, train the final model, test it once, write report.html."""
     from cotune import api
     if resume and (data is not None or config is not None or set_):
         raise CotuneError("--resume continues the search in --out with its saved config; drop DATA, --config and --set.")
     res = api.fit(data, target=target, config=config, overrides=set_, budget=budget, trials=trials, workers=workers,
                   sampler=sampler, objective=objective, metric=metric, storage=storage, started_at=process_start(), study=study, mlflow=mlflow, out=out, resume=resume,
-                  live=not quiet, console=out_console)
+                  live=not quiet, console=out_console, report=not no_report)
+    print_dialect(res.final.path, res.final.path / "members" / "0", res.best.get("run_dir"))
     print_metrics(res.final, res.how)
     c = res.counts
     out_console.print(f"trials: {c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed; best #{res.best['number']}")
@@ -147,6 +177,7 @@ def fit(data: Optional[str] = typer.Argument(None, help="CSV / Parquet / .npz / 
         out_console.print("labels that look wrong: " + ", ".join(f"{k} {v}" for k, v in labels["by_part"].items())
                           + f" (trust {labels['trust']}; {res.path / 'labels' / 'audit.csv'})", highlight=False)
     out_console.print(f"search directory: [bold]{res.path}[/] (final model in {res.path / 'final'})")
+    print_report(res)
 
 
 @app.command(hidden=False)
@@ -276,14 +307,12 @@ def demo(out: Optional[Path] = typer.Option(None, "--out", "-o", help="Search di
          quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table.")):
     """End to end on built-in data (sklearn digits): audit, joint search, final model, report."""
     from cotune import api
-    res, rep = api.demo(out=out, budget=budget, live=not quiet, console=out_console)
+    res, _ = api.demo(out=out, budget=budget, live=not quiet, console=out_console)
     print_metrics(res.final, res.how)
     c = res.counts
     out_console.print(f"search: {c['COMPLETE']} trials complete, {c['PRUNED']} pruned, {c['FAIL']} failed; "
                       f"best trial #{res.best['number']}")
-    for line in rep.problems:
-        out_console.print(f"report problem: {line}", highlight=False, soft_wrap=True)
-    out_console.print(f"report: [bold]{rep}[/] (open it in a browser)")
+    print_report(res)
     out_console.print(f"predict with: cotune predict {res.path / 'final'} sklearn:digits")
 
 

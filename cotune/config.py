@@ -154,7 +154,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     key = key.strip().removeprefix("--")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_load_unique(raw) if raw.strip() else None
+    except DuplicateKey as dup:
+        raise ConfigError(f"Override {text!r} sets {dup.key!r} twice; keep one of them.") from None
     except yaml.YAMLError:
         value = raw
     k = BY_NAME.get(key)
@@ -168,6 +170,53 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+class DuplicateKey(Exception):
+    """A mapping in a YAML text names the same key twice."""
+
+    def __init__(self, key: str, first: int, line: int):
+        super().__init__(f"{key!r} on lines {first} and {line}")
+        self.key, self.first, self.line = key, first, line
+
+
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _check_unique(node, path: tuple = (), seen_nodes: set | None = None) -> None:
+    """Raise DuplicateKey for the first key that a mapping (at any depth) repeats. PyYAML keeps the last
+    silently, so `lr: 1e-3` further down would quietly undo an earlier `lr`; YAML 1.2 calls the file invalid."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:  # an alias to a node already checked
+        return
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        keys: dict = {}
+        for key_node, value_node in node.value:
+            name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+            if name is not None and key_node.tag != _MERGE:  # '<<: *base' keys may be overridden: that is the point
+                line = key_node.start_mark.line + 1
+                dotted = ".".join((*path, name))
+                if (key_node.tag, name) in keys:
+                    raise DuplicateKey(dotted, keys[(key_node.tag, name)], line)
+                keys[(key_node.tag, name)] = line
+            _check_unique(value_node, (*path, name if name is not None else "?"), seen_nodes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique(item, (*path, str(i)), seen_nodes)
+
+
+def safe_load_unique(text: str):
+    """yaml.safe_load, except that a key repeated in one mapping raises DuplicateKey (with both lines)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_unique(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> RunConfig:
     """Read a YAML config (or none: all defaults) and apply `key=value` overrides."""
     d: dict = {}
@@ -176,7 +225,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
         if not p.is_file():
             raise ConfigError(f"Config file {str(p)!r} not found; check the path (or run without a file to use defaults).")
         try:
-            d = yaml.safe_load(p.read_text()) or {}
+            d = safe_load_unique(p.read_text()) or {}
+        except DuplicateKey as dup:
+            where = f"on line {dup.line}" if dup.first == dup.line else f"on lines {dup.first} and {dup.line}"
+            raise ConfigError(f"Config file {str(p)!r} sets {dup.key!r} twice, {where}; keep one of them.") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""

@@ -221,10 +221,9 @@ def read_features(source: str, spec: Spec):
     if not p.exists() and ":" not in source and source != "mnist1d":
         raise DataError(f"Data {source!r} not found; check the path.")
     try:
-        if p.suffix.lower() == ".csv":
-            return pd.read_csv(p)
-        if p.suffix.lower() in (".parquet", ".pq"):
-            return pd.read_parquet(p)
+        table = sources.read_table(p) if p.is_file() else None  # as training read it: the same dialect sniffing
+        if table is not None:
+            return table
         if p.suffix.lower() == ".npz":
             with np.load(p, allow_pickle=False) as z:
                 if "X" not in z:

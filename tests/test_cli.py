@@ -179,6 +179,27 @@ def test_mnist1d_tiny_run_and_predict(tmp_path):
     assert len(df) == 300 and df.shape[1] == 11  # the run's own 300 samples, 10 classes
 
 
+def test_a_semicolon_csv_trains_and_predicts_like_the_comma_one(work, csv_run, tmp_path):
+    """A spreadsheet's ';' export with decimal commas and a byte-order mark: the same columns and values at
+    training and at prediction (one reader for both), and one line saying how the file was read."""
+    plain = pd.read_csv(work / "table.csv")
+    semi = tmp_path / "semi.csv"
+    plain.to_csv(semi, index=False, sep=";", decimal=",", encoding="utf-8-sig")
+    run = tmp_path / "semi-run"
+    out = ok(cli("train", "--set", f"data.source={semi}", "--set", "data.target=label", *TINY, "--out", run))
+    assert re.search(r"^read semi\.csv as semicolon-separated with decimal commas and a UTF-8 byte-order mark", out, re.M)
+    env = json.loads((run / "env.json").read_text())["dataset"]
+    assert env["dialect"] == {"separator": ";", "decimal": ",", "bom": True}
+    assert (env["numeric"], env["categorical"], env["features"]) == (3, 1, 4)  # x1, x2, size; color
+    plain_env = json.loads((csv_run / "env.json").read_text())["dataset"]
+    assert plain_env["dialect"] == {"separator": ",", "decimal": ".", "bom": False}
+    new_semi = tmp_path / "new-semi.csv"
+    pd.read_csv(work / "new.csv").to_csv(new_semi, index=False, sep=";", decimal=",", encoding="utf-8-sig")
+    ok(cli("predict", csv_run, new_semi, "--out", tmp_path / "a.csv"))
+    ok(cli("predict", csv_run, work / "new.csv", "--out", tmp_path / "b.csv"))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv"))
+
+
 def test_models_lists_every_family():
     out = ok(cli("models"))
     for fam in FAMILIES:
@@ -332,6 +353,8 @@ BAD_TRAIN = {
                            "train.epochs.*many", True),
     "negative-lr": (None, (*IRIS, "--set", "train.lr=-0.1"), "train.lr", False),
     "unknown-key": (None, (*IRIS, "--set", "train.lrr=0.1"), "train.lrr.*train.lr", False),
+    "repeated-yaml-key": (lambda d: (d / "c.yaml").write_text("train:\n  lr: 0.01\n  epochs: 2\n  lr: 0.1\n"),
+                          ("c.yaml", *IRIS), r"'train\.lr' twice, on lines 2 and 4", False),
 }
 
 

@@ -56,6 +56,22 @@ def test_bad_yaml_and_missing_file(tmp_path):
         from_dict({"train": 3})
 
 
+def test_a_repeated_yaml_key_is_named_with_its_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys silently; a config file with one is refused, at any depth."""
+    p = tmp_path / "c.yaml"
+    p.write_text("data:\n  source: sklearn:iris\n  split: {val: 0.1, test: 0.1, val: 0.2}\n")
+    with pytest.raises(ConfigError, match=r"'data\.split\.val' twice, on line 3"):
+        load_config(p)
+    p.write_text("runs:\n  - {a: 1}\n  - {a: 1, a: 2}\n")
+    with pytest.raises(ConfigError, match=r"'runs\.1\.a'"):
+        load_config(p)
+    p.write_text("base: &b {lr: 0.1}\ntrain:\n  <<: *b\n  lr: 0.01\n")  # a merge key is meant to be overridden
+    with pytest.raises(ConfigError, match="Unknown config key 'base'"):  # parsed fine; then 'base' is no stage
+        load_config(p)
+    with pytest.raises(ConfigError, match="'a' twice"):
+        parse_override("search.space={a: [1], a: [2]}")
+
+
 def test_parse_override_types():
     assert parse_override("train.lr=1e-3") == ("train.lr", 1e-3)
     assert parse_override("data.target=1") == ("data.target", "1")  # a column named '1'

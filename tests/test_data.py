@@ -10,7 +10,7 @@ from PIL import Image
 
 from cotune.data.dataset import make_dataset
 from cotune.data.preprocess import Preprocessor
-from cotune.data.sources import BUILTINS, describe, load
+from cotune.data.sources import BUILTINS, describe, dialect_note, load, read_csv
 from cotune.data.split import split_indices, subsample
 from cotune.errors import BundleError, ConfigError, CotuneError, DataError
 
@@ -73,6 +73,44 @@ def test_csv_with_categorical_and_nans(csv_path):
     assert info["rows"] == 60 and info["features"] == 3 and info["n_classes"] == 2
     assert info["class_counts"] == {"no": 40, "yes": 20}
     json.dumps(info)
+
+
+def test_a_semicolon_csv_with_decimal_commas_and_a_bom_reads_like_the_comma_one(tmp_path, table, csv_path):
+    """A spreadsheet's ';' export (decimal commas, UTF-8 byte-order mark) is the same table as the plain CSV."""
+    semi = tmp_path / "people-semi.csv"
+    table.to_csv(semi, index=False, sep=";", decimal=",", encoding="utf-8-sig")
+    assert semi.read_bytes().startswith(b"\xef\xbb\xbf") and b"," in semi.read_bytes()
+    plain, read = load(str(csv_path), target="label"), load(str(semi), target="label")
+    pd.testing.assert_frame_equal(read.X, plain.X)
+    assert (read.y == plain.y).all() and read.numeric == plain.numeric and read.categorical == plain.categorical
+    assert describe(read)["dialect"] == {"separator": ";", "decimal": ",", "bom": True}
+    assert describe(plain)["dialect"] == {"separator": ",", "decimal": ".", "bom": False}
+    assert dialect_note(describe(plain)) is None and "semicolon" in dialect_note(describe(read))
+
+
+@pytest.mark.parametrize("text, columns, dialect", [
+    ("x\n1.5\n2\n", ["x"], (",", ".")),                                   # one column stays one column
+    ("note\nhello;world\nfoo\n", ["note"], (",", ".")),                   # ... even with a ';' in a cell
+    ("a,b\n1.5,\"x;y\"\n2.5,z\n", ["a", "b"], (",", ".")),              # a quoted ';' is no separator
+    ("a;b\n1.5;2\n3,5;4\n", ["a", "b"], (";", ".")),                       # '1.5' beside '3,5': no decimal comma
+    ("a;b;c\n1;x,y;2\n3;z;4\n", ["a", "b", "c"], (";", ".")),              # text with a comma is not a number
+    ("a|b\n1|2\n", ["a", "b"], ("|", ".")),
+])
+def test_the_csv_dialect_is_only_changed_when_the_file_says_so(tmp_path, text, columns, dialect):
+    p = tmp_path / "t.csv"
+    p.write_text(text)
+    df, d = read_csv(p)
+    assert list(df.columns) == columns and (d["separator"], d["decimal"]) == dialect and not d["bom"]
+
+
+def test_the_dialect_is_sniffed_on_a_sample_of_a_big_file(tmp_path):
+    """Only the first SNIFF_BYTES are sniffed (the row cut there is ignored); the C engine reads the rest."""
+    from cotune.data.sources import SNIFF_BYTES
+    n = 3 * SNIFF_BYTES // 12
+    p = tmp_path / "big.csv.gz"
+    pd.DataFrame({"x": np.arange(n) / 4, "y": np.arange(n) % 2}).to_csv(p, sep=";", decimal=",", index=False)
+    df, d = read_csv(p)
+    assert d == {"separator": ";", "decimal": ",", "bom": False} and len(df) == n and df["x"].iloc[-1] == (n - 1) / 4
 
 
 def test_csv_drop_split_column_and_forced_categorical(tmp_path, table):

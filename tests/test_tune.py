@@ -430,6 +430,40 @@ def test_fit_end_to_end(iris_fit):
     assert "prediction" in stdout and "150 rows" in stdout
 
 
+def test_fit_writes_its_report(iris_fit):
+    out, res = iris_fit
+    text = ok(res)
+    html = (out / "report.html").read_text()
+    test_acc = json.loads((out / "final/metrics.json").read_text())["test"]["accuracy"]
+    assert f"{test_acc:.4f}"[:5] in html
+    assert re.search(rf"^report: {re.escape(str(out / 'report.html'))} \(open it in a browser\)$", text, re.M), text
+
+
+def test_a_report_that_cannot_be_built_is_one_note_and_the_fit_stands(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import cotune.report
+    import cotune.search.parent as parent
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "fit.json").write_text("{}")
+    final = SimpleNamespace(metrics={"test": {"accuracy": 0.9}}, config=from_dict({}), n_params=10, path=out / "final",
+                            train=SimpleNamespace(best_epoch=1, epochs_run=2))
+    done = parent.FitResult(path=out, study_name="s", best={"number": 0}, final=final, test=final.metrics["test"],
+                            counts={"COMPLETE": 1, "PRUNED": 0, "FAIL": 0}, how={"kind": "single"})
+    monkeypatch.setattr(parent, "fit", lambda *a, **k: done)  # the search itself is tested above
+
+    def broken(path):
+        raise RuntimeError("no room for the figures")
+
+    monkeypatch.setattr(cotune.report, "build_report", broken)
+    text = ok(cli("fit", "sklearn:iris", "--trials", 1, "--out", out))
+    notes = [ln for ln in text.splitlines() if ln.startswith("note:")]
+    assert notes == [f"note: report.html could not be built (RuntimeError: no room for the figures); "
+                     f"rebuild it with: cotune report {out}"], text
+    assert "search directory" in text and done.report is None
+
+
 def test_replaying_the_best_trial_reproduces_its_config(iris_fit):
     out, res = iris_fit
     ok(res)
@@ -495,9 +529,15 @@ def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path):
     X = g.normal(size=(120, 1, 12)).astype(np.float32)
     np.savez(tmp_path / "seq.npz", X=X, y=(X.mean(axis=(1, 2)) > 0).astype(np.int64))
     out = tmp_path / "mixed"
-    ok(cli("fit", tmp_path / "seq.npz", "--trials", 4, "--workers", 1, "--sampler", "random",
-           "--set", "model.kernel_size=63", "--set", "search.space={model.family: [mlp, cnn1d]}",
-           "--set", "search.pruner=none", *QUICK, "--out", out))
+    live = [a for a in QUICK if a != "-q"]  # the live table, captured (not a terminal), and no report.html
+    text = ok(cli("fit", tmp_path / "seq.npz", "--trials", 4, "--workers", 1, "--sampler", "random",
+                  "--set", "model.kernel_size=63", "--set", "search.space={model.family: [mlp, cnn1d]}",
+                  "--set", "search.pruner=none", *live, "--no-report", "--out", out))
+    assert re.search(r"^trials: \d+ complete, \d+ running", text, re.M), text
+    # rich leaves a captured live view's last line open: the final metrics' title must start a line of its own
+    title = next(ln for ln in text.splitlines() if "parameters, best epoch" in ln or "soft-voting ensemble" in ln)
+    assert re.match(r"\s*(\w+, [\d,]+ parameters, best epoch|soft-voting ensemble)", title), text
+    assert not (out / "report.html").exists() and "report:" not in text
     rows = read_csv(out / "trials.csv")
     assert len(rows) == 4
     fams = {r["model.family"] for r in rows}
@@ -666,6 +706,52 @@ def test_fit_refuses_a_finished_search_without_resume(iris_fit):
     assert_user_error(cli("fit", "sklearn:iris", "--trials", 2, *NO_TRACK, "--out", out), match="already holds")
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == listing
     assert (out / "fit.json").stat().st_mtime_ns == stamp
+
+
+def test_a_search_whose_storage_cannot_be_opened_leaves_nothing(tmp_path):
+    """It fails before its first trial: the folders it made go, runs/ too."""
+    out = tmp_path / "runs" / "x"
+    res = cli_proc("fit", "sklearn:iris", "--trials", 1, "--workers", 1, *NO_TRACK, "--storage",
+                   f"sqlite:///{tmp_path / 'no_such_dir' / 'x.db'}", "--out", out, timeout=120)
+    assert_user_error(res, match="storage")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "no_such_dir").exists()
+
+
+def test_a_search_that_fails_before_its_first_trial_empties_the_out_folder_it_was_given(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert_user_error(cli("fit", "sklearn:iris", "--trials", 1, "--workers", 1, *NO_TRACK, "--storage",
+                          "postgresql://nobody@127.0.0.1:1/x", "--out", mine), match="storage")
+    assert mine.is_dir() and list(mine.iterdir()) == []
+
+
+def test_a_bare_postgresql_url_uses_the_installed_driver(monkeypatch):
+    """SQLAlchemy 2.1 reads postgresql:// as psycopg 3; the `postgres` extra installs psycopg2."""
+    import importlib.util
+
+    from cotune.search.storage import driver_url
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "psycopg" else object())
+    assert driver_url("postgresql://u@h:5432/db") == "postgresql+psycopg2://u@h:5432/db"
+    assert driver_url("postgresql+psycopg://u@h/db") == "postgresql+psycopg://u@h/db"  # a driver named stays
+    assert driver_url("sqlite:///x.db") == "sqlite:///x.db"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())  # psycopg 3 there: SQLAlchemy's choice
+    assert driver_url("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_a_finished_live_view_ends_its_line():
+    """Not on a terminal, rich leaves the live table's last line open; what is printed next starts a new one."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from cotune.search.parent import live_view
+    buf = io.StringIO()
+    console = Console(file=buf, width=80)
+    with live_view(True, console, refresh=2, transient=False) as view:
+        view.update(Table("#", title="trials"))
+    console.print("metrics")
+    assert buf.getvalue().endswith("┘\nmetrics\n"), buf.getvalue()
 
 
 def test_worker_with_a_bad_storage_is_one_line(tmp_path):

@@ -176,7 +176,8 @@ def infer_column_types(df: pd.DataFrame, categorical=None) -> tuple[tuple, tuple
 
 
 def describe(ds: Dataset) -> dict:
-    """A JSON-serializable summary: rows, features, task, modality, class count and per-class counts."""
+    """A JSON-serializable summary: rows, features, task, modality, class count and per-class counts (and how
+    a CSV file was read)."""
     shape = [int(s) for s in ds.feature_shape]
     out = {
         "name": ds.name,
@@ -201,4 +202,6 @@ def describe(ds: Dataset) -> dict:
     if ds.split is not None:
         names, counts = np.unique(ds.split, return_counts=True)
         out["split"] = {str(k): int(v) for k, v in zip(names, counts)}
+    if "dialect" in ds.meta:  # how a CSV file was read: separator, decimal mark, byte-order mark
+        out["dialect"] = dict(ds.meta["dialect"])
     return out

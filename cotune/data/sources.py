@@ -2,7 +2,8 @@
 
 A source is one of:
 
-* a table: ``*.csv`` / ``*.tsv`` (optionally compressed, e.g. ``.csv.gz``), ``*.parquet`` / ``*.pq``;
+* a table: ``*.csv`` / ``*.tsv`` (optionally compressed, e.g. ``.csv.gz``; separator, decimal comma and
+  byte-order mark sniffed, see `csv_dialect`), ``*.parquet`` / ``*.pq``;
 * an array file: ``*.npz`` with arrays ``X`` and ``y`` (and optionally ``split``: 'train'/'val'/'test');
 * an image folder: a directory with one subfolder per class holding PNG/JPEG/BMP/GIF files (a subfolder
   named ``unlabeled`` is never a class: it holds the pool of images to label, see cotune.data.pool);
@@ -17,12 +18,15 @@ The generated mnist1d arrays are cached as ``<cache>/mnist1d/<key>.npz`` where `
 """
 from __future__ import annotations
 
+import codecs
+import csv
 import difflib
 import hashlib
 import io
 import json
 import os
 import random
+import re
 import warnings
 from pathlib import Path
 
@@ -81,7 +85,11 @@ def load(source, *, target: str | None = None, task: str = "auto", modality: str
     if path.is_dir():
         _only_tables(name, target=target, categorical=categorical, split_column=split_column, drop=drop)
         return _load_image_folder(path, image_size=image_size, image_mode=image_mode, task=task, modality=modality)
-    df = read_table(path)
+    dialect = None
+    if path.name.lower().endswith(_CSV_ENDINGS):
+        df, dialect = read_csv(path)
+    else:
+        df = read_table(path)
     if df is None and path.name.lower().endswith(".npz"):
         _only_tables(name, categorical=categorical, split_column=split_column, drop=drop)
         return _load_npz(path, target=target, task=task, modality=modality)
@@ -89,24 +97,101 @@ def load(source, *, target: str | None = None, task: str = "auto", modality: str
         ext = "".join(path.suffixes[-2:]) or "(no extension)"
         raise DataError(f"Data source {name!r} has an unsupported type {ext!r}; supported are {SUPPORTED}. "
                         "Convert the file, e.g. to CSV.")
-    return _from_table(df, name=path.name, source=str(path), **table_opts)
+    return _from_table(df, name=path.name, source=str(path), meta=None if dialect is None else {"dialect": dialect},
+                       **table_opts)
 
 
 # ----------------------------------------------------------------------------------------------
 # tables
 
 def read_table(path: Path) -> pd.DataFrame | None:
-    """The raw table in a .csv/.tsv (optionally compressed) or .parquet/.pq file; None for any other file."""
+    """The raw table in a .csv/.tsv (optionally compressed) or .parquet/.pq file; None for any other file.
+    Training, auditing and prediction all read tables here, so a file is read the same way by each."""
     lower = Path(path).name.lower()
     if lower.endswith(_CSV_ENDINGS):
-        return _read_csv(Path(path))
+        return read_csv(Path(path))[0]
     return _read_parquet(Path(path)) if lower.endswith(_PARQUET_ENDINGS) else None
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    sep = "\t" if ".tsv" in path.name.lower() else ","
+SNIFF_BYTES = 1 << 16  # the dialect is read off the file's first 64 KiB; pandas' C engine then reads it all
+SNIFF_ROWS = 200
+SEPARATORS = (",", ";", "\t", "|")
+_COMMA_NUMBER = re.compile(r"[+-]?\d+,\d+")
+_DOT_NUMBER = re.compile(r"[+-]?\d*\.\d+(?:[eE][+-]?\d+)?")
+
+
+def default_dialect(path) -> dict:
+    """What a .csv (a comma) or .tsv (a tab) file is assumed to be when nothing says otherwise."""
+    return {"separator": "\t" if ".tsv" in Path(path).name.lower() else ",", "decimal": ".", "bom": False}
+
+
+def csv_dialect(path) -> dict:
+    """How a CSV/TSV file is written: {'separator', 'decimal', 'bom'}, from its first SNIFF_BYTES.
+
+    Spreadsheets in many locales save ';'-separated files with decimal commas and a UTF-8 byte-order mark;
+    read with a comma they are one column of text. A separator counts when it splits the header and every
+    sampled row into the same number (> 1) of fields, quotes respected; the file type's own separator wins
+    whenever it does (csv.Sniffer guesses from character counts instead, and decimal commas fool it). A
+    decimal comma is assumed only with ';' and when numbers look like '3,14' and never like '3.14'."""
+    dialect = default_dialect(path)
     try:
-        return pd.read_csv(path, sep=sep, low_memory=False)
+        from pandas.io.common import get_handle
+        with get_handle(str(path), "rb", compression="infer", is_text=False) as h:  # .gz, .zip, ... too
+            head = h.handle.read(SNIFF_BYTES)
+    except Exception:
+        return dialect  # unreadable: pandas says why when it reads the file
+    dialect["bom"] = head.startswith(codecs.BOM_UTF8)
+    text = head.decode("utf-8-sig", errors="replace")
+    cut = len(head) == SNIFF_BYTES  # the sample ends inside a row: drop that row
+    if cut:
+        text = text[:text.rfind("\n") + 1]
+
+    def rows(sep: str) -> list[list[str]]:
+        out = [r for r in csv.reader(io.StringIO(text), delimiter=sep) if r]  # pandas skips blank lines too
+        return (out[:-1] if cut and len(out) > 2 else out)[:SNIFF_ROWS + 1]
+
+    def width(sep: str) -> int:  # fields per row when every sampled row has as many, else 0
+        try:
+            counts = {len(r) for r in rows(sep)}
+        except csv.Error:
+            return 0
+        return counts.pop() if len(counts) == 1 else 0
+
+    if width(dialect["separator"]) < 2:
+        widths = {sep: width(sep) for sep in SEPARATORS if sep != dialect["separator"]}
+        best = max(widths, key=widths.get, default=None)  # ties: the order of SEPARATORS
+        if best is not None and widths[best] >= 2:
+            dialect["separator"] = best
+    if dialect["separator"] == ";" and width(";") >= 2:
+        cells = [c.strip() for r in rows(";")[1:] for c in r]
+        if any(_COMMA_NUMBER.fullmatch(c) for c in cells) and not any(_DOT_NUMBER.fullmatch(c) for c in cells):
+            dialect["decimal"] = ","
+    return dialect
+
+
+_SEPARATOR_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def dialect_note(dataset: dict) -> str | None:
+    """One line on how a CSV file was read (`describe(ds)`'s 'dialect'), when that was not the comma (or, for
+    .tsv, tab) its name suggests; None when it was, or for any other source."""
+    d = dataset.get("dialect") or {}
+    if not d or (d.get("separator"), d.get("decimal")) == (default_dialect(dataset.get("name", ""))["separator"], "."):
+        return None
+    sep = d.get("separator")
+    extras = [x for x, on in (("decimal commas", d.get("decimal") == ","), ("a UTF-8 byte-order mark", d.get("bom"))) if on]
+    return (f"read {dataset.get('name', 'the table')} as {_SEPARATOR_NAMES.get(sep, repr(sep))}-separated"
+            + (f" with {' and '.join(extras)}" if extras else "") + " (env.json: dataset.dialect)")
+
+
+def read_csv(path: Path) -> tuple[pd.DataFrame, dict]:
+    """A CSV/TSV file (optionally compressed) as a table, and the dialect it was read with (csv_dialect)."""
+    path = Path(path)
+    dialect = csv_dialect(path)
+    try:
+        df = pd.read_csv(path, sep=dialect["separator"], decimal=dialect["decimal"], encoding="utf-8-sig",
+                         low_memory=False)
+        return df, dialect
     except pd.errors.EmptyDataError:
         raise DataError(f"The table {str(path)!r} is empty (no header, no rows); point data.source at a file with data in it.") from None
     except UnicodeDecodeError:

@@ -126,7 +126,7 @@ class Objective:
 
 
 REFIT_MARGIN = 1.1  # a refit's estimate, with this margin
-AFTER_FINAL_S = 4.0  # after the final model: calibration, the baselines' check, fit.json, MLflow's artifacts
+AFTER_FINAL_S = 5.0  # after the final model: calibration, the baselines' check, fit.json, MLflow's artifacts, report.html (~0.5 s)
 REEVAL_SHARE = 0.25  # the search leaves time for search.reeval's cross-validation while it costs at most this share of the budget
 REEVAL_MIN_BUDGET = 300.0  # under this budget (s) every second goes to trials: search.reeval is skipped
 

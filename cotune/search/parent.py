@@ -5,7 +5,9 @@
 Files in the search directory: config.json, fit.json (state, for --resume), study.db (the Optuna
 study, unless --storage points elsewhere), trials/NNNNN/ (each trial's run directory, or its
 error.txt), trials.csv (one row per trial), importances.json, workers.log, final/ (the model),
-mlflow.db + mlartifacts/ (MLflow: a parent run with final/ and its test metrics, a nested run per trial).
+mlflow.db + mlartifacts/ (MLflow: a parent run with final/ and its test metrics, a nested run per trial), and
+report.html (built by api.fit). A search that fails before its first trial (a storage that cannot be opened, say)
+removes what it wrote, so a bad command leaves nothing behind, as one with bad input does.
 fit.json's 'best' is the trial the final model is made from: the best on validation, or the one that
 search.reeval's cross-validation of the top trials chose ('reeval' records how, reeval.py).
 `run_workers` (start worker processes on a study and watch them) serves `cotune scale` too.
@@ -18,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -47,6 +49,8 @@ class FitResult:
     test: dict          # final test metrics
     counts: dict        # trials per state
     how: dict           # how the final model was made (fit.json 'final'): kind, trials, epochs, trained_on, summary
+    report: Path | None = None       # report.html, when the API built it (api.fit's report=True)
+    report_note: str | None = None   # why report.html could not be built; the search itself stands
 
 
 def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, storage: str | None = None,
@@ -84,22 +88,58 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
     if not space:
         raise ConfigError("Every searchable knob is fixed by the config; unset some or widen search.space.")
     deadline = None if budget is None else t0 + budget - elapsed
+    new_root = None if resume else _new_root(out)  # what a search that fails before its first trial removes
     out.mkdir(parents=True, exist_ok=True)
     url = storage_url(out, storage)
     name = study_name or out.name
     # the workers start now and import torch & co. while this process sets the study up (seconds of the budget)
     go = out / READY
     go.unlink(missing_ok=True)
-    procs = spawn_workers(url, name, cfg.search.workers, deadline, out, cfg.runtime.threads, wait_for=go)
+    procs: list = []
     try:
+        procs = spawn_workers(url, name, cfg.search.workers, deadline, out, cfg.runtime.threads, wait_for=go)
         return _search(cfg, fixed, space, ds, metric, out, url, name, state_args=(budget, elapsed, t0, deadline, resume),
                        procs=procs, go=go, live=live, console=console)
     except BaseException:
         for p in procs:
             p.terminate()
+        if not resume and not go.exists():  # no trial began (a storage that cannot be opened, ...): leave nothing
+            _discard(out, new_root, procs)
         raise
     finally:
         go.unlink(missing_ok=True)
+
+
+def _new_root(out: Path) -> Path | None:
+    """The outermost folder that out.mkdir(parents=True) will create; None when `out` exists already."""
+    if out.exists():
+        return None
+    top = out.absolute()
+    while not top.parent.exists():
+        top = top.parent
+    return top
+
+
+def _discard(out: Path, new_root: Path | None, procs: list) -> None:
+    """Remove what a search wrote before its first trial: the folders it created, or, in a --out folder that
+    existed (empty, or the search would have refused it), what it put there."""
+    import shutil
+    for p in procs:  # they hold workers.log open; let them go first
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    if new_root is not None:
+        shutil.rmtree(new_root, ignore_errors=True)
+        return
+    for child in out.iterdir() if out.is_dir() else ():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            try:
+                child.unlink(missing_ok=True)
+            except OSError:
+                pass  # the error that ended the search is the one to report
 
 
 def _search(cfg, fixed, space, ds, metric, out: Path, url: str, name: str, *, state_args, procs, go: Path, live, console):
@@ -248,13 +288,25 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+@contextmanager
 def live_view(live: bool, console, *, refresh: float, transient: bool):
-    """A rich Live view while workers run, or nothing (the caller's updates are skipped when not live)."""
+    """A rich Live view while workers run, or nothing (the caller's updates are skipped when not live).
+
+    Rich ends the view's last line only on a terminal; written to a pipe or a file (`make demo | tee`, CI logs)
+    the next print would start on that line, so the line is ended here."""
     if not live:
-        return nullcontext()
+        yield None
+        return
     from rich.console import Console
     from rich.live import Live
-    return Live(console=console or Console(), refresh_per_second=refresh, transient=transient)
+    view = Live(console=console or Console(), refresh_per_second=refresh, transient=transient)
+    try:
+        with view:
+            yield view
+    finally:
+        c = view.console
+        if not transient and not c.is_terminal and not c.is_jupyter:  # a transient view leaves nothing there
+            c.line()
 
 
 def requeue_interrupted(study) -> list[int]:

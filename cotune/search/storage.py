@@ -40,6 +40,16 @@ def sqlite_file(url: str) -> str | None:
     return url[len("sqlite:///"):] if url.startswith("sqlite:///") else None
 
 
+def driver_url(url: str) -> str:
+    """A postgresql:// URL with the driver that is installed: SQLAlchemy 2.1 reads the bare scheme as psycopg 3,
+    while the `postgres` extra installs psycopg2, so without this every such URL failed to import a driver."""
+    if url.startswith("postgresql://"):
+        from importlib.util import find_spec
+        if find_spec("psycopg") is None and find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
 def rdb_storage(url: str):
     import_optuna()
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -47,7 +57,7 @@ def rdb_storage(url: str):
     # SQLite: the driver's own transaction handling off (isolation_level None), so _serialize's BEGIN IMMEDIATE rules
     kw = {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {"pool_pre_ping": True}
     try:
-        storage = RDBStorage(url, engine_kwargs=kw, heartbeat_interval=10, grace_period=30,
+        storage = RDBStorage(driver_url(url), engine_kwargs=kw, heartbeat_interval=10, grace_period=30,
                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
     except Exception as err:
         raise ConfigError(f"Cannot open the study storage {url!r} ({one_line(err)[:200]}); check the URL and that "
