@@ -18,15 +18,12 @@ The generated mnist1d arrays are cached as ``<cache>/mnist1d/<key>.npz`` where `
 """
 from __future__ import annotations
 
-import codecs
-import csv
 import difflib
 import hashlib
 import io
 import json
 import os
 import random
-import re
 import warnings
 from pathlib import Path
 
@@ -35,6 +32,8 @@ import pandas as pd
 
 from cotune.data.dataset import Dataset, describe, make_dataset  # noqa: F401  (describe: re-exported)
 from cotune.errors import ConfigError, DataError, fmt_choices, invalid, one_line
+from cotune.data.tables import (SNIFF_BYTES, _CSV_ENDINGS, csv_dialect, default_dialect,  # noqa: F401  (re-exported)
+                                 dialect_note, read_csv, read_table)
 from cotune.track import atomic_write_bytes
 
 SKLEARN_BUILTINS = ("digits", "iris", "wine", "breast_cancer", "diabetes")
@@ -42,8 +41,6 @@ BUILTINS = tuple(f"sklearn:{n}" for n in SKLEARN_BUILTINS) + ("mnist1d",)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 IMAGE_MODES = ("rgb", "grayscale")
 POOL_FOLDER = "unlabeled"  # an image folder's subfolder of images without a label (compared case-insensitively)
-_CSV_ENDINGS = tuple(f"{base}{comp}" for base in (".csv", ".tsv") for comp in ("", ".gz", ".bz2", ".zip", ".xz", ".zst"))
-_PARQUET_ENDINGS = (".parquet", ".pq")
 SUPPORTED = "a .csv/.tsv or .parquet/.pq table, an .npz file with arrays X and y, an image folder " \
             f"(one subfolder per class), or a built-in ({', '.join(BUILTINS)})"
 
@@ -103,110 +100,6 @@ def load(source, *, target: str | None = None, task: str = "auto", modality: str
 
 # ----------------------------------------------------------------------------------------------
 # tables
-
-def read_table(path: Path) -> pd.DataFrame | None:
-    """The raw table in a .csv/.tsv (optionally compressed) or .parquet/.pq file; None for any other file.
-    Training, auditing and prediction all read tables here, so a file is read the same way by each."""
-    lower = Path(path).name.lower()
-    if lower.endswith(_CSV_ENDINGS):
-        return read_csv(Path(path))[0]
-    return _read_parquet(Path(path)) if lower.endswith(_PARQUET_ENDINGS) else None
-
-
-SNIFF_BYTES = 1 << 16  # the dialect is read off the file's first 64 KiB; pandas' C engine then reads it all
-SNIFF_ROWS = 200
-SEPARATORS = (",", ";", "\t", "|")
-_COMMA_NUMBER = re.compile(r"[+-]?\d+,\d+")
-_DOT_NUMBER = re.compile(r"[+-]?\d*\.\d+(?:[eE][+-]?\d+)?")
-
-
-def default_dialect(path) -> dict:
-    """What a .csv (a comma) or .tsv (a tab) file is assumed to be when nothing says otherwise."""
-    return {"separator": "\t" if ".tsv" in Path(path).name.lower() else ",", "decimal": ".", "bom": False}
-
-
-def csv_dialect(path) -> dict:
-    """How a CSV/TSV file is written: {'separator', 'decimal', 'bom'}, from its first SNIFF_BYTES.
-
-    Spreadsheets in many locales save ';'-separated files with decimal commas and a UTF-8 byte-order mark;
-    read with a comma they are one column of text. A separator counts when it splits the header and every
-    sampled row into the same number (> 1) of fields, quotes respected; the file type's own separator wins
-    whenever it does (csv.Sniffer guesses from character counts instead, and decimal commas fool it). A
-    decimal comma is assumed only with ';' and when numbers look like '3,14' and never like '3.14'."""
-    dialect = default_dialect(path)
-    try:
-        from pandas.io.common import get_handle
-        with get_handle(str(path), "rb", compression="infer", is_text=False) as h:  # .gz, .zip, ... too
-            head = h.handle.read(SNIFF_BYTES)
-    except Exception:
-        return dialect  # unreadable: pandas says why when it reads the file
-    dialect["bom"] = head.startswith(codecs.BOM_UTF8)
-    text = head.decode("utf-8-sig", errors="replace")
-    cut = len(head) == SNIFF_BYTES  # the sample ends inside a row: drop that row
-    if cut:
-        text = text[:text.rfind("\n") + 1]
-
-    def rows(sep: str) -> list[list[str]]:
-        out = [r for r in csv.reader(io.StringIO(text), delimiter=sep) if r]  # pandas skips blank lines too
-        return (out[:-1] if cut and len(out) > 2 else out)[:SNIFF_ROWS + 1]
-
-    def width(sep: str) -> int:  # fields per row when every sampled row has as many, else 0
-        try:
-            counts = {len(r) for r in rows(sep)}
-        except csv.Error:
-            return 0
-        return counts.pop() if len(counts) == 1 else 0
-
-    if width(dialect["separator"]) < 2:
-        widths = {sep: width(sep) for sep in SEPARATORS if sep != dialect["separator"]}
-        best = max(widths, key=widths.get, default=None)  # ties: the order of SEPARATORS
-        if best is not None and widths[best] >= 2:
-            dialect["separator"] = best
-    if dialect["separator"] == ";" and width(";") >= 2:
-        cells = [c.strip() for r in rows(";")[1:] for c in r]
-        if any(_COMMA_NUMBER.fullmatch(c) for c in cells) and not any(_DOT_NUMBER.fullmatch(c) for c in cells):
-            dialect["decimal"] = ","
-    return dialect
-
-
-_SEPARATOR_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
-
-
-def dialect_note(dataset: dict) -> str | None:
-    """One line on how a CSV file was read (`describe(ds)`'s 'dialect'), when that was not the comma (or, for
-    .tsv, tab) its name suggests; None when it was, or for any other source."""
-    d = dataset.get("dialect") or {}
-    if not d or (d.get("separator"), d.get("decimal")) == (default_dialect(dataset.get("name", ""))["separator"], "."):
-        return None
-    sep = d.get("separator")
-    extras = [x for x, on in (("decimal commas", d.get("decimal") == ","), ("a UTF-8 byte-order mark", d.get("bom"))) if on]
-    return (f"read {dataset.get('name', 'the table')} as {_SEPARATOR_NAMES.get(sep, repr(sep))}-separated"
-            + (f" with {' and '.join(extras)}" if extras else "") + " (env.json: dataset.dialect)")
-
-
-def read_csv(path: Path) -> tuple[pd.DataFrame, dict]:
-    """A CSV/TSV file (optionally compressed) as a table, and the dialect it was read with (csv_dialect)."""
-    path = Path(path)
-    dialect = csv_dialect(path)
-    try:
-        df = pd.read_csv(path, sep=dialect["separator"], decimal=dialect["decimal"], encoding="utf-8-sig",
-                         low_memory=False)
-        return df, dialect
-    except pd.errors.EmptyDataError:
-        raise DataError(f"The table {str(path)!r} is empty (no header, no rows); point data.source at a file with data in it.") from None
-    except UnicodeDecodeError:
-        raise DataError(f"The table {str(path)!r} is not UTF-8 text; re-save it as UTF-8 CSV.") from None
-    except Exception as e:  # ParserError, OSError, compression errors: all user-file problems
-        raise DataError(f"Cannot read the table {str(path)!r}: {one_line(e)[:300]}; fix the file or re-export it as CSV.") from None
-
-
-def _read_parquet(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_parquet(path, engine="pyarrow")
-    except Exception as e:  # pyarrow raises ArrowInvalid / OSError for corrupt or non-parquet files
-        raise DataError(f"Cannot read the Parquet file {str(path)!r}: {one_line(e)[:300]}; "
-                        "fix the file or re-export it (e.g. DataFrame.to_parquet).") from None
-
 
 def _as_names(value, what: str) -> tuple:
     if value is None:

@@ -381,21 +381,18 @@ def write_trials(out: Path, trials) -> None:
              "second_objective": None if t.values is None or len(t.values) < 2 else t.values[1],
              "seconds": t.user_attrs.get("seconds"), "epochs_run": t.user_attrs.get("epochs_run"),
              "pruned_at": max(t.intermediate_values) if t.state.name == "PRUNED" and t.intermediate_values else None,
-             "pruned_fraction": t.user_attrs.get("pruned_fraction"),
-             "fail_reason": t.user_attrs.get("fail_reason"), **t.params} for t in trials]
+             **{k: t.user_attrs.get(k) for k in ("pruned_fraction", "fail_reason")}, **t.params} for t in trials]
     write_csv(out / "trials.csv", rows)
 
 
 def importances(study, out: Path) -> dict:
     """Parameter importances (fANOVA) over finished trials, each marked as a data, model or train knob."""
-    optuna = import_optuna()
+    optuna, note = import_optuna(), None
     try:
         imp = optuna.importance.get_param_importances(study, target=lambda t: t.values[0],
                                                       evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     except Exception as err:  # too few trials, or a single distinct value
         imp, note = {}, one_line(err)[:200]
-    else:
-        note = None
     result = {"importances": [{"knob": k, "stage": k.split(".")[0], "importance": float(v)} for k, v in imp.items()],
               "note": note}
     write_json(out / "importances.json", result)
