@@ -166,13 +166,16 @@ def compress(run, *, tolerance: float = 0.5, prefer: str = "size", batches=(1, 2
                              "bytes": sum(_size(f) for f in files), "params": sum(m.spec.n_params for m in models),
                              "dir": out, **info, **(extra or {})})
 
+        def skip(name: str, err: CotuneError) -> None:
+            skipped.append({"name": name, "reason": one_line(err)})
+            say(f"  {name}: skipped ({one_line(err)})")
+
         def attempt(name: str, fn, *args, **kw):
             try:
                 fn(name, *args, **kw)
                 say(f"  {name}: built")
             except CotuneError as err:
-                skipped.append({"name": name, "reason": one_line(err)})
-                say(f"  {name}: skipped ({one_line(err)})")
+                skip(name, err)
 
         skipped: list = []
         attempt("onnx-fp32", add_onnx, "onnx-fp32", model)
@@ -183,19 +186,18 @@ def compress(run, *, tolerance: float = 0.5, prefer: str = "size", batches=(1, 2
             try:
                 student = distill(cfg, model, tmp / "distilled", say)
                 attempt("distilled", _add_run, student, "distilled", add_onnx)
-                if any(v["name"] == "distilled" for v in variants):
-                    attempt("distilled-int8", add_onnx, "int8", bundle.load(student), "distilled")
                 bases = [(bundle.load(student), "distilled-")]
+                if any(v["name"] == "distilled" for v in variants):
+                    attempt("distilled-int8", add_onnx, "int8", bases[0][0], "distilled")
             except CotuneError as err:
-                skipped.append({"name": "distilled", "reason": one_line(err)})
+                skip("distilled", err)
         for base, prefix in bases:
             for keep in keeps:
                 name = f"{prefix}pruned-{round(keep * 100)}"
                 try:
                     run_dir = prune_finetune(cfg, base, keep, tmp / name, say)
                 except CotuneError as err:
-                    skipped.append({"name": name, "reason": one_line(err)})
-                    say(f"  {name}: skipped ({one_line(err)})")
+                    skip(name, err)
                     continue
                 attempt(name, _add_run, run_dir, "pruned", add_onnx, {"keep": keep})
 
@@ -208,7 +210,7 @@ def compress(run, *, tolerance: float = 0.5, prefer: str = "size", batches=(1, 2
                     v[part] = scores
         inputs = {}
         for v in variants:
-            for j, (engine, m, pre) in enumerate(v["models"]):
+            for _, _, pre in v["models"]:
                 for b in batches:
                     key = (id(pre), b)
                     if key not in inputs:
