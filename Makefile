@@ -25,8 +25,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/cotune demo --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
+# two pytest workers, one per core, each test file on one of them (its module fixtures built once);
+# PYTEST_ARGS= runs the suite in one process
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
+
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"
