@@ -129,3 +129,19 @@ def test_rank_error_prefers_bad_input_and_keeps_a_bug_traceback(tmp_path):
         f.unlink()
     (tmp_path / "torchrun.log").write_text("rendezvous failed")
     assert "rendezvous failed" in str(rank_error(tmp_path, 1))
+
+
+def test_the_final_refit_trains_in_search_final_nproc_processes(tmp_path, monkeypatch):
+    """cotune fit's final model goes through cotune.launch with search.final_nproc (end to end: the bench's --fit)."""
+    from types import SimpleNamespace
+
+    import cotune.launch
+    from cotune.config import from_dict
+    from cotune.search.ensemble import final_model
+    calls = []
+    monkeypatch.setattr(cotune.launch, "run", lambda cfg, **kw: calls.append((cfg, kw)) or "result")
+    best = SimpleNamespace(number=4, params={"train.lr": 0.01}, user_attrs={"best_epoch": 3})
+    final, how = final_model(from_dict({}, ["search.final_nproc=2"]), best, None, tmp_path, None)
+    (cfg, kw), = calls
+    assert final == "result" and kw == {"refit_epochs": 3, "nproc": 2} and how["processes"] == 2
+    assert cfg.train.lr == 0.01 and cfg.out == str(tmp_path / "final")
