@@ -1,7 +1,8 @@
 """`cotune train --nproc N`: N processes under torchrun + DDP reproduce the one-process run (same seed, same global
 batch); rank 0 alone writes the run directory; bad N and a failing rank are one-line errors (cotune.distributed,
-cotune.launch). Each launch pays torchrun's start and the ranks' imports, so only two tests start processes; the
-final refit of `cotune fit` with search.final_nproc=2 runs end to end in bench/ddp_throughput.py --fit.
+cotune.launch). Each launch pays torchrun's start and the ranks' imports, so one test starts processes; a rank's
+error is checked in this process, and the final refit of `cotune fit` with search.final_nproc=2 runs end to end in
+bench/ddp_throughput.py --fit.
 """
 from __future__ import annotations
 
@@ -65,11 +66,27 @@ def test_two_processes_through_the_cli_match_one_process(tmp_path, monkeypatch):
     assert len(pred) == 1797
 
 
-def test_a_failing_rank_is_one_line_and_leaves_nothing(tmp_path):
-    """Both ranks fail on the missing file (a DataError): the API raises that class, the run directory never appears."""
-    with pytest.raises(DataError, match="missing.csv") as info:
-        cotune.train(overrides=[*TINY, f"data.source={tmp_path / 'missing.csv'}"], out=tmp_path / "r", nproc=2)
-    assert "\n" not in str(info.value) and not (tmp_path / "r").exists()
+def test_a_rank_reports_bad_input_that_comes_back_as_one_line(tmp_path, monkeypatch):
+    """A rank's side of a failing launch, run here as a process group of one (a launch of its own would cost as much
+    as the test above): the missing file's DataError becomes error-0.json and exit code 2, which the parent turns
+    back into that DataError, on one line; the run directory never appears."""
+    import socket
+
+    from cotune.config import from_dict
+    from cotune.launch import rank_main
+    from cotune.track import write_json
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for k, v in {"RANK": 0, "LOCAL_RANK": 0, "WORLD_SIZE": 1, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}.items():
+        monkeypatch.setenv(k, str(v))
+    cfg = from_dict({}, [*TINY, f"data.source={tmp_path / 'missing.csv'}", f"out={tmp_path / 'r'}"])
+    write_json(tmp_path / "job.json", {"config": cfg.to_dict(), "resume": False, "progress": False, "refit_epochs": None,
+                                       "checkpoint": True})
+    assert rank_main(tmp_path) == 2 and distributed.world() == (0, 1)  # the group is gone again
+    err = rank_error(tmp_path, 1)
+    assert isinstance(err, DataError) and "missing.csv" in str(err) and "\n" not in str(err)
+    assert not (tmp_path / "r").exists()
 
 
 def test_bad_nproc_is_one_line_before_anything_starts(tmp_path):
