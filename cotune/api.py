@@ -27,16 +27,18 @@ def resolve_config(config=None, overrides=(), out=None) -> RunConfig:
 
 
 def train(config=None, *, overrides=(), out=None, resume: bool = False, progress: bool | None = None, on_eval=None,
-          checkpoint: bool = True):
+          checkpoint: bool = True, nproc: int = 1):
     """Train one model with fixed knobs; returns a RunResult (metrics, path, history).
-    checkpoint: save the state after each validated epoch, for resume=True (False: a run that is never resumed)."""
-    from cotune.pipeline import run
+    checkpoint: save the state after each validated epoch, for resume=True (False: a run that is never resumed).
+    nproc: training processes (torchrun + DistributedDataParallel, gloo on CPU, nccl on CUDA; train.batch_size is
+    the global batch, each process takes its share of every batch); 1 trains in this process (cotune.launch)."""
+    from cotune.launch import run
     if resume:
         if out is None:
             from cotune.errors import ConfigError
             raise ConfigError("resume needs the run directory: pass out=... (CLI: --out DIR --resume).")
-        return run(RunConfig(out=str(out)), resume=True, progress=progress, on_eval=on_eval)
-    return run(resolve_config(config, overrides, out), progress=progress, on_eval=on_eval, checkpoint=checkpoint)
+        return run(RunConfig(out=str(out)), nproc=nproc, resume=True, progress=progress, on_eval=on_eval)
+    return run(resolve_config(config, overrides, out), nproc=nproc, progress=progress, on_eval=on_eval, checkpoint=checkpoint)
 
 
 def audit(data=None, *, target=None, config=None, overrides=(), checks=None, out=None):

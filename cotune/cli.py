@@ -114,12 +114,13 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config; every
           set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
           out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<data>-<time>)."),
           resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out from its last checkpoint."),
-          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar.")):
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+          nproc: int = typer.Option(1, "--nproc", help="Training processes (torchrun + DDP), each on its share of every batch.")):
     """Train one model with fixed knobs and write a run directory (model, metrics, history)."""
     from cotune import api
     if resume and (config is not None or set_):
         raise CotuneError("--resume continues the run in --out with its saved config; drop the CONFIG and --set arguments.")
-    result = api.train(config, overrides=set_, out=out, resume=resume, progress=False if quiet else None)
+    result = api.train(config, overrides=set_, out=out, resume=resume, progress=False if quiet else None, nproc=nproc)
     print_dialect(result.path)
     print_metrics(result)
 

@@ -33,10 +33,11 @@ from cotune.data.augment import make_augment, numeric_mask
 from cotune.data.balance import balance_train
 from cotune.data.clean import clean_train, clean_val, needed_checks
 from cotune.data.split import kfold, split_indices, subsample
+from cotune.distributed import is_main, world
 from cotune.errors import ConfigError, CotuneError
 from cotune.models import create_model
 from cotune.runtime import Runtime, seed_everything, versions
-from cotune.track import FileTracker, Tee, read_json, write_csv, write_json
+from cotune.track import FileTracker, NullTracker, Tee, read_json, write_csv, write_json
 from cotune.train import CHECKPOINT, CHECKPOINT_STATE, TrainResult, check_config, infer, train
 from cotune.transfer import init_from, load_source
 
@@ -115,14 +116,9 @@ class TrainingSet:
     source: object | None = None            # model.init_from's Bundle: its preprocessing is `pre`, its weights the model's
 
 
-def takes_layout(family: str) -> bool:
-    """Whether the model family reads the table's column layout (embedded categoricals, numeric bins)."""
-    return model_registry.takes_layout(family)
-
-
 def make_preprocessor(cfg: RunConfig) -> Preprocessor:
     """The (unfitted) Preprocessor of a run's data and model knobs."""
-    return Preprocessor(numeric=cfg.data.numeric, embed_above=cfg.data.embed_above, embed=takes_layout(cfg.model.family))
+    return Preprocessor(numeric=cfg.data.numeric, embed_above=cfg.data.embed_above, embed=model_registry.takes_layout(cfg.model.family))
 
 
 def prepare(cfg: RunConfig, ds, merge_val: bool = False, parts: tuple | None = None) -> TrainingSet:
@@ -204,7 +200,7 @@ def setup(cfg: RunConfig, ds, data: TrainingSet, refit_epochs: int | None = None
         train_cfg = train_cfg.model_copy(update={"epochs": int(refit_epochs), "patience": 0})
     out_dim = 1 if ds.task == "regression" else ds.n_classes
     kwargs = model_registry.factory_knobs(cfg.model.model_dump())
-    if data.pre.layout_ is not None and takes_layout(cfg.model.family):
+    if data.pre.layout_ is not None and model_registry.takes_layout(cfg.model.family):
         kwargs["layout"] = data.pre.layout_  # in model.json's kwargs too, so the bundle rebuilds the same model
     model = create_model(cfg.model.family, data.pre.in_shape_, out_dim, **kwargs)
     transfer = None
@@ -237,7 +233,7 @@ def model_inputs(cfg: RunConfig) -> tuple[tuple, int, dict | None]:
     ds = load_data(cfg)
     tr, _, _ = split_indices(ds, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed)
     pre = make_preprocessor(cfg).fit(ds, tr)
-    layout = pre.layout_ if pre.layout_ is not None and takes_layout(cfg.model.family) else None
+    layout = pre.layout_ if pre.layout_ is not None and model_registry.takes_layout(cfg.model.family) else None
     return tuple(pre.in_shape_), 1 if ds.task == "regression" else ds.n_classes, layout
 
 
@@ -258,11 +254,11 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
     checkpoint: save the state after each validated epoch, for --resume (search trials, never resumed, go without).
     teacher: distillation, `teacher(ds, data) -> (N, K)` soft targets for data.train_X's rows, which the model
     learns instead of the labels (cotune.compress.variants.soft_targets)."""
-    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    out, main = Path(cfg.out) if cfg.out else default_out(cfg), is_main()  # main: rank 0 of a distributed run
     if resume:
         prepare_out(out, resume=True)
         cfg = from_dict(read_json(out / "config.json"))  # a hand-edited value is a ConfigError, not a traceback
-    else:
+    elif main:  # the other ranks find rank 0's directory there (cotune.launch checked it before starting them)
         prepare_out(out, resume=False)
     rt = Runtime.resolve(cfg.runtime.device, cfg.runtime.precision, cfg.runtime.threads, cfg.runtime.compile)
     seed_everything(cfg.runtime.seed)
@@ -275,27 +271,27 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
     s = setup(cfg, ds, data, refit_epochs)
     model = s.model
 
-    # ---- everything is valid: only now does the run directory appear
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        write_json(out / "config.json", cfg.to_dict())
-    write_json(out / "env.json", {"runtime": rt.info(), "versions": versions(), "seed": cfg.runtime.seed,
-                                  "split_seed": cfg.data.split.seed, "rows": data.summary["rows"],
-                                  "dataset": sources.describe(ds)})
-    if data.report is not None:
-        data.report.save(out)
-    tracker = FileTracker(out) if tracker is None else Tee(FileTracker(out), tracker)  # metrics.jsonl either way
+    # ---- everything is valid: only now does the run directory appear (rank 0 alone writes it)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            write_json(out / "config.json", cfg.to_dict())
+        write_json(out / "env.json", {"runtime": rt.info(), "versions": versions(), "seed": cfg.runtime.seed,
+                                      "split_seed": cfg.data.split.seed, "rows": data.summary["rows"],
+                                      "processes": world()[1], "dataset": sources.describe(ds)})
+        if data.report is not None:
+            data.report.save(out)
+    tracker = NullTracker() if not main else FileTracker(out) if tracker is None else Tee(FileTracker(out), tracker)
     tracker.log_params(cfg.flat())
 
     def log_and_forward(epoch: int, row: dict):
         tracker.log_metrics(row, step=epoch)
         return on_eval(epoch, row) if on_eval is not None else None
 
-    dev = rt.device
     X, y, va = data.X, data.y, data.val
     targets = data.train_y if teacher is None else teacher(ds, data)
-    train_data = TensorData.from_numpy(data.train_X, targets, data.weights, device=dev)
-    val_data = TensorData.from_numpy(X[va], y[va], device=dev) if len(va) else None
+    train_data = TensorData.from_numpy(data.train_X, targets, data.weights, device=rt.device)
+    val_data = TensorData.from_numpy(X[va], y[va], device=rt.device) if len(va) else None
     sampling = None if data.sampling is None else torch.as_tensor(data.sampling)
     show = cfg.runtime.progress if progress is None else progress
     try:
@@ -304,13 +300,14 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
                        progress=show, monitor=s.monitor, ranking=s.ranking,
                        inverse=data.target.inverse if data.target is not None else None)
     except CotuneError:
-        if not resume:
+        if not resume and main:
             shutil.rmtree(out, ignore_errors=True)  # a run that cannot train leaves nothing behind
         raise
+    if not main:  # rank 0 evaluates and writes the rest
+        return RunResult(path=out, metrics={}, train=result, config=cfg, n_params=sum(p.numel() for p in model.parameters()))
 
     # ---- evaluate once on val and on the untouched test part, through the bundle's own predictions
     spec = model_spec(cfg, ds, data, s)
-    n_params = spec.n_params
     metrics = {}
     for part, idx, truth in (("val", va, data.val_labels), ("test", data.test, ds.y[data.test])):
         if len(idx):
@@ -320,13 +317,13 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
     write_csv(out / "history.csv", result.history)
     write_json(out / "metrics.json", {**metrics, "train": {
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
-        "train_time_s": result.train_time_s, "samples_per_s": result.samples_per_s, "n_params": n_params},
+        "train_time_s": result.train_time_s, "samples_per_s": result.samples_per_s, "n_params": spec.n_params},
         "data": data.summary, **({"transfer": s.transfer} if s.transfer is not None else {})})
     for f in (CHECKPOINT, CHECKPOINT_STATE):  # finished: the bundle supersedes the checkpoint
         (out / f).unlink(missing_ok=True)
     tracker.log_summary(metrics)
     tracker.close()
-    return RunResult(path=out, metrics=metrics, train=result, config=cfg, n_params=n_params)
+    return RunResult(path=out, metrics=metrics, train=result, config=cfg, n_params=spec.n_params)
 
 
 def evaluate_ensemble(cfg: RunConfig, member_dirs: list) -> dict:

@@ -6,7 +6,8 @@ Reads top to bottom: optimizer, then per epoch a reseed (so a resumed run replay
 masks), the frozen part (train.freeze_epochs: only the output layer trains in the first epochs), index-slice
 batches, the LR from get_lr(step) (times train.backbone_lr outside the output layer), forward under autocast,
 loss (+ L1), backward, clip, step; then validation, history, early stopping, a checkpoint (after validated
-epochs), the progress bar and on_eval. Best weights are restored at the end.
+epochs), the progress bar and on_eval. Best weights are restored at the end. Under `cotune train --nproc N` each
+process steps on its rows of every (global) batch and DDP averages the gradients: cotune.distributed says how.
 
 `on_eval(epoch, row)` is the one hook: it sees each epoch's metrics and may return True to stop or raise (a
 search uses it to prune). This module never imports optuna.
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from cotune import distributed as dist
 from cotune.data.batches import TensorData
 from cotune.errors import ConfigError, CotuneError
 from cotune.evaluate import Metric, metric, monitored_metric, score as metric_score
@@ -118,16 +120,12 @@ def make_optimizer(model: torch.nn.Module, cfg, fused: bool = False, head: torch
             groups.append({"params": ps, "weight_decay": 0.0, "lr_scale": scale})
     groups = [g for g in groups if g["params"]] or groups[:1]
     name, lr = cfg.optimizer, cfg.lr
+    if name in ("sgd", "rmsprop", "adagrad"):
+        extra = {"sgd": {"momentum": cfg.momentum, "nesterov": cfg.nesterov}, "rmsprop": {"momentum": cfg.momentum}}
+        cls = {"sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}[name]
+        return cls(groups, lr=lr, foreach=True, **extra.get(name, {}))
     impl = {"fused": True} if fused else {"foreach": True}
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, foreach=True)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=lr, momentum=cfg.momentum, foreach=True)
-    if name == "adagrad":
-        return torch.optim.Adagrad(groups, lr=lr, foreach=True)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), **impl)
-    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), **impl)
+    return (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), **impl)
 
 
 def compute_loss(out: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, loss: str, cfg) -> torch.Tensor:
@@ -231,12 +229,8 @@ def _load_checkpoint(ckpt_dir: Path, model, opt) -> tuple[dict, dict]:
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
     opt_state: dict = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, pid, name = k.split(".", 2)
-            opt_state.setdefault(int(pid), {})[name] = v
-    for k, v in state["opt_scalars"].items():
-        pid, name = k.split(".", 1)
+    for k, v in [*((k[4:], v) for k, v in tensors.items() if k.startswith("opt.")), *state["opt_scalars"].items()]:
+        pid, name = k.split(".", 1)  # tensors 'opt.<pid>.<name>', then the scalars '<pid>.<name>'
         opt_state.setdefault(int(pid), {})[name] = v
     opt.load_state_dict({"state": opt_state, "param_groups": state["opt_groups"]})
     return state, best
@@ -264,6 +258,8 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
     dev = torch.device(runtime.device)
     model.to(dev)
     net = torch.compile(model) if runtime.compile else model
+    rank, world = dist.world()  # several processes (cotune train --nproc): each steps on its rows of every batch
+    fwd = dist.wrap(net, runtime, find_unused=cfg.freeze_epochs > 0)  # DDP averages their gradients
     head = model_head(model) if cfg.freeze_epochs > 0 or cfg.backbone_lr != 1.0 else None  # the output layer
     opt = make_optimizer(model, cfg, fused=runtime.is_cuda and cfg.optimizer in ("adam", "adamw"),
                          head=head if cfg.backbone_lr != 1.0 else None)
@@ -274,8 +270,9 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
     frozen_norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                     and not any(m is h for h in head.modules())] if cfg.freeze_epochs else []
     loss_name = resolve_loss(cfg.loss, task)
-    n, bs = len(train_data), min(cfg.batch_size, len(train_data))
-    steps_per_epoch = max(1, n // bs if n % bs == 1 else math.ceil(n / bs))  # never a lone 1-sample batch (batch norm)
+    n, bs = len(train_data), min(cfg.batch_size, len(train_data))  # bs: the global batch, over all processes
+    dist.check_batch(bs, world)
+    steps_per_epoch = dist.steps(n, bs, world)  # never a lone 1-sample batch (batch norm)
     total_steps = cfg.epochs * steps_per_epoch
     has_val = val_data is not None and len(val_data) > 0
     monitor = (monitor or monitored_metric(task, cfg.monitor)) if has_val else metric("loss")
@@ -299,14 +296,15 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
             frozen = epoch < cfg.freeze_epochs
             for p in frozen_params:
                 p.requires_grad_(not frozen)
-            net.train()
+            fwd.train()
             for m in frozen_norms if frozen else ():
                 m.eval()
             perm = (torch.randperm(n, device=X.device) if sampling_weights is None else
                     torch.multinomial(sampling_weights.to(X.device), n, replacement=True))
+            dist.reseed(seed * 1_000_003 + epoch, rank, world)  # the same permutation everywhere, dropout per rank
             running = torch.zeros((), device=dev)
             for i in range(steps_per_epoch):
-                idx = perm[i * bs:(i + 1) * bs]
+                idx, share = dist.shard(perm[i * bs:(i + 1) * bs], w, rank, world)  # share: None in one process
                 lr = get_lr(step, total_steps, cfg.lr, cfg.schedule, cfg.warmup, cfg.gamma, cfg.step_every * steps_per_epoch)
                 for g in opt.param_groups:
                     g["lr"] = lr * g.get("lr_scale", 1.0)  # train.backbone_lr (a checkpoint from before it: 1)
@@ -316,10 +314,11 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
                 if augment is not None:
                     xb, yb2, lam = augment(xb, yb)
                 with runtime.autocast():
-                    out = net(xb).float()  # (B, K), or (B, k, K) from an ensemble model
+                    out = fwd(xb).float()  # (B, K), or (B, k, K) from an ensemble model
                 loss = compute_loss(out, yb, wb, loss_name, cfg)
                 if yb2 is not None:  # mixup / cutmix: the loss mixes both label sets
                     loss = lam * loss + (1 - lam) * compute_loss(out, yb2, wb, loss_name, cfg)
+                loss = loss if share is None else loss * share  # the mean over ranks: the whole batch's mean loss
                 if l1_params:
                     loss = loss + cfg.l1 * sum(p.abs().sum() for p in l1_params)
                 opt.zero_grad(set_to_none=True)
@@ -329,7 +328,7 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
                 opt.step()
                 running += loss.detach()
                 step += 1
-            train_loss = running.item() / steps_per_epoch  # the epoch's one host sync
+            train_loss = dist.mean(running).item() / steps_per_epoch  # the epoch's one host sync
             res.train_time_s += time.perf_counter() - t0
             if not math.isfinite(train_loss):
                 raise TrainingError(f"Training diverged: the loss became {train_loss} in epoch {epoch + 1}; "
@@ -337,7 +336,7 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
             row = {"epoch": epoch + 1, "train_loss": train_loss, "lr": lr}
             # with train.val_every > 1 only every val_every-th epoch (and the last) is validated and can be the best
             check = not has_val or (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs
-            if check:
+            if check and rank == 0:  # with several processes rank 0 alone validates, checkpoints and decides
                 if has_val:
                     row.update(validate(net, val_data, runtime, task, y_scale, names, inverse))
                 score = row[key]
@@ -347,13 +346,17 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
                 bad_epochs = epoch + 1 - res.best_epoch  # epochs since the best
             res.history.append(row)
             stop = check and cfg.patience > 0 and bad_epochs >= cfg.patience
-            if ckpt is not None and check:  # a resumed run replays the epochs since: each depends only on (seed, epoch)
+            if ckpt is not None and check and rank == 0:  # a resumed run replays the epochs since (each: seed, epoch)
                 _save_checkpoint(ckpt, model, opt, best_state, {
                     "epoch": epoch + 1, "step": step, "bad_epochs": bad_epochs, "history": res.history,
                     "best_epoch": res.best_epoch, "best_score": res.best_score, "train_time_s": res.train_time_s})
             bar.update(train_loss, _fmt_val(row))
-            if on_eval is not None and on_eval(epoch + 1, row):
+            if on_eval is not None and rank == 0 and on_eval(epoch + 1, row):
                 stop = True
+            if world > 1:  # the other ranks keep rank 0's best weights and stop with it
+                best, stop = dist.follow(res.best_epoch, stop, dev)
+                if best != res.best_epoch:
+                    res.best_epoch, best_state = best, {k: v.detach().clone() for k, v in model.state_dict().items()}
             if stop:
                 res.stopped_early = epoch + 1 < cfg.epochs
                 break
@@ -368,10 +371,7 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
 
 
 def _fmt_val(row: dict) -> str:
-    for k in ("val_accuracy", "val_rmse", "val_loss"):
-        if k in row:
-            return f"{k[4:]} {row[k]:.4f}"
-    return ""
+    return next((f"{k[4:]} {row[k]:.4f}" for k in ("val_accuracy", "val_rmse", "val_loss") if k in row), "")
 
 
 class NullProgress:

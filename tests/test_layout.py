@@ -12,11 +12,13 @@ MAX_LINES = 400
 # a module may import cotune modules of its own layer or a lower one, never a higher one
 LAYERS = {
     **{m: 0 for m in ("errors", "config", "knobs", "runtime", "track")},
+    "distributed": 0,  # beside runtime: the process group, a rank's rows of a batch, DDP, rank 0's decisions
     **{m: 1 for m in ("data", "models")},  # data/* and models/*
     **{m: 2 for m in ("train", "evaluate", "calibrate", "bundle")},  # calibrate: temperatures and thresholds (numpy + scipy)
     "transfer": 2,  # a run's weights into a new model
     **{m: 2 for m in ("predictor", "onnx_engine")},  # the predict API and the ONNX Runtime engine: no torch
     "pipeline": 3,
+    "launch": 3,  # a run under torchrun (N processes), each rank calling the pipeline; errors back as one line
     "baselines": 3,  # the linear and LightGBM yardsticks, fitted on the rows `pipeline.prepare` gives
     "search": 4,  # search/*: the joint search (space, storage, objective, worker, parent, ensemble, tracking)
     "scale": 4,  # scale/* runs on the search's storage and parent (law.py and advice.py stay torch-free)

@@ -43,12 +43,13 @@ def ensemble_choice(cfg: RunConfig, study, done, single=None) -> dict | None:
 
 def final_model(cfg: RunConfig, best, choice: dict | None, out: Path, deadline: float | None):
     """Train (or assemble) out/final; returns (RunResult, how) with how = fit.json's 'final' record."""
-    from cotune.pipeline import run
+    from cotune.launch import run  # search.final_nproc processes (1: this one)
     if choice is None or not choice["kept"]:
         epochs = trial_epochs(best, cfg)
         final = run(cfg.replace(**best.params, **{"out": str(out / "final"), "runtime.progress": False}),
-                    refit_epochs=epochs)
+                    refit_epochs=epochs, nproc=cfg.search.final_nproc)
         return final, {"kind": "single", "trials": [best.number], "epochs": [epochs], "trained_on": "train+val",
+                       "processes": cfg.search.final_nproc,
                        "summary": f"trial #{best.number}'s knobs, refitted on train + validation for its "
                                   f"early-stopping epoch count ({epochs}), then tested once"}
     return _ensemble(cfg, choice, out, deadline)
@@ -61,7 +62,8 @@ def trial_epochs(trial, cfg: RunConfig) -> int:
 
 def _ensemble(cfg: RunConfig, choice: dict, out: Path, deadline: float | None):
     from cotune.bundle import save_ensemble
-    from cotune.pipeline import RunResult, evaluate_ensemble, run
+    from cotune.launch import run
+    from cotune.pipeline import RunResult, evaluate_ensemble
     from cotune.train import TrainResult
     trials, final = choice["trials"], out / "final"
     need = sum(refit_seconds(t, cfg.data.split.val) for t in trials)
@@ -72,7 +74,8 @@ def _ensemble(cfg: RunConfig, choice: dict, out: Path, deadline: float | None):
         dirs = []
         for i, (t, n) in enumerate(zip(trials, epochs)):
             d = final / "members" / str(i)
-            run(cfg.replace(**t.params, **{"out": str(d), "runtime.progress": False}), refit_epochs=n)
+            run(cfg.replace(**t.params, **{"out": str(d), "runtime.progress": False}), refit_epochs=n,
+                nproc=cfg.search.final_nproc)
             dirs.append(d)
         save_ensemble(final, dirs)  # in place: only the index is written
         metrics = {k: v for k, v in evaluate_ensemble(cfg, dirs).items() if k == "test"}  # val rows were trained on
@@ -91,7 +94,8 @@ def _ensemble(cfg: RunConfig, choice: dict, out: Path, deadline: float | None):
     result = RunResult(path=final, metrics=metrics, train=TrainResult(), n_params=n_params,
                        config=cfg.replace(**trials[0].params))
     how = {"kind": "ensemble", "trials": [t.number for t in trials], "epochs": epochs,
-           "trained_on": "train+val" if refit else "train", "refit_seconds_needed": need, "summary": summary}
+           "trained_on": "train+val" if refit else "train", "refit_seconds_needed": need, "summary": summary,
+           "processes": cfg.search.final_nproc if refit else None}
     return result, how
 
 

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -58,6 +58,7 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
     """Search, then refit the best config on train+val and evaluate it once on test.
 
     started_at: the Unix time the budget counts from (default: now; `cotune fit` passes its process's start)."""
+    from cotune.distributed import check_nproc
     from cotune.pipeline import default_out, load_data
     t0 = min(time.time(), started_at) if started_at is not None else time.time()
     out = Path(cfg.out) if cfg.out else default_out(cfg)
@@ -77,6 +78,7 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
         raise ConfigError("A search needs a limit: pass --budget (e.g. 10m) and/or --trials (e.g. 50).")
     if cfg.data.split.val <= 0:
         raise ConfigError("A search ranks trials on the validation part: set data.split.val > 0 (e.g. 0.15).")
+    check_nproc(cfg.search.final_nproc, cfg.runtime.device, "search.final_nproc")  # now, not after the search
     ds = load_data(cfg)  # validates the source before anything is written
     metric = primary_metric(ds.task, cfg.search.metric)  # what ranks the trials: the one source, recorded for the report
     fixed = fixed or explicit(cfg)
@@ -136,10 +138,8 @@ def _discard(out: Path, new_root: Path | None, procs: list) -> None:
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child, ignore_errors=True)
         else:
-            try:
+            with suppress(OSError):  # the error that ended the search is the one to report
                 child.unlink(missing_ok=True)
-            except OSError:
-                pass  # the error that ended the search is the one to report
 
 
 def _search(cfg, fixed, space, ds, metric, out: Path, url: str, name: str, *, state_args, procs, go: Path, live, console):
@@ -363,9 +363,7 @@ def trial_table(study, trials, deadline):
     left = "" if deadline is None else f", {max(0, deadline - time.time()):.0f} s left"
     title = (f"trials: {n['COMPLETE']} complete, {n['RUNNING']} running, {n['PRUNED']} pruned, {n['FAIL']} failed{left}"
              + (f" | best #{best.number}: {best.values[0]:.4f}" if best else ""))
-    table = Table(title=title, title_justify="left")
-    for col in ("#", "state", "value", "family", "width", "lr", "epochs", "s", "note"):
-        table.add_column(col)
+    table = Table("#", "state", "value", "family", "width", "lr", "epochs", "s", "note", title=title, title_justify="left")
     for t in sorted(trials, key=lambda t: t.number)[-12:]:
         p, u = t.params, t.user_attrs
         table.add_row(str(t.number), t.state.name.lower(), "" if t.values is None else f"{t.values[0]:.4f}",
