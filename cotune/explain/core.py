@@ -223,8 +223,9 @@ def _tables(res: ExplainResult, predictor, X, y, metric, n_repeats: int, seed: i
     res.summary = (f"shuffling {imps[0]['column']} {change} {imps[0]['mean']:.4g} {metric.name} (sd {imps[0]['sd']:.2g} "
                    f"over {n_repeats} shuffles); top: {top}; {quiet} of {len(imps)} column(s) within noise")
     res.record.update(kind="permutation", metric=metric.to_dict(), score=base, n_repeats=n_repeats,
-                      importance=(f"{metric.name} on the rows as they are minus on the rows with the column shuffled"
-                                  if metric.maximize else f"{metric.name} with the column shuffled minus as it is"),
+                      importance=(f"{metric.name} on the rows as they are minus {metric.name} with the column shuffled"
+                                  if metric.maximize else
+                                  f"{metric.name} with the column shuffled minus {metric.name} on the rows as they are"),
                       ensemble="the ensemble's soft vote is scored" if res.record["members"] > 1 else None,
                       importances=[{**r, "within_noise": within_noise(r)} for r in imps])
 

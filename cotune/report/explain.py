@@ -53,7 +53,7 @@ def _sequence_examples(examples: list) -> dict:
     inputs = [np.asarray(e["input"], dtype=float).mean(0).tolist() for e in examples]
     lim = max((abs(v) for row in z for v in row), default=1.0) or 1.0
     data = [{"type": "heatmap", "z": z, "y": [_name(e) for e in examples], "text": inputs, "colorscale": "RdBu",
-             "reversescale": True, "zmin": -lim, "zmax": lim, "colorbar": {"title": {"text": "attribution"}},
+             "zmin": -lim, "zmax": lim, "colorbar": {"title": {"text": "attribution"}},
              "hovertemplate": "%{y}, position %{x}: attribution %{z:.4g}, input %{text:.3g}<extra></extra>"}]
     return figure(data, _layout("Example rows: attribution per position (red: towards the prediction)",
                                 140 + 45 * len(examples), margin={"l": 230, "r": 30, "t": 50, "b": 50},
@@ -75,7 +75,7 @@ def _image_examples(examples: list) -> dict:
         a = np.asarray(e["attribution"], dtype=float)
         lim = float(np.abs(a).max()) or 1.0
         for r, (z, kw) in enumerate(((e["input"], {"colorscale": "Greys", "reversescale": True}),
-                                     (a.tolist(), {"colorscale": "RdBu", "reversescale": True, "zmin": -lim, "zmax": lim}))):
+                                     (a.tolist(), {"colorscale": "RdBu", "zmin": -lim, "zmax": lim}))):
             k = r * n + i + 1
             data.append({"type": "heatmap", "z": z, "showscale": False, "xaxis": f"x{k}", "yaxis": f"y{k}",
                          "hovertemplate": "row %{y}, column %{x}: %{z:.3g}<extra></extra>", **kw})
