@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test,track,postgres,onnx]"
+	$(BIN)/python -m pip install -q -e ".[test,track,postgres,onnx,explain]"
 	touch $(STAMP)
 
 demo: $(STAMP)

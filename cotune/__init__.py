@@ -11,22 +11,23 @@ import types as _types
 
 __version__ = "0.1.0"
 
-from cotune.api import audit, compress, demo, fit, label_next, load, predict, scale, train  # noqa: E402
+from cotune.api import audit, compress, demo, explain, fit, label_next, load, predict, scale, train  # noqa: E402
 from cotune.config import RunConfig, load_config  # noqa: E402
 from cotune.errors import BundleError, ConfigError, CotuneError, DataError, ModelError  # noqa: E402
 
-__all__ = ["RunConfig", "load_config", "train", "audit", "fit", "scale", "compress", "label_next", "load", "predict", "demo",
+__all__ = ["RunConfig", "load_config", "train", "audit", "fit", "scale", "compress", "explain", "label_next", "load", "predict", "demo",
            "CotuneError", "ConfigError", "DataError", "ModelError", "BundleError", "__version__"]
 
 
 class _Package(_types.ModuleType):
-    """Keeps `cotune.train`, `cotune.scale` and `cotune.compress` the API functions after the modules
-    `cotune/train.py`, `cotune/scale/` and `cotune/compress/` are imported (Python binds an imported submodule as
-    an attribute of its package). Import those with `from cotune.train import train`, `from cotune.scale.study
-    import scale`, `from cotune.compress.core import compress`."""
+    """Keeps `cotune.train`, `cotune.scale`, `cotune.compress` and `cotune.explain` the API functions after the
+    modules `cotune/train.py`, `cotune/scale/`, `cotune/compress/` and `cotune/explain/` are imported (Python binds
+    an imported submodule as an attribute of its package). Import those with `from cotune.train import train`,
+    `from cotune.scale.study import scale`, `from cotune.compress.core import compress`,
+    `from cotune.explain.core import explain`."""
 
     def __setattr__(self, name, value):
-        if name in ("train", "scale", "compress") and isinstance(value, _types.ModuleType):
+        if name in ("train", "scale", "compress", "explain") and isinstance(value, _types.ModuleType):
             return
         super().__setattr__(name, value)
 

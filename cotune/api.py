@@ -6,6 +6,7 @@
     cotune.load(result.path).predict(new_rows)
     cotune.load("runs/x", engine="onnx").predict(new_rows)   # a search's final model, through ONNX Runtime
     cotune.label_next("data.csv", target="label", n=50, out="next.csv").picks   # which rows to label next
+    cotune.explain("runs/x").importances[:3]      # the columns the model relies on most (on its test rows)
 """
 from __future__ import annotations
 
@@ -142,6 +143,21 @@ def compress(run, *, tolerance: float = 0.5, prefer: str = "size", batches=(1, 2
                     console=console)
     if (res.path.parent / "report.html").is_file():  # the run's report gains its compression section
         report(res.path.parent)
+    return res
+
+
+def explain(run, data=None, *, n_repeats: int = 5, n_steps: int = 32, baseline: str = "zero", max_rows: int = 2000,
+            seed: int = 0, examples: int = 4):
+    """Which inputs a finished run's (or search's final) model relies on, on its test rows or on `data`: permutation
+    importance per original column for tables (n_repeats seeded shuffles, scored with the run's metric), integrated
+    gradients of the predicted class for sequences and images (n_steps, a 'zero' or 'mean' baseline; captum). At most
+    max_rows rows, a sample seeded by `seed`. Files go to <run>/explain/ (explain.json; explain.csv for tables); the
+    run's report.html, if it has one, is rebuilt with them. Returns an ExplainResult; see cotune.explain.core."""
+    from cotune.explain.core import explain as _explain
+    res = _explain(run, data, n_repeats=n_repeats, n_steps=n_steps, baseline=baseline, max_rows=max_rows, seed=seed,
+                   examples=examples)
+    if (res.path.parent / "report.html").is_file():  # the run's report gains its explanation section
+        res.report = report(res.path.parent)
     return res
 
 

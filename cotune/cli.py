@@ -303,6 +303,29 @@ def compress(run: Path = typer.Argument(..., help="A finished search (`cotune fi
 
 @app.command()
 @friendly
+def explain(run: Path = typer.Argument(..., help="A finished run (`cotune train`) or search (`cotune fit`) directory."),
+            data: Optional[str] = typer.Argument(None, help="Rows to explain, as `cotune predict` reads them (default: the run's test rows); a table needs its target column."),
+            repeats: int = typer.Option(5, "--repeats", help="Tables: shuffles per column."),
+            steps: int = typer.Option(32, "--steps", help="Sequences and images: integrated-gradient steps."),
+            baseline: str = typer.Option("zero", "--baseline", help="Sequences and images: zero (the training mean) or mean (of the explained rows)."),
+            rows: int = typer.Option(2000, "--rows", help="At most this many rows (a seeded sample)."),
+            seed: int = typer.Option(0, "--seed", help="Seed of the sample and the shuffles.")):
+    """Which inputs RUN's model relies on: permutation importance per column (tables), integrated gradients (sequences, images)."""
+    from cotune import api
+    res = api.explain(run, data, n_repeats=repeats, n_steps=steps, baseline=baseline, max_rows=rows, seed=seed)
+    if res.importances is not None:
+        table = Table("column", f"importance ({res.record['metric']['name']})", "sd", "")
+        for r in res.record["importances"][:15]:
+            table.add_row(r["column"], f"{r['mean']:.4f}", f"{r['sd']:.4f}", "within noise" if r["within_noise"] else "")
+        out_console.print(table)
+    out_console.print(res.summary, highlight=False, soft_wrap=True)
+    files = "explain.json" + (", explain.csv" if res.importances is not None else "")
+    shown = f"report: {res.report}" if res.report is not None else f"charts: cotune report {run}"
+    out_console.print(f"explained: [bold]{res.path}[/] ({files}); {shown}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@friendly
 def demo(out: Optional[Path] = typer.Option(None, "--out", "-o", help="Search directory (default runs/digits-<time>)."),
          budget: str = typer.Option("2m", "--budget", "-b", help="Wall time of the search, final model included."),
          quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table.")):

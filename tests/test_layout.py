@@ -24,6 +24,7 @@ LAYERS = {
     "scale": 4,  # scale/* runs on the search's storage and parent (law.py and advice.py stay torch-free)
     "active": 4,  # active learning (label-next): trains through the pipeline or the search's parent, then ranks
     "compress": 4,  # compress/*: export, int8, pruning and distillation through the pipeline; the trade-off table
+    "explain": 4,  # explain/*: permutation importance and integrated gradients on rows the pipeline rebuilds
     "report": 5,
     "api": 5,  # the API sits right under the CLI: it may call the search and the report
     "sklearn": 5,  # the scikit-learn estimators: a face of the API (they call cotune.train and cotune.fit)

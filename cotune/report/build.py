@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from cotune.errors import BundleError
-from cotune.report import advice, compare, compression, scaling, search, sections
+from cotune.report import advice, compare, compression, explain, scaling, search, sections
 from cotune.report.files import get
 from cotune.report.load import Loaded, load_dir
 from cotune.report.page import Page, Section
@@ -34,13 +34,15 @@ PLOT_CONFIG = {"displaylogo": False, "responsive": True, "showLink": False}
 
 # Optional sections, each drawn only when its file exists in the directory: filename -> (title, builder).
 # A builder is `fn(section, loaded, path)`. A file found with no builder registered is listed under
-# "Other results" by name. `cotune scale` writes into <run>/scale/ and `cotune compress` into <run>/compress/;
-# those directories themselves work too.
+# "Other results" by name. `cotune scale` writes into <run>/scale/, `cotune compress` into <run>/compress/ and
+# `cotune explain` into <run>/explain/; those directories themselves work too.
 EXTRA_SECTIONS: dict[str, tuple[str, Callable[[Section, Loaded, Path], None] | None]] = {
     "scale/scale.csv": ("More data or a bigger model? (scaling study)", scaling.scale_section),
     "scale.csv": ("More data or a bigger model? (scaling study)", scaling.scale_section),
     "compress/compress.json": ("Compression: smaller and faster variants", compression.compress_section),
     "compress.json": ("Compression: smaller and faster variants", compression.compress_section),
+    "explain/explain.json": ("Which inputs the model relies on", explain.explain_section),
+    "explain.json": ("Which inputs the model relies on", explain.explain_section),
 }
 
 
