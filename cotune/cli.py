@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cotune.errors import EXIT_INTERRUPTED, CotuneError, one_line
@@ -31,7 +32,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except CotuneError as err:
-            err_console.print(f"[bold red]error:[/] {one_line(err)}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(one_line(err))}", highlight=False, soft_wrap=True)  # 'cotune[track]' is no markup
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted: a run can be continued with --resume")
