@@ -171,8 +171,8 @@ def mlflow_client(uri: str):
         from mlflow.tracking import MlflowClient
         for name in ("mlflow", "alembic"):  # no 'creating tables' chatter on the user's console
             logging.getLogger(name).setLevel(logging.WARNING)
-        if uri.startswith("sqlite:///"):  # before the tables are made: a new store's ~50 migrations then commit
-            sqlite_wal(uri[len("sqlite:///"):])  # in about half the time (9 s instead of 16 s on a busy 2-core machine)
+        if uri.startswith("sqlite:///"):  # before the tables are made: a new store's ~50 migrations commit in WAL
+            sqlite_wal(uri[len("sqlite:///"):])  # mode, 6% faster when idle, more on a busy disk (BENCHMARKS.md)
         _CLIENTS[uri] = MlflowClient(tracking_uri=uri)  # creates the tables in a new SQLite file
     return _CLIENTS[uri]
 
