@@ -28,18 +28,48 @@ def resolve_config(config=None, overrides=(), out=None) -> RunConfig:
 
 
 def train(config=None, *, overrides=(), out=None, resume: bool = False, progress: bool | None = None, on_eval=None,
-          checkpoint: bool = True, nproc: int = 1):
+          checkpoint: bool = True, nproc: int = 1, mlflow: str | None = None):
     """Train one model with fixed knobs; returns a RunResult (metrics, path, history).
     checkpoint: save the state after each validated epoch, for resume=True (False: a run that is never resumed).
     nproc: training processes (torchrun + DistributedDataParallel, gloo on CPU, nccl on CUDA; train.batch_size is
-    the global batch, each process takes its share of every batch); 1 trains in this process (cotune.launch)."""
+    the global batch, each process takes its share of every batch); 1 trains in this process (cotune.launch).
+    mlflow: an MLflow tracking URI (default None: no tracking): the run's params, metrics and its model, as a pyfunc
+    model that `mlflow.pyfunc.load_model(result.mlflow['model_uri'])` loads (cotune.mlflow_model). A resumed run
+    is logged as a new MLflow run, from the epoch it resumes at."""
     from cotune.launch import run
+    from cotune.pipeline import default_out
     if resume:
         if out is None:
             from cotune.errors import ConfigError
             raise ConfigError("resume needs the run directory: pass out=... (CLI: --out DIR --resume).")
-        return run(RunConfig(out=str(out)), nproc=nproc, resume=True, progress=progress, on_eval=on_eval)
-    return run(resolve_config(config, overrides, out), nproc=nproc, progress=progress, on_eval=on_eval, checkpoint=checkpoint)
+        cfg = RunConfig(out=str(out))
+    else:
+        cfg = resolve_config(config, overrides, out)
+    if mlflow is None or mlflow.strip().lower() in ("", "none"):
+        return run(cfg, nproc=nproc, resume=resume, progress=progress, on_eval=on_eval, checkpoint=checkpoint)
+    from cotune.errors import CotuneError
+    from cotune.mlflow_model import open_run, track_model
+    cfg = cfg if cfg.out else resolve_config(cfg, out=default_out(cfg))
+    tracker = open_run(mlflow, cfg.out)  # a store that cannot be opened is a ConfigError before anything is trained
+    try:
+        res = run(cfg, nproc=nproc, resume=resume, progress=progress, on_eval=on_eval, checkpoint=checkpoint, tracker=tracker)
+    except CotuneError:
+        tracker.discard()  # bad input leaves nothing behind, in MLflow as on disk
+        raise
+    except BaseException as err:
+        tracker.close("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    res.mlflow = track_model(tracker, res.path, _example_rows(res.config))
+    if res.mlflow is not None:
+        from cotune.track import write_json
+        write_json(res.path / "mlflow.json", res.mlflow)
+    return res
+
+
+def _example_rows(cfg):
+    """The raw input rows of a run's data (loaded once per process already), for its MLflow model's example."""
+    from cotune.pipeline import load_data
+    return load_data(cfg).X
 
 
 def audit(data=None, *, target=None, config=None, overrides=(), checks=None, out=None):

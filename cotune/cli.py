@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from cotune.errors import EXIT_INTERRUPTED, CotuneError, one_line
@@ -31,7 +32,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except CotuneError as err:
-            err_console.print(f"[bold red]error:[/] {one_line(err)}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(one_line(err))}", highlight=False, soft_wrap=True)  # 'cotune[track]' is no markup
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted: a run can be continued with --resume")
@@ -105,6 +106,13 @@ def print_report(res) -> None:
         out_console.print(f"note: {res.report_note}", highlight=False, soft_wrap=True)
 
 
+def print_mlflow(info: dict | None) -> None:
+    """The MLflow model's URI (what mlflow.pyfunc.load_model takes) and the tracking URI it resolves in."""
+    if info:
+        out_console.print(f"MLflow model: {info['model_uri']} (tracking URI {info['tracking_uri']}; without it: "
+                          f"mlflow.pyfunc.load_model('{info['artifact_uri']}'))", highlight=False, soft_wrap=True)
+
+
 SET_HELP = "Override one config key, e.g. --set train.lr=1e-3 (repeatable). Keys: see `cotune knobs`."
 
 
@@ -114,15 +122,18 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config; every
           set_: List[str] = typer.Option([], "--set", "-s", help=SET_HELP),
           out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default runs/<data>-<time>)."),
           resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out from its last checkpoint."),
+          mlflow: Optional[str] = typer.Option(None, "--mlflow", help="Log the run and its model (pyfunc) to this MLflow tracking URI (default: no tracking)."),
           quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
           nproc: int = typer.Option(1, "--nproc", help="Training processes (torchrun + DDP), each on its share of every batch.")):
     """Train one model with fixed knobs and write a run directory (model, metrics, history)."""
     from cotune import api
     if resume and (config is not None or set_):
         raise CotuneError("--resume continues the run in --out with its saved config; drop the CONFIG and --set arguments.")
-    result = api.train(config, overrides=set_, out=out, resume=resume, progress=False if quiet else None, nproc=nproc)
+    result = api.train(config, overrides=set_, out=out, resume=resume, progress=False if quiet else None, nproc=nproc,
+                       mlflow=mlflow)
     print_dialect(result.path)
     print_metrics(result)
+    print_mlflow(result.mlflow)
 
 
 @app.command()
@@ -178,6 +189,7 @@ def fit(data: Optional[str] = typer.Argument(None, help="CSV / Parquet / .npz / 
         out_console.print("labels that look wrong: " + ", ".join(f"{k} {v}" for k, v in labels["by_part"].items())
                           + f" (trust {labels['trust']}; {res.path / 'labels' / 'audit.csv'})", highlight=False)
     out_console.print(f"search directory: [bold]{res.path}[/] (final model in {res.path / 'final'})")
+    print_mlflow(res.mlflow)
     print_report(res)
 
 

@@ -13,6 +13,7 @@ training record. A run that cannot train leaves nothing behind, as in one proces
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -37,13 +38,14 @@ class LaunchError(RuntimeError):
 
 
 def run(cfg: RunConfig, *, nproc: int = 1, resume: bool = False, progress: bool | None = None,
-        refit_epochs: int | None = None, checkpoint: bool = True, on_eval=None) -> RunResult:
+        refit_epochs: int | None = None, checkpoint: bool = True, on_eval=None, tracker=None) -> RunResult:
     """pipeline.run(cfg, ...) in this process (nproc=1) or in `nproc` processes under torchrun. With resume, cfg is
-    only where the run is (cfg.out): the run's saved config is used."""
+    only where the run is (cfg.out): the run's saved config is used. tracker (e.g. MLflow) sees the run's params and
+    metrics: as they come in one process, from the run directory's files once N processes are done."""
     distributed.check_nproc(nproc, cfg.runtime.device)
     if nproc == 1:
         return run_here(cfg, resume=resume, progress=progress, on_eval=on_eval, refit_epochs=refit_epochs,
-                        checkpoint=checkpoint)
+                        checkpoint=checkpoint, tracker=tracker)
     if on_eval is not None:
         raise ConfigError("on_eval sees each epoch in this process, but with nproc > 1 the training runs in other "
                           "processes; read the run's metrics.jsonl as it grows, or train with nproc=1.")
@@ -76,11 +78,23 @@ def run(cfg: RunConfig, *, nproc: int = 1, resume: bool = False, progress: bool 
                 shutil.rmtree(out, ignore_errors=True)  # a run that cannot train leaves nothing behind
             raise err
         metrics = read_json(out / "metrics.json")
+        if tracker is not None:
+            replay(tracker, out)
         return RunResult(path=out, metrics={k: metrics[k] for k in ("val", "test") if k in metrics},
                          train=TrainResult(**read_json(job / "train.json")), config=from_dict(read_json(out / "config.json")),
                          n_params=int(metrics["train"]["n_params"]))
     finally:
         shutil.rmtree(job, ignore_errors=True)
+
+
+def replay(tracker, out: Path) -> None:
+    """A finished run's params, per-epoch metrics and final metrics into tracker, read from its files."""
+    tracker.log_params(from_dict(read_json(out / "config.json")).flat())
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row.get("step"))
+    tracker.log_summary(read_json(out / "metrics.json"))
+    tracker.close()
 
 
 def rank_error(job: Path, rc: int) -> Exception:

@@ -49,6 +49,7 @@ class RunResult:
     train: TrainResult
     config: RunConfig
     n_params: int
+    mlflow: dict | None = None  # api.train(mlflow=...): the MLflow run and its model (mlflow_model.log_model's dict)
 
     @property
     def test(self) -> dict:
@@ -255,11 +256,10 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
     teacher: distillation, `teacher(ds, data) -> (N, K)` soft targets for data.train_X's rows, which the model
     learns instead of the labels (cotune.compress.variants.soft_targets)."""
     out, main = Path(cfg.out) if cfg.out else default_out(cfg), is_main()  # main: rank 0 of a distributed run
+    if resume or main:  # the other ranks find rank 0's directory there (cotune.launch checked it before starting them)
+        prepare_out(out, resume=resume)
     if resume:
-        prepare_out(out, resume=True)
         cfg = from_dict(read_json(out / "config.json"))  # a hand-edited value is a ConfigError, not a traceback
-    elif main:  # the other ranks find rank 0's directory there (cotune.launch checked it before starting them)
-        prepare_out(out, resume=False)
     rt = Runtime.resolve(cfg.runtime.device, cfg.runtime.precision, cfg.runtime.threads, cfg.runtime.compile)
     seed_everything(cfg.runtime.seed)
 

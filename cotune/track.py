@@ -112,6 +112,8 @@ class NullTracker:
 
     def close(self, status: str = "FINISHED") -> None: ...
 
+    def discard(self) -> None: ...  # a run that bad input stopped: closed and deleted, as its run directory is
+
 
 class FileTracker(NullTracker):
     """Appends every logged metric dict to <run>/metrics.jsonl."""
@@ -161,16 +163,17 @@ MLFLOW_DB, MLFLOW_ARTIFACTS = "mlflow.db", "mlartifacts"
 _CLIENTS: dict[str, Any] = {}  # one MlflowClient per tracking URI and process
 
 
-def _client(uri: str):
+def mlflow_client(uri: str):
+    """The process's MlflowClient for a tracking URI (quiet loggers; WAL on a SQLite store)."""
     if uri not in _CLIENTS:
         import logging
 
         from mlflow.tracking import MlflowClient
         for name in ("mlflow", "alembic"):  # no 'creating tables' chatter on the user's console
             logging.getLogger(name).setLevel(logging.WARNING)
+        if uri.startswith("sqlite:///"):  # before the tables are made: a new store's ~50 migrations commit in WAL
+            sqlite_wal(uri[len("sqlite:///"):])  # mode, 6% faster when idle, more on a busy disk (BENCHMARKS.md)
         _CLIENTS[uri] = MlflowClient(tracking_uri=uri)  # creates the tables in a new SQLite file
-        if uri.startswith("sqlite:///"):
-            sqlite_wal(uri[len("sqlite:///"):])
     return _CLIENTS[uri]
 
 
@@ -222,7 +225,7 @@ class MlflowTracker(NullTracker):
         self.uri, self.run_id, self.broken, self.summary = uri, run_id, False, tuple(summary)
         self._buffer: list = []
         self._params_done, self._flushed = False, time.time()
-        self.client = _client(uri)
+        self.client = mlflow_client(uri)
         if run_id is None:
             if experiment_id is None:
                 exp = self.client.get_experiment_by_name(experiment or "cotune")
@@ -275,6 +278,11 @@ class MlflowTracker(NullTracker):
         self._flush()
         self.client.set_terminated(self.run_id, status)
 
+    @_guarded
+    def discard(self) -> None:
+        self.client.set_terminated(self.run_id, "FAILED")
+        self.client.delete_run(self.run_id)
+
     def _add(self, metrics: dict, step: int | None) -> None:
         from mlflow.entities import Metric
         ts = int(time.time() * 1000)
@@ -298,9 +306,11 @@ def warn_once(msg: str) -> None:
         print(f"warning: {msg}", file=sys.stderr)
 
 
-def open_mlflow(uri: str, *, required: bool = False, **kwargs) -> NullTracker:
+def open_mlflow(uri: str, *, required: bool = False, fix: str = "pass --mlflow none to search without tracking",
+                **kwargs) -> NullTracker:
     """An MlflowTracker, or a NullTracker (and a warning on stderr) when mlflow is not installed or the
-    store cannot be opened. required=True (a URI the user asked for) makes that a ConfigError instead."""
+    store cannot be opened. required=True (a URI the user asked for) makes that a ConfigError instead, ending
+    with `fix`: what to do to go on without tracking."""
     try:
         return MlflowTracker(uri, **kwargs)
     except ImportError:
@@ -308,6 +318,6 @@ def open_mlflow(uri: str, *, required: bool = False, **kwargs) -> NullTracker:
     except Exception as err:
         msg = f"Cannot open the MLflow tracking store {uri!r} ({type(err).__name__}: {one_line(err)[:200]})"
     if required:
-        raise ConfigError(f"{msg}; or pass --mlflow none to search without tracking.")
+        raise ConfigError(f"{msg}; or {fix}.")
     warn_once(f"{msg}; tracking is off.")
     return NullTracker()

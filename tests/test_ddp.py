@@ -162,3 +162,34 @@ def test_the_final_refit_trains_in_search_final_nproc_processes(tmp_path, monkey
     (cfg, kw), = calls
     assert final == "result" and kw == {"refit_epochs": 3, "nproc": 2} and how["processes"] == 2
     assert cfg.train.lr == 0.01 and cfg.out == str(tmp_path / "final")
+
+
+class Recorder:
+    """A tracker that keeps what it is given."""
+
+    def __init__(self):
+        self.params, self.rows, self.summary, self.closed = {}, [], None, False
+
+    def log_params(self, params):
+        self.params.update(params)
+
+    def log_metrics(self, metrics, step=None):
+        self.rows.append((step, metrics))
+
+    def log_summary(self, metrics):
+        self.summary = metrics
+
+    def close(self, status="FINISHED"):
+        self.closed = True
+
+
+def test_a_tracker_sees_from_the_files_what_it_sees_in_one_process(tmp_path):
+    """With nproc > 1 the tracker (MLflow for `cotune train --mlflow`) is fed from the run directory afterwards."""
+    from cotune.launch import replay, run
+    live = Recorder()
+    run(cotune.api.resolve_config(None, TINY, tmp_path / "one"), tracker=live)
+    after = Recorder()
+    replay(after, tmp_path / "one")
+    assert after.params == live.params and after.closed and live.closed
+    assert after.rows == live.rows and len(after.rows) == 3
+    assert {k: after.summary[k] for k in ("val", "test")} == {k: live.summary[k] for k in ("val", "test")}

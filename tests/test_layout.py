@@ -17,6 +17,7 @@ LAYERS = {
     **{m: 2 for m in ("train", "evaluate", "calibrate", "bundle")},  # calibrate: temperatures and thresholds (numpy + scipy)
     "transfer": 2,  # a run's weights into a new model
     **{m: 2 for m in ("predictor", "onnx_engine")},  # the predict API and the ONNX Runtime engine: no torch
+    **{m: 2 for m in ("mlflow_model", "pyfunc")},  # a bundle as an MLflow pyfunc model; pyfunc.py is the code MLflow runs
     "pipeline": 3,
     "launch": 3,  # a run under torchrun (N processes), each rank calling the pipeline; errors back as one line
     "baselines": 3,  # the linear and LightGBM yardsticks, fitted on the rows `pipeline.prepare` gives

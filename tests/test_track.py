@@ -10,13 +10,17 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
 import pytest
 
 mlflow = pytest.importorskip("mlflow", reason="MLflow tracking needs mlflow: pip install -e '.[track]'")
 optuna = pytest.importorskip("optuna")
 
+import mlflow.pyfunc  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+import cotune  # noqa: E402
 from cotune.config import RunConfig, from_dict  # noqa: E402
 from cotune.search.objective import Objective  # noqa: E402
 from cotune.search.storage import open_study, storage_url  # noqa: E402
@@ -142,18 +146,27 @@ def test_trial_runs_carry_knobs_history_final_metrics_and_state(searches):
             assert run.data.tags["fail_reason"] == t.user_attrs["fail_reason"]
 
 
-def test_parent_run_holds_the_final_model_and_its_test_metrics(searches, tmp_path):
-    out, _, _ = searches
+def test_parent_run_holds_the_final_model_and_its_test_metrics(searches):
+    """final/ is the parent run's pyfunc model (runs:/<run_id>/model, cotune.mlflow_model), stored once."""
+    out, _, logs = searches
     client, parents, _ = runs_of(out)
     parent = parents[0]
     fit = json.loads((out / "fit.json").read_text())
     assert parent.data.metrics["final/test_accuracy"] == pytest.approx(fit["test"]["accuracy"])
     assert parent.data.tags["best_trial"] == str(fit["best"]["number"])
-    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "final")}
-    assert "final/metrics.json" in logged and "final/config.json" in logged
+    model_uri = f"runs:/{parent.info.run_id}/model"
+    assert fit["mlflow"]["model_uri"] == model_uri and f"MLflow model: {model_uri}" in logs[0]
+    assert [o.model_id for o in parent.outputs.model_outputs] == [fit["mlflow"]["model_id"]]
     assert (out / "mlartifacts").is_dir()  # the local store keeps artifacts beside mlflow.db
-    local = client.download_artifacts(parent.info.run_id, "final/metrics.json", str(tmp_path))
-    assert json.loads(open(local).read()) == json.loads((out / "final" / "metrics.json").read_text())
+    local = fit["mlflow"]["artifact_uri"].removeprefix("file://")  # the model's files, in mlartifacts/ (runs:/ loads:
+    assert local.startswith(str((out / "mlartifacts").resolve()))  # tests/test_mlflow_model.py, in a fresh process)
+    metrics = os.path.join(local, "artifacts", "bundle", "metrics.json")
+    assert json.loads(open(metrics).read()) == json.loads((out / "final" / "metrics.json").read_text())
+    assert not client.list_artifacts(parent.info.run_id)  # the bundle is not logged a second time as plain files
+    rows = cotune.load(out).spec.columns
+    X = pd.DataFrame(np.random.default_rng(0).normal(5, 1, size=(6, len(rows))), columns=rows)
+    pd.testing.assert_frame_equal(mlflow.pyfunc.load_model(fit["mlflow"]["artifact_uri"]).predict(X),
+                                  cotune.predict(out, X), check_dtype=False)  # int labels: int64 there, object here
 
 
 def test_mlflow_none_tracks_nothing(searches):

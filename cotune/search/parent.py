@@ -2,12 +2,12 @@
 
     result = fit(cfg)        # cfg: a RunConfig with search.budget and/or search.trials
 
-Files in the search directory: config.json, fit.json (state, for --resume), study.db (the Optuna
-study, unless --storage points elsewhere), trials/NNNNN/ (each trial's run directory, or its
-error.txt), trials.csv (one row per trial), importances.json, workers.log, final/ (the model),
-mlflow.db + mlartifacts/ (MLflow: a parent run with final/ and its test metrics, a nested run per trial), and
-report.html (built by api.fit). A search that fails before its first trial (a storage that cannot be opened, say)
-removes what it wrote, so a bad command leaves nothing behind, as one with bad input does.
+Files in the search directory: config.json, fit.json (state, for --resume), study.db (the Optuna study, unless --storage
+points elsewhere), trials/NNNNN/ (each trial's run directory, or its error.txt), trials.csv (one row per trial),
+importances.json, workers.log, final/ (the model), mlflow.db + mlartifacts/ (MLflow: a parent run with the final model
+as a pyfunc model, runs:/<run_id>/model, and its test metrics; a nested run per trial), and report.html (built by
+api.fit). A search that fails before its first trial (a storage that cannot be opened, say) removes what it wrote,
+so a bad command leaves nothing behind, as one with bad input does.
 fit.json's 'best' is the trial the final model is made from: the best on validation, or the one that
 search.reeval's cross-validation of the top trials chose ('reeval' records how, reeval.py).
 `run_workers` (start worker processes on a study and watch them) serves `cotune scale` too.
@@ -28,6 +28,7 @@ from typing import Callable
 from cotune.config import RunConfig, explicit, from_dict
 from cotune.errors import ConfigError, CotuneError, one_line
 from cotune.evaluate import primary_metric
+from cotune.mlflow_model import track_model
 from cotune.search import labels
 from cotune.search.ensemble import decide, ensemble_choice, final_model
 from cotune.search.reeval import reevaluate
@@ -51,6 +52,7 @@ class FitResult:
     how: dict           # how the final model was made (fit.json 'final'): kind, trials, epochs, trained_on, summary
     report: Path | None = None       # report.html, when the API built it (api.fit's report=True)
     report_note: str | None = None   # why report.html could not be built; the search itself stands
+    mlflow: dict | None = None       # the MLflow run and its model (fit.json 'mlflow'); None when not tracked
 
 
 def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, storage: str | None = None,
@@ -212,13 +214,13 @@ def _search(cfg, fixed, space, ds, metric, out: Path, url: str, name: str, *, st
     state["final"] = how  # how the final model was made, for the report and the command's summary
     counts = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
     best_d = {"number": best.number, "values": best.values, "params": best.params, "run_dir": best.user_attrs.get("run_dir")}
-    state.update(elapsed=elapsed + time.time() - t0, best=best_d, counts=counts, test=final.test, finished=True)
+    state.update(elapsed=elapsed + time.time() - t0, best=best_d, counts=counts, test=final.test, finished=True,
+                 mlflow=track_model(tracker, out / "final", ds.X))  # final/ as the run's pyfunc model, runs:/<id>/model
     write_json(out / "fit.json", state)
     tracker.set_tags({"best_trial": best.number, **{f"best.{k}": v for k, v in best.params.items()}})
     tracker.log_summary(final.metrics)
-    tracker.log_artifacts(out / "final")
     tracker.close()
-    return FitResult(path=out, study_name=name, best=best_d, final=final, test=final.test, counts=counts, how=how)
+    return FitResult(out, name, best_d, final, final.test, counts, how, mlflow=state["mlflow"])
 
 
 def best_trial(study):
