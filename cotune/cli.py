@@ -210,16 +210,22 @@ def worker(storage: str = typer.Option(..., "--storage", help="Study storage URL
 def predict(run: Path = typer.Argument(..., help="Run directory of a finished run, or a search directory (its final model)."),
             data: str = typer.Argument(..., help="CSV / Parquet / .npz (X) / image folder / built-in name."),
             out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write predictions here as CSV (default: print the first rows)."),
-            engine: str = typer.Option("torch", "--engine", help="torch (the saved weights) or onnx (the export `cotune compress` chose, through ONNX Runtime; no torch import).")):
-    """Predict classes and probabilities (or values) for new data with a trained run."""
+            engine: str = typer.Option("torch", "--engine", help="torch (the saved weights) or onnx (the export `cotune compress` chose, through ONNX Runtime; no torch import)."),
+            drift_report: Optional[Path] = typer.Option(None, "--drift-report", help="Write the drift check's details here (JSON: per column the test, p-value, PSI, flagged; the classifier test)."),
+            no_drift: bool = typer.Option(False, "--no-drift", help="Skip comparing the rows with the training rows.")):
+    """Predict classes and probabilities (or values) for new data with a trained run; warn when the rows differ from the training rows."""
     from cotune import api
-    frame = api.predict(run, data, out=out, engine=engine)
+    hint = f"details: {drift_report}" if drift_report else "details: --drift-report FILE"
+    frame = api.predict(run, data, out=out, engine=engine, drift=not no_drift, drift_report=drift_report,
+                        warn=lambda line: err_console.print(f"drift warning: {line} ({hint})", highlight=False, soft_wrap=True))
     if out is None:
         out_console.print(frame.head(20).to_string(index=False))
         if len(frame) > 20:
             out_console.print(f"... {len(frame)} rows; pass --out FILE.csv for all of them")
     else:
         out_console.print(f"{len(frame)} predictions written to [bold]{out}[/]")
+    if drift_report is not None:
+        out_console.print(f"drift report: [bold]{drift_report}[/]")
 
 
 @app.command("label-next")

@@ -16,6 +16,7 @@ LAYERS = {
     **{m: 2 for m in ("train", "evaluate", "calibrate", "bundle")},  # calibrate: temperatures and thresholds (numpy + scipy)
     "transfer": 2,  # a run's weights into a new model
     **{m: 2 for m in ("predictor", "onnx_engine")},  # the predict API and the ONNX Runtime engine: no torch
+    "drift": 2,  # new rows against the training rows' sample (reference.parquet): numpy, pandas, scipy, sklearn; no torch
     "pipeline": 3,
     "baselines": 3,  # the linear and LightGBM yardsticks, fitted on the rows `pipeline.prepare` gives
     "search": 4,  # search/*: the joint search (space, storage, objective, worker, parent, ensemble, tracking)
