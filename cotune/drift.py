@@ -5,10 +5,11 @@
 
 At save time (cotune.bundle.save) a seeded sample of the training rows goes into the bundle directory as
 reference.parquet: at most 5,000 rows (a wide table: at most 1,000,000 cells, and never under 200 rows), a
-table's raw columns (numeric as float64, categorical as the strings preprocessing compares, missing ->
-'__missing__'), an image's or a sequence's per-row summaries per channel (mean, standard deviation, mean
-absolute step between neighbours; over all channels together above 16 channels): arrays are checked on those,
-not pixel by pixel. `check` compares new rows with it:
+table's raw columns (numeric as float64, exactly: a float32 copy would make every repeated value look moved;
+categorical as the strings preprocessing compares, missing -> '__missing__'), an image's or a sequence's
+per-row summaries per channel (mean, standard deviation, mean absolute step between neighbours; over all
+channels together above 16 channels): arrays are checked on those, not pixel by pixel. `check` compares new
+rows with it:
 
     per column   numeric: two-sample Kolmogorov-Smirnov on the present values, and Fisher's exact test on the
                  missing share when either side has missing cells (the two Bonferroni-combined); categorical:
