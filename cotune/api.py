@@ -209,13 +209,38 @@ def load(path, engine: str = "torch"):
     return _load(resolve(path)[0])
 
 
-def predict(run_dir, data, out=None, engine: str = "torch"):
+def predict(run_dir, data, out=None, engine: str = "torch", drift: bool = True, drift_report=None, warn=None):
     """Predictions for `data` (path, built-in name, DataFrame or array) as a DataFrame; written to `out` as CSV if
-    given (atomically: a reader never sees half a file). engine: as for `load`."""
-    from cotune.track import atomic_write_bytes
-    frame = load(run_dir, engine=engine).predict_frame(data)
+    given (atomically: a reader never sees half a file). engine: as for `load`.
+
+    drift: compare the rows with the sample of training rows saved with the model (cotune.drift; the model's
+    `.drift(data)` returns the report) and, when they moved, call `warn` with one line naming what moved (default:
+    warnings.warn with a cotune.drift.DriftWarning). drift_report: write the details there as JSON. A model saved
+    before drift checks predicts without them (its report says so)."""
+    from cotune.predictor import read_features
+    from cotune.track import atomic_write_bytes, check_writable
+    if drift_report is not None and not drift:
+        from cotune.errors import ConfigError
+        raise ConfigError("A drift report needs the drift check; drop --no-drift (drift=False) or --drift-report.")
+    for path, what in ((out, "The predictions file"), (drift_report, "The drift report")):
+        if path is not None:
+            check_writable(path, what)
+    model = load(run_dir, engine=engine)
+    if isinstance(data, (str, Path)):
+        data = read_features(str(data), model.spec)  # read once, for the predictions and the drift check
+    frame = model.predict_frame(data)
+    report = model.drift(data) if drift else None
     if out is not None:
         atomic_write_bytes(out, frame.to_csv(index=False).encode())
+    if drift_report is not None:
+        report.save(drift_report)
+    if report is not None and report.flagged:
+        if warn is None:
+            import warnings
+            from cotune.drift import DriftWarning
+            warnings.warn(report.summary(), DriftWarning, stacklevel=2)
+        else:
+            warn(report.summary())
     return frame
 
 

@@ -6,11 +6,13 @@
     b.predict_frame("new.csv")  # DataFrame: prediction + one proba_<class> column per class
     b.predict_output(df)     # probabilities or values, whatever the task: what cotune.evaluate takes
     b.embed(df)              # (N, D) penultimate-layer activations (active learning's diversity)
+    b.drift(df)              # do df's rows look like the training rows? (cotune.drift)
 
 A classifier's bundle may hold decision.json: a temperature applied to its probabilities (an
 ensemble's: to the averaged ones) and, for a binary model tuned for a label metric, the decision
-threshold `predict` applies to P(second class). Loading reads JSON and safetensors only; nothing is
-ever unpickled.
+threshold `predict` applies to P(second class). reference.parquet is a seeded sample of the training rows,
+which `drift` compares new rows with (a bundle saved before it existed predicts without the check).
+Loading reads JSON, Parquet and safetensors only; nothing is ever unpickled.
 
 This module is the torch engine. What does not need torch (Spec, decision.json, reading new data,
 outputs -> `predictions`, the predict API itself) lives in cotune.predictor and is re-exported here;
@@ -26,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cotune.data.preprocess import Preprocessor
+from cotune.drift import save_reference
 from cotune.errors import BundleError, CotuneError
 from cotune.models import create_model
 from cotune.predictor import (DECISION, ENSEMBLE, NO_DECISION, SPEC, Predictor, Spec, Voting,  # noqa: F401  (re-exported)
@@ -38,9 +41,12 @@ WEIGHTS = "model.safetensors"
 REQUIRED = (WEIGHTS, SPEC, "preprocess.json")
 
 
-def save(run_dir: str | Path, model: torch.nn.Module, spec: Spec, pre: Preprocessor) -> None:
-    """Weights, preprocessing state and model.json (spec.to_dict()) into run_dir."""
+def save(run_dir: str | Path, model: torch.nn.Module, spec: Spec, pre: Preprocessor, train=None) -> None:
+    """Weights, preprocessing state and model.json (spec.to_dict()) into run_dir. train: (Dataset, the training
+    rows' indices), whose seeded sample becomes reference.parquet, what predict compares new rows with (cotune.drift)."""
     run_dir = Path(run_dir)
+    if train is not None:
+        save_reference(run_dir, *train)
     tmp = run_dir / f".{WEIGHTS}.tmp"
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
     tmp.replace(run_dir / WEIGHTS)

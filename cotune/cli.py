@@ -5,7 +5,6 @@ Bad input (a CotuneError) prints one line to stderr and exits with code 2, never
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 import time
@@ -18,10 +17,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from cotune.errors import EXIT_INTERRUPTED, CotuneError, one_line
+from cotune.show import out_console, print_dialect, print_metrics, print_mlflow, print_report
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Co-optimize a dataset and the training of a neural network on it.")
-out_console = Console()
 err_console = Console(stderr=True)
 
 
@@ -51,66 +50,6 @@ def process_start() -> float:
         return boot + ticks / os.sysconf("SC_CLK_TCK")  # btime is whole seconds, rounded down: never late
     except (OSError, ValueError, IndexError, StopIteration):
         return time.time()
-
-
-def print_metrics(result, how: dict | None = None) -> None:
-    """The run's metrics; `how` (a search's fit.json 'final') names an ensemble's members instead of epochs."""
-    keys = [k for k in ("accuracy", "f1_macro", "roc_auc", "log_loss", "ece", "rmse", "mae", "r2")
-            if any(k in (result.metrics.get(p) or {}) for p in ("val", "test"))]
-    if how is not None and how.get("kind") == "ensemble":
-        trained = "each refitted on train+val" if how["trained_on"] == "train+val" else "as trained in the search"
-        title = (f"soft-voting ensemble of trials {', '.join(f'#{n}' for n in how['trials'])} ({trained}), "
-                 f"{result.n_params:,} parameters in all")
-    else:
-        title = (f"{result.config.model.family}, {result.n_params:,} parameters, best epoch "
-                 f"{result.train.best_epoch}/{result.train.epochs_run}")
-    if not any(result.metrics.get(p) for p in ("val", "test")):
-        out_console.print(f"{title}: no validation or test rows to score (data.split.val / data.split.test = 0)")
-        out_console.print(f"run directory: [bold]{result.path}[/]")
-        return
-    table = Table(title=title)
-    table.add_column("split")
-    for k in keys:
-        table.add_column(k, justify="right")
-    for part in ("val", "test"):
-        m = result.metrics.get(part)
-        if m:
-            table.add_row(part, *[("-" if m.get(k) is None else f"{m[k]:.4f}") for k in keys])
-    out_console.print(table)
-    out_console.print(f"run directory: [bold]{result.path}[/]")
-
-
-def print_dialect(*run_dirs) -> None:
-    """One line when a CSV was not read as the plain comma-separated file its name suggests (a ';' file with
-    decimal commas, say), from the first of `run_dirs` that holds an env.json; nothing otherwise."""
-    from cotune.data.sources import dialect_note
-    for d in run_dirs:
-        f = Path(d) / "env.json" if d else None
-        if f is not None and f.is_file():
-            try:
-                note = dialect_note(json.loads(f.read_text()).get("dataset") or {})
-            except (ValueError, AttributeError):
-                return  # a damaged env.json is the report's to name
-            if note:
-                out_console.print(note, highlight=False, soft_wrap=True)
-            return
-
-
-def print_report(res) -> None:
-    """Where a search's report.html went, or the one line saying why it could not be built."""
-    if res.report is not None:
-        for line in res.report.problems:
-            out_console.print(f"report problem: {line}", highlight=False, soft_wrap=True)
-        out_console.print(f"report: [bold]{res.report}[/] (open it in a browser)")
-    elif res.report_note:
-        out_console.print(f"note: {res.report_note}", highlight=False, soft_wrap=True)
-
-
-def print_mlflow(info: dict | None) -> None:
-    """The MLflow model's URI (what mlflow.pyfunc.load_model takes) and the tracking URI it resolves in."""
-    if info:
-        out_console.print(f"MLflow model: {info['model_uri']} (tracking URI {info['tracking_uri']}; without it: "
-                          f"mlflow.pyfunc.load_model('{info['artifact_uri']}'))", highlight=False, soft_wrap=True)
 
 
 SET_HELP = "Override one config key, e.g. --set train.lr=1e-3 (repeatable). Keys: see `cotune knobs`."
@@ -223,16 +162,22 @@ def worker(storage: str = typer.Option(..., "--storage", help="Study storage URL
 def predict(run: Path = typer.Argument(..., help="Run directory of a finished run, or a search directory (its final model)."),
             data: str = typer.Argument(..., help="CSV / Parquet / .npz (X) / image folder / built-in name."),
             out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write predictions here as CSV (default: print the first rows)."),
-            engine: str = typer.Option("torch", "--engine", help="torch (the saved weights) or onnx (the export `cotune compress` chose, through ONNX Runtime; no torch import).")):
-    """Predict classes and probabilities (or values) for new data with a trained run."""
+            engine: str = typer.Option("torch", "--engine", help="torch (the saved weights) or onnx (the export `cotune compress` chose, through ONNX Runtime; no torch import)."),
+            drift_report: Optional[Path] = typer.Option(None, "--drift-report", help="Write the drift check's details here (JSON: per column the test, p-value, PSI, flagged; the classifier test)."),
+            no_drift: bool = typer.Option(False, "--no-drift", help="Skip comparing the rows with the training rows.")):
+    """Predict classes and probabilities (or values) for new data with a trained run; warn when the rows differ from the training rows."""
     from cotune import api
-    frame = api.predict(run, data, out=out, engine=engine)
+    hint = f"details: {drift_report}" if drift_report else "details: --drift-report FILE"
+    frame = api.predict(run, data, out=out, engine=engine, drift=not no_drift, drift_report=drift_report,
+                        warn=lambda line: err_console.print(f"drift warning: {line} ({hint})", highlight=False, soft_wrap=True))
     if out is None:
         out_console.print(frame.head(20).to_string(index=False))
         if len(frame) > 20:
             out_console.print(f"... {len(frame)} rows; pass --out FILE.csv for all of them")
     else:
         out_console.print(f"{len(frame)} predictions written to [bold]{out}[/]")
+    if drift_report is not None:
+        out_console.print(f"drift report: [bold]{drift_report}[/]")
 
 
 @app.command("label-next")

@@ -313,7 +313,7 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
         if len(idx):
             pred = bundle.predictions(infer(model, torch.as_tensor(X[idx]), rt), spec)
             metrics[part] = evaluate.evaluate(truth, pred, ds.task, classes=list(ds.classes))
-    bundle.save(out, model, spec, data.pre)
+    bundle.save(out, model, spec, data.pre, train=(ds, data.train_idx))  # + reference.parquet: drift at predict
     write_csv(out / "history.csv", result.history)
     write_json(out / "metrics.json", {**metrics, "train": {
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,

@@ -4,7 +4,8 @@ data, raw outputs -> predictions, and `Predictor`, the predict API over any engi
 An engine is a subclass that says how to get raw model outputs for preprocessed features (`_outputs`):
 cotune.bundle.Bundle runs the torch model, cotune.onnx_engine.OnnxBundle an ONNX export through ONNX Runtime.
 Everything else (reading and checking the raw data, preprocessing, softmax or the inverse target transform,
-the decision's temperature and threshold, the prediction frame) is here, once, so both engines predict alike.
+the decision's temperature and threshold, the prediction frame, the drift check) is here, once, so both engines
+predict alike.
 `Voting` is soft voting over member predictors of any engine.
 
 `resolve(run)` maps what a user passes (a search directory, its final/, or a run directory) to the bundle
@@ -160,6 +161,18 @@ class Predictor:
             df["threshold"] = self.threshold
         return df
 
+    def drift(self, X, **options):
+        """A cotune.drift.DriftReport: X's rows (as `predict` takes them) against the sample of training rows saved
+        with the model, per column and all columns together (.flagged, .moved, .columns, .summary(), .to_dict()).
+        options: alpha, min_psi, min_auc, seed. A model saved without a sample gives a report with checked=False."""
+        from cotune.drift import check
+        if isinstance(X, (str, Path)):
+            X = read_features(str(X), self.spec)
+        return check(self._reference_dirs(), self._features(X), **options)
+
+    def _reference_dirs(self) -> list[Path]:
+        return [self.path]
+
     def _features(self, X):
         """Raw features from a DataFrame, an array, or a path / built-in name (the target is dropped if present)."""
         if isinstance(X, (str, Path)):
@@ -196,6 +209,9 @@ class Voting(Predictor):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, members={len(self.members)}, task={self.task!r})"
+
+    def _reference_dirs(self) -> list[Path]:
+        return [self.path] + [d for m in self.members for d in m._reference_dirs()]  # the members' training rows
 
     def predict_output(self, X) -> np.ndarray:
         if isinstance(X, (str, Path)):

@@ -46,6 +46,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def check_writable(path: str | Path, what: str) -> None:
+    """A one-line ConfigError, before any work is done, when no file can be written at `path` (a folder, a file
+    where a folder must be, no permission); missing folders are fine: atomic_write_bytes creates them."""
+    p = Path(path)
+    where = p.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if p.is_dir():
+        problem = "is a folder; pass a file path inside it"
+    elif not where.is_dir():
+        problem = f"cannot be written: {str(where)!r} is a file, not a folder; pick another path"
+    elif not os.access(where, os.W_OK | os.X_OK):
+        problem = f"cannot be written: no permission to write in {str(where)!r}; pick another path"
+    else:
+        return
+    raise ConfigError(f"{what} {str(p)!r} {problem}.")
+
+
 class _suppress:
     def __enter__(self):
         return self

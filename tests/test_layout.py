@@ -18,6 +18,7 @@ LAYERS = {
     "transfer": 2,  # a run's weights into a new model
     **{m: 2 for m in ("predictor", "onnx_engine")},  # the predict API and the ONNX Runtime engine: no torch
     **{m: 2 for m in ("mlflow_model", "pyfunc")},  # a bundle as an MLflow pyfunc model; pyfunc.py is the code MLflow runs
+    "drift": 2,  # new rows against the training rows' sample (reference.parquet): numpy, pandas, scipy, sklearn; no torch
     "pipeline": 3,
     "launch": 3,  # a run under torchrun (N processes), each rank calling the pipeline; errors back as one line
     "baselines": 3,  # the linear and LightGBM yardsticks, fitted on the rows `pipeline.prepare` gives
@@ -30,6 +31,7 @@ LAYERS = {
     "api": 5,  # the API sits right under the CLI: it may call the search and the report
     "sklearn": 5,  # the scikit-learn estimators: a face of the API (they call cotune.train and cotune.fit)
     "cli": 6,
+    "show": 6,  # what the CLI prints about finished work (the metrics table, where the report went)
 }
 TOP = 5  # the package facade (cotune/__init__.py) re-exports the API
 

@@ -9,13 +9,13 @@ From a finished run or search (its final/ model), into <run>/compress/:
     pruned-<p>       structured pruning to p% of the width, the narrower zoo model fine-tuned, exported
     distilled[-int8] an ensemble's student: the best trial's knobs trained on the ensemble's probabilities
                      (pruned-<p> variants are then the student's)
-Every variant directory predicts on its own (model.onnx + model.json + preprocess.json; the pruned and distilled
-ones are also ordinary run directories that cotune.load reads). compress.csv / compress.json: per variant the
-parameters, file bytes, latency per batch size (interleaved, one thread), the validation and test metric; the
-chosen variant is the smallest (prefer='size') or fastest (prefer='latency') whose validation metric is within
-`tolerance` of the model's and that beats the fp32 export by at least 10% on that score (else onnx-fp32). Test
-metrics are reported, never used to choose. Everything is built in a temporary directory that replaces
-<run>/compress only when complete.
+Every variant directory predicts on its own (model.onnx + model.json + preprocess.json, and reference.parquet for
+the drift check; the pruned and distilled ones are also ordinary run directories that cotune.load reads).
+compress.csv / compress.json: per variant the parameters, file bytes, latency per batch size (interleaved, one
+thread), the validation and test metric; the chosen variant is the smallest (prefer='size') or fastest
+(prefer='latency') whose validation metric is within `tolerance` of the model's and that beats the fp32 export by
+at least 10% on that score (else onnx-fp32). Test metrics are reported, never used to choose. Everything is built
+in a temporary directory that replaces <run>/compress only when complete.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from cotune.track import read_json, write_csv, write_json
 PREFER = ("size", "latency")
 KEEPS = (0.75, 0.5, 0.25)  # the width kept by the pruned variants
 MAX_TOLERANCE = 100.0
-JSON_FILES = ("model.json", "preprocess.json", "decision.json")
+BUNDLE_FILES = ("model.json", "preprocess.json", "decision.json", "reference.parquet")  # copied beside each model.onnx
 
 
 @dataclass
@@ -143,7 +143,7 @@ def compress(run, *, tolerance: float = 0.5, prefer: str = "size", batches=(1, 2
             for i, m in enumerate(models):
                 d = out / "members" / str(i) if len(models) > 1 or isinstance(source, bundle.Ensemble) else out
                 d.mkdir(parents=True, exist_ok=True)
-                for f in JSON_FILES:
+                for f in BUNDLE_FILES:
                     if (m.path / f).is_file() and m.path.resolve() != d.resolve():
                         shutil.copy2(m.path / f, d / f)
                 if int8_of is not None:
