@@ -57,7 +57,7 @@ def made(tmp_path_factory):
     train = cotune("train", "--set", "data.source=sklearn:iris", "--set", "data.clean.label_issues=drop", *QUICK,
                    "--out", run)
     try:
-        r = CliRunner().invoke(app, [str(a) for a in ("fit", "sklearn:wine", "--trials", 4, "--workers", 1, "--set",
+        r = CliRunner().invoke(app, [str(a) for a in ("fit", "sklearn:wine", "--budget", "45s", "--trials", 4, "--workers", 1, "--set",
                                                       "search.mlflow=none", "--set", "search.top_k=1", *QUICK,
                                                       # trials long enough to differ: importances need variance
                                                       "--set", "train.epochs=4", "--set", "model.width=16", "--set", "train.batch_size=16",
@@ -292,6 +292,7 @@ def test_ensemble_layout(search_dir, tmp_path):
     shutil.copytree(search_dir, d, ignore=IGNORE_COPY)
     fit = read_json(d / "fit.json")
     done = [r["number"] for r in csv.DictReader(open(d / "trials.csv")) if r["state"] == "COMPLETE"][:2]
+    assert len(done) == 2, f"the 45 s search completed {len(done)} trial(s): an ensemble needs two"
     final = read_json(d / "final" / "metrics.json")
     shutil.rmtree(d / "final")
     for i, n in enumerate(done):
@@ -436,6 +437,15 @@ def test_every_chart_renders_without_javascript_errors(rendered, name):
 def test_the_browser_shows_fit_jsons_baseline_numbers(rendered, search_dir):
     dom, _, _ = rendered["search"]
     check_compare(dom, search_dir)
+
+
+def test_the_browser_shows_the_final_models_calibration(rendered, search_dir):
+    """After `cotune fit --budget 45s`: the final classifier's temperature scaling, with the reliability chart."""
+    dom, _, _ = rendered["search"]
+    fit = json.loads((search_dir / "fit.json").read_text())
+    assert fit["budget_s"] == 45 and fit["finished"]
+    assert re.search(r"(The probabilities are calibrated by temperature scaling|Temperature scaling was tried)", dom)
+    assert "perfect calibration" in dom  # the reliability diagram's diagonal, drawn by plotly in the browser
 
 
 def test_screenshot_is_not_blank(rendered):
