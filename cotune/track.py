@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -27,6 +28,17 @@ from cotune.errors import ConfigError, DamagedFileError, one_line
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Put the finished folder tmp (made beside dest) in dest's place: dest, when it exists, is swapped out whole."""
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}-old-{os.getpid()}")
+        dest.rename(old)
+        tmp.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(dest)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

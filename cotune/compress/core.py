@@ -19,7 +19,6 @@ in a temporary directory that replaces <run>/compress only when complete.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -31,7 +30,7 @@ import numpy as np
 from cotune.compress.table import POINT_METRICS, choose, rows as rows_of, summary
 from cotune.compress.variants import distill, prune_finetune, trained_on_val
 from cotune.errors import BundleError, ConfigError, CotuneError, invalid, one_line
-from cotune.track import read_json, write_csv, write_json
+from cotune.track import read_json, replace_dir, write_csv, write_json
 
 PREFER = ("size", "latency")
 KEEPS = (0.75, 0.5, 0.25)  # the width kept by the pruned variants
@@ -235,13 +234,7 @@ def compress(run, *, tolerance: float = 0.5, prefer: str = "size", batches=(1, 2
                   "summary": summary(table, chosen, metric, prefer)}
         write_csv(tmp / "compress.csv", [{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in table])
         write_json(tmp / "compress.json", record)
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}-old-{os.getpid()}")
-            dest.rename(old)
-            tmp.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dest)
+        replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -21,7 +21,6 @@ directory that replaces <run>/explain only when complete. Bad input is a CotuneE
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -32,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from cotune.errors import BundleError, ConfigError, CotuneError, DataError, fmt_choices, invalid, one_line
-from cotune.track import read_json, write_csv, write_json
+from cotune.track import read_json, replace_dir, write_csv, write_json
 
 GRADIENT_MODALITIES = ("sequence", "image")
 MAX_STEPS = 1024
@@ -282,13 +281,7 @@ def _write(dest: Path, record: dict, importances: list | None) -> None:
         if importances is not None:
             write_csv(tmp / "explain.csv", [{"rank": i + 1, "column": r["column"], "importance_mean": r["mean"],
                                              "importance_sd": r["sd"]} for i, r in enumerate(importances)])
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}-old-{os.getpid()}")
-            dest.rename(old)
-            tmp.rename(dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(dest)
+        replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
