@@ -1,0 +1,139 @@
+"""Stacked optimizers: one update over every member's slice, with each member's settings as a (K, 1) tensor.
+
+    opt = StackedOptimizer(pop, cfgs)          # cfgs: the members' TrainConfigs (one train.optimizer)
+    opt.step(lr)                               # lr: (K,) this step's rate per member (cotune.train.get_lr)
+
+The update rules are torch.optim's (for-loop order) with the options cotune.train.make_optimizer passes: weight decay
+only on matrices and kernels (dim >= 2 in the member's own model), train.backbone_lr on every parameter outside the
+output layer, the default eps / alpha / lr_decay. torch.optim cannot do this itself: a tensor lr must have one element.
+Settings, bias corrections and step counts are float64 whatever the parameters' dtype (torch.optim computes them as
+Python floats), cast once per step. State is keyed by parameter name, so `shrink` survives new parameter tensors.
+"""
+from __future__ import annotations
+
+import torch
+
+from cotune.errors import ConfigError
+from cotune.search.population.stack import Population, take
+
+OPTIMIZERS = ("sgd", "rmsprop", "adagrad", "adam", "adamw")
+ADAM_EPS, RMSPROP_ALPHA, RMSPROP_EPS, ADAGRAD_EPS = 1e-8, 0.99, 1e-8, 1e-10
+CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s
+
+
+def param_info(pop: Population) -> dict[str, tuple[bool, bool]]:
+    """name -> (decayed: dim >= 2 in a member's model, in the output layer) for every parameter of pop."""
+    info = {}
+    for mname, mod in pop.named_modules():
+        for layer, _, head in pop.slots:
+            if layer is mod:
+                member = layer.member(0)
+                for n, _ in mod.named_parameters(recurse=False):
+                    info[f"{mname}.{n}"] = (member[n].dim() >= 2, head)
+    return info
+
+
+class StackedOptimizer:
+    def __init__(self, pop: Population, cfgs: list):
+        names = {c.optimizer for c in cfgs}
+        if len(names) > 1:
+            raise ConfigError(f"A population has one train.optimizer; these members use {sorted(names)}: "
+                              "group the trials by optimizer.")
+        self.name, self.pop = names.pop(), pop
+        dev = pop.ctx.p.device
+        col = lambda vals: torch.tensor(vals, dtype=torch.float64, device=dev).reshape(-1, 1)  # noqa: E731
+        self.hp = {"wd": col([c.weight_decay for c in cfgs]), "beta1": col([c.beta1 for c in cfgs]),
+                   "beta2": col([c.beta2 for c in cfgs]), "momentum": col([c.momentum for c in cfgs]),
+                   "nesterov": col([float(c.nesterov) for c in cfgs]), "backbone": col([c.backbone_lr for c in cfgs])}
+        self.steps = torch.zeros(len(cfgs), 1, dtype=torch.float64, device=dev)  # per member, as torch's state['step']
+        self.info = param_info(pop)
+        self.state: dict[str, dict[str, torch.Tensor]] = {}
+
+    @property
+    def k(self) -> int:
+        return self.steps.shape[0]
+
+    def params(self):
+        return [(n, p) for n, p in self.pop.named_parameters() if p.requires_grad]
+
+    def zero_grad(self) -> None:
+        for _, p in self.params():
+            p.grad = None
+
+    def _state(self, name: str, pv: torch.Tensor) -> dict:
+        if name not in self.state:
+            keys = {"sgd": ("buf",), "rmsprop": ("sq", "buf"), "adagrad": ("sum",)}.get(self.name, ("m", "v"))
+            self.state[name] = {k: torch.zeros_like(pv) for k in keys}
+        return self.state[name]
+
+    @torch.no_grad()
+    def step(self, lr: torch.Tensor, active: torch.Tensor | None = None) -> None:
+        """One update of every member at its rate lr (K,); members with active False stay exactly as they are."""
+        keep = None if active is None or bool(active.all()) else (~active).nonzero().flatten()
+        saved = {}
+        if keep is not None:
+            for n, p in self.params():
+                saved[n] = (p.view(self.k, -1)[keep].clone(), {s: t[keep].clone() for s, t in self._state(n, p.view(self.k, -1)).items()})
+        self.steps += 1 if active is None else active.reshape(-1, 1).to(torch.float64)
+        h, lr = self.hp, lr.to(torch.float64).reshape(-1, 1)
+        for n, p in self.params():
+            if p.grad is None:
+                continue
+            decayed, head = self.info[n]
+            pv, g = p.view(self.k, -1), p.grad.view(self.k, -1)
+            cast = lambda t: t.to(p.dtype)  # noqa: E731
+            plr = lr if head else lr * h["backbone"]
+            wd = h["wd"] if decayed else torch.zeros_like(h["wd"])
+            st = self._state(n, pv)
+            if self.name == "adamw":
+                pv.mul_(cast(1 - plr * wd))
+            elif decayed:  # L2 added to the gradient
+                g = g.add(pv * cast(wd))
+            if self.name in ("adam", "adamw"):
+                b1, b2 = h["beta1"], h["beta2"]
+                st["m"].lerp_(g, cast(1 - b1))
+                st["v"].mul_(cast(b2)).addcmul_(g, g * cast(1 - b2))
+                bc1, bc2 = 1 - b1 ** self.steps, 1 - b2 ** self.steps
+                denom = (st["v"].sqrt() / cast(bc2.sqrt())).add_(ADAM_EPS)
+                pv.addcdiv_(st["m"] * cast(-plr / bc1), denom)
+            elif self.name == "sgd":
+                mom = h["momentum"]
+                st["buf"].mul_(cast(mom)).add_(g)
+                g = torch.where(h["nesterov"] > 0, g + st["buf"] * cast(mom), st["buf"])
+                pv.sub_(g * cast(plr))
+            elif self.name == "rmsprop":
+                st["sq"].mul_(RMSPROP_ALPHA).addcmul_(g, g, value=1 - RMSPROP_ALPHA)
+                avg = st["sq"].sqrt().add_(RMSPROP_EPS)
+                with_m = h["momentum"] > 0
+                st["buf"].mul_(cast(h["momentum"])).addcdiv_(g, avg)
+                pv.sub_(torch.where(with_m, st["buf"] * cast(plr), (g * cast(plr)) / avg))
+            else:  # adagrad
+                st["sum"].addcmul_(g, g)
+                pv.addcdiv_(g * cast(-plr), st["sum"].sqrt().add_(ADAGRAD_EPS))
+        for n, (pk, sk) in saved.items():
+            p = dict(self.params())[n]
+            p.view(self.k, -1)[keep] = pk
+            for s, t in sk.items():
+                self.state[n][s][keep] = t
+
+    def shrink(self, keep: list[int]) -> None:
+        """Keep members `keep` (after pop.shrink(keep)): their state and step counts exactly."""
+        idx = torch.as_tensor(keep, dtype=torch.long, device=self.steps.device)
+        self.hp = {k: v[idx] for k, v in self.hp.items()}
+        k_old = self.k
+        self.steps = self.steps[idx]
+        self.state = {n: {s: take(t, k_old, idx) for s, t in st.items()} for n, st in self.state.items()}
+
+
+@torch.no_grad()
+def clip_members(pop: Population, max_norm: torch.Tensor) -> None:
+    """clip_grad_norm_ per member: each member's gradients scaled so their global norm is at most max_norm[k]
+    (max_norm (K,) float64; 0 = no clipping for that member)."""
+    grads = [p.grad.view(pop.k, -1) for p in pop.parameters() if p.grad is not None]
+    if not grads or not bool((max_norm > 0).any()):
+        return
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, 2, dim=1) for g in grads]), 2, dim=0)
+    coef = (max_norm.to(total.device) / (total.to(torch.float64) + CLIP_EPS)).clamp(max=1.0)
+    coef = torch.where(max_norm > 0, coef, torch.ones_like(coef)).reshape(-1, 1)
+    for g in grads:
+        g.mul_(coef.to(g.dtype))
