@@ -234,3 +234,55 @@ def test_population_input_errors():
     cfgs = [TrainConfig(optimizer="sgd"), TrainConfig(optimizer="adam")]
     with pytest.raises(Exception, match="train.optimizer"):
         train_population(models, TensorData(X, y), [Member(c) for c in cfgs], Runtime(), task="multiclass")
+
+
+def test_own_rows_labels_sampling_and_masked_batch_norm(dtype64):
+    """Member 0 on a subset with its own labels, member 1 on balanced-batch sampling, member 2 on every row: batch
+    norm over padded batches (member 0 has fewer rows) keeps each member's statistics its solo run's."""
+    X, y = data(260)
+    g = torch.Generator().manual_seed(4)
+    rows = [torch.randperm(260, generator=g)[:200], None, None]
+    labels = [torch.randint(0, 10, (200,), generator=g), None, None]
+    sampling = [None, torch.rand(260, generator=g, dtype=torch.float64) + 0.1, None]
+    cfgs = [TrainConfig(optimizer="adamw", lr=lr, epochs=4, batch_size=48, patience=0) for lr in (1e-3, 3e-3, 1e-2)]
+    torch.manual_seed(0)
+    models = [create_model("mlp", (1, 40), 10, width=16, depth=2, norm="batch", dropout=0.0) for _ in cfgs]
+    solo = [copy.deepcopy(m) for m in models]
+    members = [Member(c, seed=7 + k, rows=r, y=lab, sampling=s) for k, (c, r, lab, s) in enumerate(zip(cfgs, rows, labels, sampling))]
+    res = train_population(models, TensorData(X, y), members, Runtime(), task="multiclass")
+    for k, (m, c, r, lab, s) in enumerate(zip(solo, cfgs, rows, labels, sampling)):
+        d = TensorData(X if r is None else X[r], y if lab is None else lab)
+        b = train(m, d, None, c, Runtime(), task="multiclass", seed=7 + k, sampling_weights=s)
+        assert res.results[k].steps == b.steps
+        with torch.no_grad():  # eval mode: the running statistics too
+            la, lb = (F.cross_entropy(mm.eval()(X[:100]), y[:100]).item() for mm in (models[k], m))
+        assert abs(la - lb) < 1e-10, (k, la, lb)
+
+
+def test_regression_members(dtype64):
+    X, _ = data(200)
+    t = (X.reshape(200, -1)[:, :3].sum(1) + 0.1 * torch.randn(200)).float()  # float32 targets, as TensorData.from_numpy
+    Xv = X[:50]
+    val = TensorData(Xv, t[:50])
+    cfgs = [TrainConfig(optimizer="sgd", lr=1e-2, momentum=0.9, epochs=3, batch_size=32, patience=0, loss=loss,
+                        huber_delta=delta) for loss, delta in (("mse", 1.0), ("huber", 0.5), ("huber", 2.0))]
+    torch.manual_seed(0)
+    models = [create_model("mlp", (1, 40), 1, width=8, depth=1, dropout=0.0) for _ in cfgs]
+    solo = [copy.deepcopy(m) for m in models]
+    res = train_population(models, TensorData(X, t), [Member(c, val=val) for c in cfgs], Runtime(), task="regression",
+                           y_scale=2.0)
+    for k, (m, c) in enumerate(zip(solo, cfgs)):
+        b = train(m, TensorData(X, t), val, c, Runtime(), task="regression", y_scale=2.0)
+        for ra, rb in zip(res.results[k].history, b.history):
+            assert ra["val_rmse"] == pytest.approx(rb["val_rmse"], rel=1e-9) and ra.keys() == rb.keys()
+
+
+def test_augmented_member_trains():
+    """Augmentation runs on each member's real rows (its draws are not its solo run's: one stream for all)."""
+    X, y = data(120)
+    aug = lambda x, yb: (x + 0.01 * torch.randn_like(x), yb.flip(0), 0.7)  # noqa: E731 - a mixup-like partner
+    cfgs = [TrainConfig(optimizer="adam", lr=1e-3, epochs=2, batch_size=50, patience=0) for _ in range(2)]
+    models = [create_model("cnn1d", (1, 40), 10, width=4, depth=1, dropout=0.2) for _ in cfgs]
+    res = train_population(models, TensorData(X, y), [Member(cfgs[0], augment=aug), Member(cfgs[1])], Runtime(),
+                           task="multiclass")
+    assert all(r is not None and len(r.history) == 2 for r in res.results)

@@ -22,7 +22,11 @@ class Ctx:
 
     def __init__(self, p: torch.Tensor):
         self.mask: torch.Tensor | None = None  # (K, B) bool, or None when no row is padding
-        self.p = p                             # (K,) dropout rates
+        self.set_p(p)
+
+    def set_p(self, p: torch.Tensor) -> None:
+        self.p = p                                   # (K,) dropout rates
+        self.dropout = bool((p > 0).any())           # on the host: no device sync per forward
 
 
 def to_grouped(x: torch.Tensor) -> torch.Tensor:
@@ -181,7 +185,7 @@ class Dropout(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.ctx.p
-        if not self.training or not bool((p > 0).any()):
+        if not self.training or not self.ctx.dropout:
             return x
         k = p.shape[0]
         if self.grouped:  # (B, K*C, *S): member k's channels share its rate

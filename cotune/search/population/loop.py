@@ -168,7 +168,7 @@ def train_population(models: list[torch.nn.Module], train_data: TensorData, memb
     for m in models:
         m.to(dev)
     pop = stack(models).to(dev)
-    pop.ctx.p = pop.ctx.p.to(dev)
+    pop.ctx.set_p(pop.ctx.p.to(dev))
     opt = StackedOptimizer(pop, [m.cfg for m in members])
     decayed = [n for n, (dec, _) in param_info(pop).items() if dec]
     n_rows = [len(train_data) if m.rows is None else len(m.rows) for m in members]
@@ -194,7 +194,7 @@ def train_population(models: list[torch.nn.Module], train_data: TensorData, memb
         for i in range(rows.shape[1]):
             cnt = counts[i]
             full = bool((cnt == width).all())
-            active = None if full else (cnt > 0).to(dev)
+            active = None if full else (cnt > 0).tolist()
             mask = None if full else torch.arange(width, device=dev)[None, :] < cnt.to(dev)[:, None]
             lrs = []
             for j, a in enumerate(alive):
@@ -213,14 +213,15 @@ def train_population(models: list[torch.nn.Module], train_data: TensorData, memb
             loss = member_losses(z, yb, wb, mask, specs)
             if yb2 is not None:
                 loss = lam * loss + (1 - lam) * member_losses(z, yb2, wb, mask, specs)
-            if bool((l1 > 0).any()):
+            if any(members[a].cfg.l1 > 0 for a in alive):
                 params = dict(pop.named_parameters())
                 loss = loss + l1.to(loss.dtype) * sum(params[n].reshape(pop.k, -1).abs().sum(1) for n in decayed)
             if active is not None:
-                loss = torch.where(active, loss, torch.zeros_like(loss))
+                loss = torch.where(torch.tensor(active, device=dev), loss, torch.zeros_like(loss))
             opt.zero_grad()
             loss.sum().backward()
-            clip_members(pop, clip)
+            if any(members[a].cfg.grad_clip > 0 for a in alive):
+                clip_members(pop, clip)
             opt.step(f64(lrs), active)
             running += loss.detach().to(torch.float64)
             for j, a in enumerate(alive):

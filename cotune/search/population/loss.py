@@ -26,6 +26,14 @@ class LossSpecs:
     sce_beta: torch.Tensor
     huber_delta: torch.Tensor
 
+    @property
+    def host(self) -> dict:
+        """id(parameter tensor) -> its values as Python floats (computed once)."""
+        if "_host" not in self.__dict__:
+            object.__setattr__(self, "_host", {id(t): t.flatten().tolist() for t in (
+                self.smoothing, self.focal_gamma, self.gce_q, self.sce_alpha, self.sce_beta, self.huber_delta)})
+        return self.__dict__["_host"]
+
     @classmethod
     def of(cls, cfgs: list, task: str, device) -> "LossSpecs":
         col = lambda a: torch.tensor([float(getattr(c, a)) for c in cfgs], device=device).reshape(-1, 1)  # noqa: E731
@@ -44,11 +52,11 @@ def _per_sample(name: str, out: torch.Tensor, y: torch.Tensor, s: LossSpecs) -> 
 
     def _param(t: torch.Tensor, dtype):
         """The Python number when the members on this loss agree (compute_loss's very kernels), else (K, 1)."""
-        vals = t[users]
-        return float(vals[0]) if bool((vals == vals[0]).all()) else t.to(dtype)
+        vals = {s.host[id(t)][i] for i in users}  # read on the host: no device sync per step
+        return vals.pop() if len(vals) == 1 else t.to(dtype)
 
     if name in ("mse", "huber"):
-        pred, target = out.squeeze(-1), y.to(out.dtype)
+        pred, target = out.squeeze(-1), y  # no cast: the dtypes promote as in compute_loss
         if name == "mse":
             return F.mse_loss(pred, target, reduction="none")
         delta = _param(s.huber_delta, out.dtype)

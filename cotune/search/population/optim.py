@@ -67,14 +67,15 @@ class StackedOptimizer:
         return self.state[name]
 
     @torch.no_grad()
-    def step(self, lr: torch.Tensor, active: torch.Tensor | None = None) -> None:
-        """One update of every member at its rate lr (K,); members with active False stay exactly as they are."""
-        keep = None if active is None or bool(active.all()) else (~active).nonzero().flatten()
+    def step(self, lr: torch.Tensor, active: list[bool] | None = None) -> None:
+        """One update of every member at its rate lr (K,); members with active[k] False stay exactly as they are."""
+        idle = [] if active is None else [k for k, a in enumerate(active) if not a]
+        keep = torch.as_tensor(idle, dtype=torch.long, device=self.steps.device) if idle else None
         saved = {}
         if keep is not None:
             for n, p in self.params():
                 saved[n] = (p.view(self.k, -1)[keep].clone(), {s: t[keep].clone() for s, t in self._state(n, p.view(self.k, -1)).items()})
-        self.steps += 1 if active is None else active.reshape(-1, 1).to(torch.float64)
+        self.steps += 1 if keep is None else torch.tensor(active, dtype=torch.float64, device=self.steps.device).reshape(-1, 1)
         h, lr = self.hp, lr.to(torch.float64).reshape(-1, 1)
         for n, p in self.params():
             if p.grad is None:
@@ -130,7 +131,7 @@ def clip_members(pop: Population, max_norm: torch.Tensor) -> None:
     """clip_grad_norm_ per member: each member's gradients scaled so their global norm is at most max_norm[k]
     (max_norm (K,) float64; 0 = no clipping for that member)."""
     grads = [p.grad.view(pop.k, -1) for p in pop.parameters() if p.grad is not None]
-    if not grads or not bool((max_norm > 0).any()):
+    if not grads:
         return
     total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, 2, dim=1) for g in grads]), 2, dim=0)
     coef = (max_norm.to(total.device) / (total.to(torch.float64) + CLIP_EPS)).clamp(max=1.0)

@@ -82,7 +82,7 @@ class Population(nn.Module):
                     mod._buffers[name] = new
             if hasattr(mod, "k") and mod is not self:
                 mod.k = len(keep)
-        self.ctx.p = self.ctx.p[idx]
+        self.ctx.set_p(self.ctx.p[idx])
         self.slots = [(m, [pre[i] for i in keep], head) for m, pre, head in self.slots]
         self.k = len(keep)
 
