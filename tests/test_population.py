@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from cotune.config import TrainConfig
 from cotune.data.batches import TensorData
+from cotune.errors import ConfigError, DataError
 from cotune.models import create_model
 from cotune.runtime import Runtime
 from cotune.search.population.loop import Member, train_population
@@ -229,10 +230,10 @@ def test_population_input_errors():
     cfgs = [TrainConfig(batch_size=32), TrainConfig(batch_size=64)]
     X, y = data(50)
     models = [create_model("mlp", (1, 40), 10, width=8, depth=1) for _ in cfgs]
-    with pytest.raises(Exception, match="train.batch_size"):
+    with pytest.raises(ConfigError, match="train.batch_size"):
         train_population(models, TensorData(X, y), [Member(c) for c in cfgs], Runtime(), task="multiclass")
     cfgs = [TrainConfig(optimizer="sgd"), TrainConfig(optimizer="adam")]
-    with pytest.raises(Exception, match="train.optimizer"):
+    with pytest.raises(ConfigError, match="train.optimizer"):
         train_population(models, TensorData(X, y), [Member(c) for c in cfgs], Runtime(), task="multiclass")
 
 
@@ -286,3 +287,6 @@ def test_augmented_member_trains():
     res = train_population(models, TensorData(X, y), [Member(cfgs[0], augment=aug), Member(cfgs[1])], Runtime(),
                            task="multiclass")
     assert all(r is not None and len(r.history) == 2 for r in res.results)
+    with pytest.raises(DataError, match="no training rows"):
+        train_population(models, TensorData(X, y), [Member(TrainConfig()), Member(TrainConfig(), rows=torch.arange(0))],
+                         Runtime(), task="multiclass")

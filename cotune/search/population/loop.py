@@ -4,6 +4,9 @@
     res = train_population(models, train_data, members, runtime, task="multiclass", on_eval=hook)
     res.results[k]        # a cotune.train.TrainResult, or None when member k failed (res.errors[k] says why)
 
+A member's TrainResult is its solo run's, except train_time_s (and so samples_per_s): the population's time over
+the epochs the member took part in. A failed member's model keeps the weights it came in with.
+
 Members share the device-resident tensors (`train_data`, a TensorData); member k trains on its rows `rows_k` (its
 cleaning, balancing and data fraction), with its own labels and sample weights when given, and draws each epoch's
 permutation from its own generator seeded as `train()` seeds the global one, so its batches are its solo run's.
@@ -30,7 +33,7 @@ import torch.nn.functional as F
 
 from cotune import distributed as dist
 from cotune.data.batches import TensorData
-from cotune.errors import ConfigError
+from cotune.errors import ConfigError, DataError
 from cotune.evaluate import Metric, metric, monitored_metric, score as metric_score
 from cotune.runtime import Runtime
 from cotune.search.population.loss import LossSpecs, member_losses
@@ -79,8 +82,10 @@ class _State:
         self.res, self.step, self.bad, self.lr, self.best = TrainResult(), 0, 0, 0.0, None
 
 
-def _check(members: list[Member], task: str) -> None:
-    for m in members:
+def _check(members: list[Member], n_rows: list[int], task: str) -> None:
+    for k, (m, n) in enumerate(zip(members, n_rows)):
+        if n == 0:
+            raise DataError(f"Population member {k} has no training rows (Member.rows is empty); leave it out.")
         check_config(m.cfg, task)
         if m.cfg.freeze_epochs > 0:
             raise ConfigError("A population does not train with train.freeze_epochs > 0; train those trials one by one.")
@@ -163,7 +168,8 @@ def train_population(models: list[torch.nn.Module], train_data: TensorData, memb
     is kept in errors[k] (a pruned trial's TrialPruned, say)."""
     if len(models) != len(members) or not members:
         raise ConfigError(f"train_population needs one Member per model; got {len(models)} models and {len(members)} members.")
-    _check(members, task)
+    n_rows = [len(train_data) if m.rows is None else len(m.rows) for m in members]
+    _check(members, n_rows, task)
     dev = torch.device(runtime.device)
     for m in models:
         m.to(dev)
@@ -171,7 +177,6 @@ def train_population(models: list[torch.nn.Module], train_data: TensorData, memb
     pop.ctx.set_p(pop.ctx.p.to(dev))
     opt = StackedOptimizer(pop, [m.cfg for m in members])
     decayed = [n for n, (dec, _) in param_info(pop).items() if dec]
-    n_rows = [len(train_data) if m.rows is None else len(m.rows) for m in members]
     states = [_State(m, n, task) for m, n in zip(members, n_rows)]
     gens = [torch.Generator(device=dev) for _ in members]
     out = PopulationResult([None] * len(members), [None] * len(members))

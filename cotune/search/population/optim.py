@@ -47,6 +47,8 @@ class StackedOptimizer:
                    "nesterov": col([float(c.nesterov) for c in cfgs]), "backbone": col([c.backbone_lr for c in cfgs])}
         self.steps = torch.zeros(len(cfgs), 1, dtype=torch.float64, device=dev)  # per member, as torch's state['step']
         self.info = param_info(pop)
+        self._flags = None
+        self._flags = self.flags  # on the host, once (and again after shrink)
         self.state: dict[str, dict[str, torch.Tensor]] = {}
 
     @property
@@ -76,46 +78,65 @@ class StackedOptimizer:
             for n, p in self.params():
                 saved[n] = (p.view(self.k, -1)[keep].clone(), {s: t[keep].clone() for s, t in self._state(n, p.view(self.k, -1)).items()})
         self.steps += 1 if keep is None else torch.tensor(active, dtype=torch.float64, device=self.steps.device).reshape(-1, 1)
-        h, lr = self.hp, lr.to(torch.float64).reshape(-1, 1)
+        lr, cache = lr.to(torch.float64).reshape(-1, 1), {}
         for n, p in self.params():
             if p.grad is None:
                 continue
             decayed, head = self.info[n]
-            pv, g = p.view(self.k, -1), p.grad.view(self.k, -1)
-            cast = lambda t: t.to(p.dtype)  # noqa: E731
-            plr = lr if head else lr * h["backbone"]
-            wd = h["wd"] if decayed else torch.zeros_like(h["wd"])
+            key = (decayed, head, p.dtype)
+            if key not in cache:  # the step's coefficients, once per kind of parameter
+                cache[key] = self._coeffs(lr, decayed, head, p.dtype)
+            c, pv, g = cache[key], p.view(self.k, -1), p.grad.view(self.k, -1)
             st = self._state(n, pv)
             if self.name == "adamw":
-                pv.mul_(cast(1 - plr * wd))
+                pv.mul_(c["decay"])
             elif decayed:  # L2 added to the gradient
-                g = g.add(pv * cast(wd))
+                g = g.add(pv * c["wd"])
             if self.name in ("adam", "adamw"):
-                b1, b2 = h["beta1"], h["beta2"]
-                st["m"].lerp_(g, cast(1 - b1))
-                st["v"].mul_(cast(b2)).addcmul_(g, g * cast(1 - b2))
-                bc1, bc2 = 1 - b1 ** self.steps, 1 - b2 ** self.steps
-                denom = (st["v"].sqrt() / cast(bc2.sqrt())).add_(ADAM_EPS)
-                pv.addcdiv_(st["m"] * cast(-plr / bc1), denom)
+                st["m"].lerp_(g, c["1-b1"])
+                st["v"].mul_(c["b2"]).addcmul_(g, g * c["1-b2"])
+                denom = (st["v"].sqrt() / c["bc2_sqrt"]).add_(ADAM_EPS)
+                pv.addcdiv_(st["m"] * c["step_size"], denom)
             elif self.name == "sgd":
-                mom = h["momentum"]
-                st["buf"].mul_(cast(mom)).add_(g)
-                g = torch.where(h["nesterov"] > 0, g + st["buf"] * cast(mom), st["buf"])
-                pv.sub_(g * cast(plr))
+                st["buf"].mul_(c["momentum"]).add_(g)
+                nest = self.flags["nesterov"]
+                g = (g + st["buf"] * c["momentum"] if nest is True else st["buf"] if nest is False else
+                     torch.where(c["nesterov"], g + st["buf"] * c["momentum"], st["buf"]))
+                pv.sub_(g * c["lr"])
             elif self.name == "rmsprop":
                 st["sq"].mul_(RMSPROP_ALPHA).addcmul_(g, g, value=1 - RMSPROP_ALPHA)
                 avg = st["sq"].sqrt().add_(RMSPROP_EPS)
-                with_m = h["momentum"] > 0
-                st["buf"].mul_(cast(h["momentum"])).addcdiv_(g, avg)
-                pv.sub_(torch.where(with_m, st["buf"] * cast(plr), (g * cast(plr)) / avg))
+                st["buf"].mul_(c["momentum"]).addcdiv_(g, avg)
+                with_m = self.flags["momentum"]
+                pv.sub_(st["buf"] * c["lr"] if with_m is True else (g * c["lr"]) / avg if with_m is False else
+                        torch.where(c["with_m"], st["buf"] * c["lr"], (g * c["lr"]) / avg))
             else:  # adagrad
                 st["sum"].addcmul_(g, g)
-                pv.addcdiv_(g * cast(-plr), st["sum"].sqrt().add_(ADAGRAD_EPS))
+                pv.addcdiv_(g * -c["lr"], st["sum"].sqrt().add_(ADAGRAD_EPS))
         for n, (pk, sk) in saved.items():
             p = dict(self.params())[n]
             p.view(self.k, -1)[keep] = pk
             for s, t in sk.items():
                 self.state[n][s][keep] = t
+
+    @property
+    def flags(self) -> dict:
+        """True / False when every member agrees (one branch of the update), else None (a where per parameter)."""
+        agree = lambda vals: True if all(vals) else False if not any(vals) else None  # noqa: E731
+        return {"nesterov": agree(self.hp["nesterov"].flatten().tolist()),
+                "momentum": agree([m > 0 for m in self.hp["momentum"].flatten().tolist()])} if self._flags is None else self._flags
+
+    def _coeffs(self, lr: torch.Tensor, decayed: bool, head: bool, dtype) -> dict:
+        """This step's (K, 1) coefficients for one kind of parameter, computed in float64, cast to its dtype once."""
+        h = self.hp
+        plr = lr if head else lr * h["backbone"]
+        wd = h["wd"] if decayed else torch.zeros_like(h["wd"])
+        c = {"lr": plr, "wd": wd, "momentum": h["momentum"]}
+        if self.name in ("adam", "adamw"):
+            c.update({"decay": 1 - plr * wd, "1-b1": 1 - h["beta1"], "b2": h["beta2"], "1-b2": 1 - h["beta2"],
+                      "bc2_sqrt": (1 - h["beta2"] ** self.steps).sqrt(), "step_size": -plr / (1 - h["beta1"] ** self.steps)})
+        out = {k: v.to(dtype) for k, v in c.items()}
+        return {**out, "nesterov": h["nesterov"] > 0, "with_m": h["momentum"] > 0}
 
     def shrink(self, keep: list[int]) -> None:
         """Keep members `keep` (after pop.shrink(keep)): their state and step counts exactly."""
@@ -123,6 +144,8 @@ class StackedOptimizer:
         self.hp = {k: v[idx] for k, v in self.hp.items()}
         k_old = self.k
         self.steps = self.steps[idx]
+        self._flags = None
+        self._flags = self.flags
         self.state = {n: {s: take(t, k_old, idx) for s, t in st.items()} for n, st in self.state.items()}
 
 
