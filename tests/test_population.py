@@ -15,7 +15,7 @@ from cotune.models import create_model
 from cotune.runtime import Runtime
 from cotune.search.population.loop import Member, train_population
 from cotune.search.population.optim import StackedOptimizer, clip_members
-from cotune.search.population.stack import PopulationError, stack, unstack
+from cotune.search.population.stack import PopulationError, group_by_shape, stack, unstack
 from cotune.train import TrainingError, train
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "adagrad")
@@ -78,6 +78,10 @@ def test_stack_names_the_knob_that_differs():
     with pytest.raises(PopulationError, match="GRU|gru|only mlp"):
         stack([create_model("gru", (4, 10), 5)] * 2)
     stack([make(dropout=0.0), make(dropout=0.4)])  # dropout on or off is a per-member rate, not a shape
+    models = [make(), make(width=9), make(dropout=0.3), make(norm="batch"), make(width=9, dropout=0.1)]
+    assert group_by_shape(models) == [[0, 2], [1, 4], [3]]
+    for g in group_by_shape(models):
+        stack([models[i] for i in g])
 
 
 def members_for(name: str, n: int):

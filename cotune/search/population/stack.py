@@ -217,6 +217,24 @@ def stack(models: list[nn.Module]) -> Population:
     return pop
 
 
+def shape_key(model: nn.Module) -> tuple:
+    """What must be equal for models to stack: class, input shape, pool, and every layer's type and tensor shapes
+    (dropout layers left out: their rate is per member). Equal keys stack; a search groups its trials by this key
+    (and train.batch_size, train.optimizer) before train_population."""
+    layers = tuple((type(m).__name__, *(tuple(t.shape) for t in m.parameters(recurse=False)))
+                   for m in model.modules() if not isinstance(m, (nn.Dropout, nn.Sequential)))
+    extra = tuple(getattr(model, a, None) for a in ("in_shape", "pool", "flatten", "k"))
+    return (type(model).__name__, extra, layers, getattr(model, "embed", None) is None)
+
+
+def group_by_shape(models: list[nn.Module]) -> list[list[int]]:
+    """Indices of models grouped by shape_key, in first-seen order (each group can be one population)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, m in enumerate(models):
+        groups.setdefault(shape_key(m), []).append(i)
+    return list(groups.values())
+
+
 def unstack(pop: Population, k: int, into: nn.Module) -> nn.Module:
     """Write member k's parameters and buffers into `into` (a zoo module of its shape); returns it."""
     sd = {}
