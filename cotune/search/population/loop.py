@@ -196,11 +196,11 @@ def train_population(models: list[torch.nn.Module], train_data: TensorData, memb
         rows, labels, weights, counts = _epoch_batches(states, gens, members, alive, epoch, train_data, dev)
         width = rows.shape[2]
         running = torch.zeros(len(alive), dtype=torch.float64, device=dev)
-        for i in range(rows.shape[1]):
-            cnt = counts[i]
-            full = bool((cnt == width).all())
-            active = None if full else (cnt > 0).tolist()
-            mask = None if full else torch.arange(width, device=dev)[None, :] < cnt.to(dev)[:, None]
+        use_l1, use_clip = any(members[a].cfg.l1 > 0 for a in alive), any(members[a].cfg.grad_clip > 0 for a in alive)
+        for i, cnt in enumerate(counts.tolist()):  # cnt: each member's real rows in this tick, on the host
+            full = all(c == width for c in cnt)
+            active = None if full else [c > 0 for c in cnt]
+            mask = None if full else torch.arange(width, device=dev)[None, :] < torch.tensor(cnt, device=dev)[:, None]
             lrs = []
             for j, a in enumerate(alive):
                 s, c = states[a], members[a].cfg
@@ -218,19 +218,19 @@ def train_population(models: list[torch.nn.Module], train_data: TensorData, memb
             loss = member_losses(z, yb, wb, mask, specs)
             if yb2 is not None:
                 loss = lam * loss + (1 - lam) * member_losses(z, yb2, wb, mask, specs)
-            if any(members[a].cfg.l1 > 0 for a in alive):
+            if use_l1:
                 params = dict(pop.named_parameters())
                 loss = loss + l1.to(loss.dtype) * sum(params[n].reshape(pop.k, -1).abs().sum(1) for n in decayed)
             if active is not None:
                 loss = torch.where(torch.tensor(active, device=dev), loss, torch.zeros_like(loss))
             opt.zero_grad()
             loss.sum().backward()
-            if any(members[a].cfg.grad_clip > 0 for a in alive):
+            if use_clip:
                 clip_members(pop, clip)
             opt.step(f64(lrs), active)
             running += loss.detach().to(torch.float64)
             for j, a in enumerate(alive):
-                states[a].step += int(cnt[j] > 0)
+                states[a].step += cnt[j] > 0
         pop.ctx.mask = None
         epoch_losses = running.tolist()  # the epoch's one host sync
         dt = time.perf_counter() - t0
