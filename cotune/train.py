@@ -255,8 +255,8 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
     trials, which are never resumed); resume=True continues from it.
     """
     check_config(cfg, task)
-    dev = torch.device(runtime.device)
-    model.to(dev)
+    model.to(runtime.device)
+    dev = next(model.parameters()).device  # with its index ('cuda' -> cuda:0): resident batches skip the copy below
     net = torch.compile(model) if runtime.compile else model
     rank, world = dist.world()  # several processes (cotune train --nproc): each steps on its rows of every batch
     fwd = dist.wrap(net, runtime, find_unused=cfg.freeze_epochs > 0)  # DDP averages their gradients
@@ -291,7 +291,7 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
     bar = ProgressBar(cfg.epochs, start_epoch) if progress else NullProgress()
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            torch.manual_seed(seed * 1_000_003 + epoch)  # shuffles and dropout depend only on (seed, epoch)
+            runtime.seed(seed * 1_000_003 + epoch)  # shuffles and dropout depend only on (seed, epoch)
             t0 = time.perf_counter()
             frozen = epoch < cfg.freeze_epochs
             for p in frozen_params:
@@ -304,21 +304,22 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
             dist.reseed(seed * 1_000_003 + epoch, rank, world)  # the same permutation everywhere, dropout per rank
             running = torch.zeros((), device=dev)
             for i in range(steps_per_epoch):
-                idx, share = dist.shard(perm[i * bs:(i + 1) * bs], w, rank, world)  # share: None in one process
+                idx = perm[i * bs:(i + 1) * bs]
+                if world > 1:  # this rank's rows of the global batch, and the factor on its mean loss
+                    idx, share = dist.shard(idx, w, rank, world)
                 lr = get_lr(step, total_steps, cfg.lr, cfg.schedule, cfg.warmup, cfg.gamma, cfg.step_every * steps_per_epoch)
                 for g in opt.param_groups:
                     g["lr"] = lr * g.get("lr_scale", 1.0)  # train.backbone_lr (a checkpoint from before it: 1)
-                xb, yb = X[idx].to(dev, non_blocking=True), y[idx].to(dev, non_blocking=True)  # no-op when resident
-                wb = None if w is None else w[idx].to(dev, non_blocking=True)
-                yb2, lam = None, 1.0
-                if augment is not None:
-                    xb, yb2, lam = augment(xb, yb)
+                xb, yb, wb = X[idx], y[idx], None if w is None else w[idx]
+                if X.device != dev:  # too big for the device: the batches come from pinned host memory
+                    xb, yb, wb = (None if t is None else t.to(dev, non_blocking=True) for t in (xb, yb, wb))
+                xb, yb2, lam = (xb, None, 1.0) if augment is None else augment(xb, yb)  # yb2: mixing partners' labels
                 with runtime.autocast():
                     out = fwd(xb).float()  # (B, K), or (B, k, K) from an ensemble model
                 loss = compute_loss(out, yb, wb, loss_name, cfg)
                 if yb2 is not None:  # mixup / cutmix: the loss mixes both label sets
                     loss = lam * loss + (1 - lam) * compute_loss(out, yb2, wb, loss_name, cfg)
-                loss = loss if share is None else loss * share  # the mean over ranks: the whole batch's mean loss
+                loss = loss * share if world > 1 else loss  # the mean over ranks: the whole batch's mean loss
                 if l1_params:
                     loss = loss + cfg.l1 * sum(p.abs().sum() for p in l1_params)
                 opt.zero_grad(set_to_none=True)
@@ -350,7 +351,7 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
                 _save_checkpoint(ckpt, model, opt, best_state, {
                     "epoch": epoch + 1, "step": step, "bad_epochs": bad_epochs, "history": res.history,
                     "best_epoch": res.best_epoch, "best_score": res.best_score, "train_time_s": res.train_time_s})
-            bar.update(train_loss, _fmt_val(row))
+            bar.update(train_loss, row)
             if on_eval is not None and rank == 0 and on_eval(epoch + 1, row):
                 stop = True
             if world > 1:  # the other ranks keep rank 0's best weights and stop with it
@@ -370,14 +371,10 @@ def train(model: torch.nn.Module, train_data: TensorData, val_data: TensorData |
     return res
 
 
-def _fmt_val(row: dict) -> str:
-    return next((f"{k[4:]} {row[k]:.4f}" for k in ("val_accuracy", "val_rmse", "val_loss") if k in row), "")
-
-
 class NullProgress:
     """The progress bar's methods, doing nothing: the loop never asks whether a bar is shown."""
 
-    def update(self, loss: float, val: str) -> None: ...
+    def update(self, loss: float, row: dict) -> None: ...
 
     def stop(self) -> None: ...
 
@@ -393,7 +390,8 @@ class ProgressBar(NullProgress):
         self.task = self.p.add_task("train", total=epochs, completed=done, loss=float("nan"), val="")
         self.p.start()
 
-    def update(self, loss: float, val: str) -> None:
+    def update(self, loss: float, row: dict) -> None:
+        val = next((f"{k[4:]} {row[k]:.4f}" for k in ("val_accuracy", "val_rmse", "val_loss") if k in row), "")
         self.p.update(self.task, advance=1, loss=loss, val=val)
 
     def stop(self) -> None:
