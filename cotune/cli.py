@@ -39,6 +39,15 @@ def friendly(fn):
     return wrapper
 
 
+STARTED: list[float] = []  # main() puts the process's start here: the `cotune` command, not the app called in-process
+
+
+def command_start() -> float:
+    """When the command started: its process's start under `cotune` / `python -m cotune.cli` (so a budget counts
+    the interpreter's start-up), else now (the app called in a long-lived process: a test, a notebook)."""
+    return STARTED[0] if STARTED else time.time()
+
+
 def process_start() -> float:
     """Unix time at which this process started (Linux: from /proc; elsewhere: now), so that the budget of
     `cotune fit --budget` counts the command's own start-up too (importing torch and friends takes seconds)."""
@@ -116,7 +125,7 @@ def fit(data: Optional[str] = typer.Argument(None, help="CSV / Parquet / .npz / 
     if resume and (data is not None or config is not None or set_):
         raise CotuneError("--resume continues the search in --out with its saved config; drop DATA, --config and --set.")
     res = api.fit(data, target=target, config=config, overrides=set_, budget=budget, trials=trials, workers=workers,
-                  sampler=sampler, objective=objective, metric=metric, storage=storage, started_at=process_start(), study=study, mlflow=mlflow, out=out, resume=resume,
+                  sampler=sampler, objective=objective, metric=metric, storage=storage, started_at=command_start(), study=study, mlflow=mlflow, out=out, resume=resume,
                   live=not quiet, console=out_console, report=not no_report)
     print_dialect(res.final.path, res.final.path / "members" / "0", res.best.get("run_dir"))
     print_metrics(res.final, res.how)
@@ -201,7 +210,7 @@ def label_next(data: Optional[str] = typer.Argument(None, help="CSV / Parquet / 
     res = api.label_next(data, target=labeled, n=n, strategy=strategy, config=config, overrides=set_, budget=budget,
                          trials=trials, workers=workers, seed=seed, out=out, run_dir=run_dir, candidates=candidates,
                          progress=False if quiet else None, live=not quiet, console=out_console,
-                         started_at=process_start())
+                         started_at=command_start())
     if out is None:
         out_console.print(res.picks.head(20).to_string(index=False))
     out_console.print(res.summary(), highlight=False, soft_wrap=True)
@@ -337,6 +346,7 @@ def knobs(stage: Optional[str] = typer.Argument(None, help="Only this stage: dat
 
 
 def main() -> None:
+    STARTED[:] = [process_start()]
     app()
 
 

@@ -390,3 +390,14 @@ def test_predict_with_a_missing_feature_column(tmp_path, work, csv_run):
     pd.read_csv(work / "new.csv").drop(columns="x2").to_csv(tmp_path / "nox2.csv", index=False)
     preds = tmp_path / "p.csv"
     assert_user_error(cli_proc("predict", csv_run, "nox2.csv", "--out", preds, cwd=tmp_path), preds, match="'x2'")
+
+
+def test_an_in_process_command_counts_its_budget_from_its_own_start():
+    """`cotune fit --budget` counts the process's start-up only under the `cotune` command (main()); the app called
+    in a long-lived process (this test run, a notebook) counts from the call, or an old process would have no budget."""
+    import time
+
+    from cotune import cli as cli_module
+    assert cli_module.STARTED == []
+    assert cli_module.process_start() < time.time() - 1  # this test process is older than a second
+    assert abs(cli_module.command_start() - time.time()) < 1
