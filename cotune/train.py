@@ -175,14 +175,16 @@ def infer(model: torch.nn.Module, X: torch.Tensor, runtime: Runtime, batch_size:
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-def validate(model, data: TensorData, runtime: Runtime, task: str, y_scale: float, metrics=(),
-             inverse: Callable | None = None) -> dict:
-    """val_loss (the plain log loss, or MSE in standardized units, whatever the training loss smooths or
-    weights: early stopping and the scaling study read it as the model's loss), val_accuracy / val_rmse, and
-    val_<name> for each further metric name in `metrics` (search.metric's, for early stopping and pruning).
-    inverse: regression, model outputs (standardized) -> target units, so RMSE / MAE / R2 are in the target's
-    units whatever transform it trains under (default: times y_scale)."""
-    out = infer(model, data.X, runtime)
+def validate(model, data: TensorData, runtime: Runtime, task: str, y_scale: float, metrics=(), inverse=None) -> dict:
+    """val_loss (the plain log loss, or MSE in standardized units, whatever the training loss smooths or weights:
+    early stopping and the scaling study read it as the model's loss), val_accuracy / val_rmse, and val_<name> for
+    each further name in `metrics` (search.metric's). inverse: regression, model outputs (standardized) -> target
+    units, so RMSE / MAE / R2 are in the target's units whatever transform it trains under (default: times y_scale)."""
+    return val_row(infer(model, data.X, runtime), data, task, y_scale, metrics, inverse)
+
+
+def val_row(out: torch.Tensor, data: TensorData, task: str, y_scale: float, metrics=(), inverse=None) -> dict:
+    """validate's row from the model's outputs `out` (N, C) on data (a population member's too)."""
     y = data.y.to(out.device)
     extra = [m for m in metrics if m not in ("loss", "accuracy", "rmse")]
     if task == "regression":

@@ -29,17 +29,16 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from cotune import distributed as dist
 from cotune.data.batches import TensorData
 from cotune.errors import ConfigError, DataError
-from cotune.evaluate import Metric, metric, monitored_metric, score as metric_score
+from cotune.evaluate import Metric, metric, monitored_metric
 from cotune.runtime import Runtime
 from cotune.search.population.loss import LossSpecs, member_losses
 from cotune.search.population.optim import StackedOptimizer, clip_members, param_info
 from cotune.search.population.stack import Population, stack, take, unstack
-from cotune.train import EVAL_BATCH, TrainingError, TrainResult, check_config, get_lr
+from cotune.train import EVAL_BATCH, TrainingError, TrainResult, check_config, get_lr, val_row
 
 SEED_STRIDE = 1_000_003  # train(): torch.manual_seed(seed * 1_000_003 + epoch)
 
@@ -91,29 +90,6 @@ def _check(members: list[Member], n_rows: list[int], task: str) -> None:
             raise ConfigError("A population does not train with train.freeze_epochs > 0; train those trials one by one.")
     if len({m.cfg.batch_size for m in members}) > 1:
         raise ConfigError("A population has one train.batch_size; group the trials by batch size.")
-
-
-def val_row(out: torch.Tensor, data: TensorData, task: str, y_scale: float, names, inverse) -> dict:
-    """cotune.train.validate's row, from the member's outputs `out` (N, C) on data."""
-    y = data.y.to(out.device)
-    extra = [m for m in names if m not in ("loss", "accuracy", "rmse")]
-    if task == "regression":
-        mse = F.mse_loss(out.squeeze(-1), y).item()
-        row = {"val_loss": mse}
-        if inverse is None:
-            row["val_rmse"] = math.sqrt(mse) * y_scale
-            if not extra:
-                return row
-            inverse = lambda v: v * y_scale  # noqa: E731
-        yt, pt = inverse(y.cpu().numpy()), inverse(out.squeeze(-1).cpu().numpy())
-        row["val_rmse"] = metric_score("rmse", yt, pt, task)
-        row.update({f"val_{m}": metric_score(m, yt, pt, task) for m in extra})
-        return row
-    row = {"val_loss": F.cross_entropy(out, y).item(), "val_accuracy": (out.argmax(-1) == y).float().mean().item()}
-    if extra:
-        p = torch.softmax(out, -1).cpu().numpy()
-        row.update({f"val_{m}": metric_score(m, y.cpu().numpy(), p, task) for m in extra})
-    return row
 
 
 @torch.no_grad()
