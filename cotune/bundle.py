@@ -130,3 +130,14 @@ def load(path: str | Path) -> Bundle:
                           "its files are damaged: retrain it.") from None
     model.eval()
     return Bundle(path, spec, model, pre, load_decision(path))
+
+
+def spec_of(cfg, ds, data, s) -> Spec:
+    """The bundle's description of a run's trained model (its config, Dataset, pipeline.TrainingSet and pipeline.Setup):
+    what turns its outputs into predictions."""
+    return Spec(family=cfg.model.family, in_shape=tuple(data.pre.in_shape_), out_dim=s.out_dim, kwargs=s.kwargs,
+                task=ds.task, classes=list(ds.classes), target=ds.target, modality=ds.modality,
+                columns=list(ds.X.columns) if ds.modality == "tabular" else None,
+                raw_shape=tuple(ds.feature_shape), y_mean=data.y_mean, y_std=data.y_std, meta=ds.meta,
+                n_params=sum(p.numel() for p in s.model.parameters()),
+                target_transform=data.target.to_dict() if data.target is not None else None)

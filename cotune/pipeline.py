@@ -6,15 +6,16 @@
 
 Everything that can reject the input (config, data, model spec, the run to start from) runs before
 the run directory is created, so bad input leaves nothing behind. A run interrupted during training
-keeps its checkpoint and continues with resume=True. cross_validate(cfg, folds, epochs, seed) runs the same
-stages on k-fold parts of train + validation and scores each held-out fold (a search's re-evaluation).
+keeps its checkpoint and continues with resume=True. run_many(cfgs, trainer) runs several at once (a population);
+cross_validate(cfg, folds, epochs, seed) scores k-fold parts of train + validation (a search's re-evaluation).
 """
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +34,7 @@ from cotune.data.augment import make_augment, numeric_mask
 from cotune.data.balance import balance_train
 from cotune.data.clean import clean_train, clean_val, needed_checks
 from cotune.data.split import kfold, split_indices, subsample
+from cotune.data.trainingset import TrainingSet
 from cotune.distributed import is_main, world
 from cotune.errors import ConfigError, CotuneError
 from cotune.models import create_model
@@ -72,49 +74,8 @@ def prepare_out(out: Path, resume: bool) -> None:
         raise ConfigError(f"Run directory {str(out)!r} already holds {what}; choose another --out.")
 
 
-_DATA_CACHE: dict[str, object] = {}  # one Dataset per source settings, reused by the trials of a worker
-
-
-def load_data(cfg: RunConfig):
-    """Load the source (kept in memory per process: Datasets are immutable, trials share them)."""
-    kwargs = _source_args(cfg.data)
-    key = json.dumps(kwargs, sort_keys=True)  # exactly what sources.load reads, so no setting escapes the key
-    if key not in _DATA_CACHE:
-        _DATA_CACHE.clear()
-        _DATA_CACHE[key] = sources.load(**kwargs)
-    return _DATA_CACHE[key]
-
-
-def _source_args(d) -> dict:
-    """The sources.load keyword arguments of a data config."""
-    return dict(source=d.source, target=d.target, task=d.task, modality=d.modality, categorical=d.categorical,
-                split_column=d.split.column, drop=tuple(d.drop), image_size=d.image_size, image_mode=d.image_mode,
-                n_samples=d.n_samples, generator_seed=d.generator_seed)
-
-
-@dataclass
-class TrainingSet:
-    """What the model trains on, after split, fraction, cleaning, preprocessing and balancing."""
-    X: np.ndarray                   # (N, *in_shape) float32, preprocessed, for ALL rows of the dataset
-    y: np.ndarray                   # (N,) targets of all rows (regression: through `target`)
-    train_X: np.ndarray             # training rows (after clean / balance / SMOTE)
-    train_y: np.ndarray
-    weights: np.ndarray | None      # per training row loss weights
-    sampling: np.ndarray | None     # per training row batch sampling weights
-    val: np.ndarray                 # dataset rows
-    test: np.ndarray
-    pre: Preprocessor
-    y_mean: float                   # regression: the standardization of the transformed target (y_std
-    y_std: float                    # multiplies the model's outputs); 0 / 1 for classification
-    loss: str | None                # balance='focal' sets the loss
-    report: object | None           # the AuditReport when cleaning needed one
-    summary: dict                   # what was done to the data, for metrics.json and the report
-    target: TargetTransform | None = None  # regression: targets -> what the model learns, and back
-    train_idx: np.ndarray | None = None     # dataset rows of the training part after cleaning, before balancing
-    train_labels: np.ndarray | None = None  # their labels after cleaning (relabel), unscaled, aligned with train_idx
-    val_labels: np.ndarray | None = None    # the validation rows' labels after data.clean.val, unscaled, aligned with val
-    train_rows: np.ndarray | None = None    # the dataset row of each training row (train_X's order); -1 for a synthetic one
-    source: object | None = None            # model.init_from's Bundle: its preprocessing is `pre`, its weights the model's
+def load_data(cfg: RunConfig):  # the source, loaded once per process: trials share the immutable Dataset
+    return sources.load_cached(cfg.data)
 
 
 def make_preprocessor(cfg: RunConfig) -> Preprocessor:
@@ -213,21 +174,6 @@ def setup(cfg: RunConfig, ds, data: TrainingSet, refit_epochs: int | None = None
     return Setup(model, kwargs, out_dim, train_cfg, augment, ranking, monitor, transfer)
 
 
-def model_spec(cfg: RunConfig, ds, data: TrainingSet, s: Setup) -> bundle.Spec:
-    """The bundle's description of the trained model: what turns its outputs into predictions."""
-    return bundle.Spec(family=cfg.model.family, in_shape=tuple(data.pre.in_shape_), out_dim=s.out_dim, kwargs=s.kwargs,
-                       task=ds.task, classes=list(ds.classes), target=ds.target, modality=ds.modality,
-                       columns=list(ds.X.columns) if ds.modality == "tabular" else None,
-                       raw_shape=tuple(ds.feature_shape), y_mean=data.y_mean, y_std=data.y_std, meta=ds.meta,
-                       n_params=sum(p.numel() for p in s.model.parameters()),
-                       target_transform=data.target.to_dict() if data.target is not None else None)
-
-
-def model_shapes(cfg: RunConfig) -> tuple[tuple, int]:
-    """(in_shape, out_dim) of the model `run(cfg)` builds: to size models without training them."""
-    return model_inputs(cfg)[:2]
-
-
 def model_inputs(cfg: RunConfig) -> tuple[tuple, int, dict | None]:
     """(in_shape, out_dim, layout) of the model `run(cfg)` builds; layout is the table layout the family reads
     (embedded categoricals, numeric bins), None when it reads none."""
@@ -246,32 +192,36 @@ def audit_data(cfg: RunConfig, checks=None):
     return audit(ds, tr, va, te, checks=checks, seed=d.split.seed, proxy=d.clean.proxy)
 
 
-def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None, progress: bool | None = None,
-        tracker=None, refit_epochs: int | None = None, checkpoint: bool = True, teacher: Callable | None = None) -> RunResult:
-    """Train one model with fixed knobs and write its run directory. Returns metrics and the path.
+@dataclass
+class Prepared:
+    """A run up to its training: what run() hands train(), run_many() its trainer."""
+    cfg: RunConfig
+    out: Path
+    ds: object
+    data: TrainingSet
+    setup: Setup
+    runtime: Runtime
+    train_data: TensorData       # data.train_X (or a teacher's soft targets), on the device
+    val_data: TensorData | None  # the validation rows (run_many: one object per distinct data config)
+    sampling: torch.Tensor | None
+    tracker: object
+    on_eval: Callable  # logs each validated epoch, then calls the caller's on_eval
 
-    refit_epochs: train on train+val for exactly this many epochs (no early stopping): the final
-    model of a search, whose epoch count comes from the best trial's early-stopping point.
-    checkpoint: save the state after each validated epoch, for --resume (search trials, never resumed, go without).
-    teacher: distillation, `teacher(ds, data) -> (N, K)` soft targets for data.train_X's rows, which the model
-    learns instead of the labels (cotune.compress.variants.soft_targets)."""
-    out, main = Path(cfg.out) if cfg.out else default_out(cfg), is_main()  # main: rank 0 of a distributed run
-    if resume or main:  # the other ranks find rank 0's directory there (cotune.launch checked it before starting them)
-        prepare_out(out, resume=resume)
-    if resume:
-        cfg = from_dict(read_json(out / "config.json"))  # a hand-edited value is a ConfigError, not a traceback
+
+def _prepare_run(cfg: RunConfig, out: Path, main: bool, resume: bool, on_eval, tracker, refit_epochs=None, teacher=None,
+                 shared: dict | None = None) -> Prepared:
+    """prepare -> setup -> the run directory (only now, rank 0 alone) -> the tracker and the device tensors.
+    shared: TrainingSets and tensors by data config, reused by the runs of run_many."""
     rt = Runtime.resolve(cfg.runtime.device, cfg.runtime.precision, cfg.runtime.threads, cfg.runtime.compile)
     seed_everything(cfg.runtime.seed)
-
-    # ---- data: load, split first, then fit everything on the training part only
     ds = load_data(cfg)
-    data = prepare(cfg, ds, merge_val=refit_epochs is not None)
-
-    # ---- model, augmentation and training config
+    key = json.dumps([cfg.data.model_dump(mode="json"), model_registry.takes_layout(cfg.model.family), cfg.model.init_from])
+    if shared is not None and key in shared:
+        data, tensors = shared[key]
+        data = replace(data, summary=copy.deepcopy(data.summary))  # setup() writes the run's augmentation there
+    else:
+        data, tensors = prepare(cfg, ds, merge_val=refit_epochs is not None), None
     s = setup(cfg, ds, data, refit_epochs)
-    model = s.model
-
-    # ---- everything is valid: only now does the run directory appear (rank 0 alone writes it)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
@@ -288,30 +238,35 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
         tracker.log_metrics(row, step=epoch)
         return on_eval(epoch, row) if on_eval is not None else None
 
-    X, y, va = data.X, data.y, data.val
-    targets = data.train_y if teacher is None else teacher(ds, data)
-    train_data = TensorData.from_numpy(data.train_X, targets, data.weights, device=rt.device)
-    val_data = TensorData.from_numpy(X[va], y[va], device=rt.device) if len(va) else None
-    sampling = None if data.sampling is None else torch.as_tensor(data.sampling)
-    show = cfg.runtime.progress if progress is None else progress
-    try:
-        result = train(model, train_data, val_data, s.train_cfg, rt, task=ds.task, seed=cfg.runtime.seed, y_scale=data.y_std,
-                       augment=s.augment, sampling_weights=sampling, on_eval=log_and_forward, checkpoint_dir=out if checkpoint else None, resume=resume,
-                       progress=show, monitor=s.monitor, ranking=s.ranking,
-                       inverse=data.target.inverse if data.target is not None else None)
-    except CotuneError:
-        if not resume and main:
-            shutil.rmtree(out, ignore_errors=True)  # a run that cannot train leaves nothing behind
-        raise
-    if not main:  # rank 0 evaluates and writes the rest
-        return RunResult(path=out, metrics={}, train=result, config=cfg, n_params=sum(p.numel() for p in model.parameters()))
+    if tensors is None:
+        va = data.val
+        targets = data.train_y if teacher is None else teacher(ds, data)
+        tensors = (TensorData.from_numpy(data.train_X, targets, data.weights, device=rt.device),
+                   TensorData.from_numpy(data.X[va], data.y[va], device=rt.device) if len(va) else None,
+                   None if data.sampling is None else torch.as_tensor(data.sampling))
+        if shared is not None:
+            shared[key] = (data, tensors)
+    return Prepared(cfg, out, ds, data, s, rt, *tensors, tracker=tracker, on_eval=log_and_forward)
 
-    # ---- evaluate once on val and on the untouched test part, through the bundle's own predictions
-    spec = model_spec(cfg, ds, data, s)
+
+def train_prepared(p: Prepared, *, resume: bool = False, checkpoint: bool = False, progress: bool = False) -> TrainResult:
+    """train() on a prepared run, as run() calls it."""
+    d, s = p.data, p.setup
+    return train(s.model, p.train_data, p.val_data, s.train_cfg, p.runtime, task=p.ds.task, seed=p.cfg.runtime.seed,
+                 y_scale=d.y_std, augment=s.augment, sampling_weights=p.sampling, on_eval=p.on_eval,
+                 checkpoint_dir=p.out if checkpoint else None, resume=resume, progress=progress, monitor=s.monitor,
+                 ranking=s.ranking, inverse=d.target.inverse if d.target is not None else None)
+
+
+def _finish_run(p: Prepared, result: TrainResult) -> RunResult:
+    """evaluate once on val and on the untouched test part, through the bundle's own predictions; the bundle;
+    history.csv and metrics.json; the checkpoint removed (the bundle supersedes it)."""
+    cfg, ds, data, s, out, model = p.cfg, p.ds, p.data, p.setup, p.out, p.setup.model
+    spec = bundle.spec_of(cfg, ds, data, s)
     metrics = {}
-    for part, idx, truth in (("val", va, data.val_labels), ("test", data.test, ds.y[data.test])):
+    for part, idx, truth in (("val", data.val, data.val_labels), ("test", data.test, ds.y[data.test])):
         if len(idx):
-            pred = bundle.predictions(infer(model, torch.as_tensor(X[idx]), rt), spec)
+            pred = bundle.predictions(infer(model, torch.as_tensor(data.X[idx]), p.runtime), spec)
             metrics[part] = evaluate.evaluate(truth, pred, ds.task, classes=list(ds.classes))
     bundle.save(out, model, spec, data.pre, train=(ds, data.train_idx))  # + reference.parquet: drift at predict
     write_csv(out / "history.csv", result.history)
@@ -319,11 +274,60 @@ def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
         "train_time_s": result.train_time_s, "samples_per_s": result.samples_per_s, "n_params": spec.n_params},
         "data": data.summary, **({"transfer": s.transfer} if s.transfer is not None else {})})
-    for f in (CHECKPOINT, CHECKPOINT_STATE):  # finished: the bundle supersedes the checkpoint
+    for f in (CHECKPOINT, CHECKPOINT_STATE):
         (out / f).unlink(missing_ok=True)
-    tracker.log_summary(metrics)
-    tracker.close()
+    p.tracker.log_summary(metrics)
+    p.tracker.close()
     return RunResult(path=out, metrics=metrics, train=result, config=cfg, n_params=spec.n_params)
+
+
+def run(cfg: RunConfig, *, resume: bool = False, on_eval: Callable | None = None, progress: bool | None = None,
+        tracker=None, refit_epochs: int | None = None, checkpoint: bool = True, teacher: Callable | None = None) -> RunResult:
+    """Train one model with fixed knobs and write its run directory. Returns metrics and the path.
+
+    refit_epochs: train on train+val for exactly this many epochs (no early stopping): the final
+    model of a search, whose epoch count comes from the best trial's early-stopping point.
+    checkpoint: save the state after each validated epoch, for --resume (search trials, never resumed, go without).
+    teacher: distillation, `teacher(ds, data) -> (N, K)` soft targets for data.train_X's rows, which the model
+    learns instead of the labels (cotune.compress.variants.soft_targets)."""
+    out, main = Path(cfg.out) if cfg.out else default_out(cfg), is_main()  # main: rank 0 of a distributed run
+    if resume or main:  # the other ranks find rank 0's directory there (cotune.launch checked it before starting them)
+        prepare_out(out, resume=resume)
+    if resume:
+        cfg = from_dict(read_json(out / "config.json"))  # a hand-edited value is a ConfigError, not a traceback
+    p = _prepare_run(cfg, out, main, resume, on_eval, tracker, refit_epochs, teacher)
+    try:
+        result = train_prepared(p, resume=resume, checkpoint=checkpoint,
+                                progress=cfg.runtime.progress if progress is None else progress)
+    except CotuneError:
+        if not resume and main:
+            shutil.rmtree(out, ignore_errors=True)  # a run that cannot train leaves nothing behind
+        raise
+    if not main:  # rank 0 evaluates and writes the rest
+        return RunResult(path=out, metrics={}, train=result, config=cfg, n_params=sum(x.numel() for x in p.setup.model.parameters()))
+    return _finish_run(p, result)
+
+
+def run_many(cfgs: list[RunConfig], trainer: Callable[[list[Prepared]], list], *, on_eval: list | None = None,
+             trackers: list | None = None) -> list:
+    """Runs on one source trained together (a search's population): each config prepared as run() does (the same
+    data settings share a TrainingSet and its tensors); `trainer(prepared)` returns per run its TrainResult or the
+    exception that ended it; each is then written as run() writes it. Returns per config its RunResult or that
+    exception (bad config: no directory; a CotuneError in training: its directory removed; on_eval's: kept)."""
+    out, preps, shared = [None] * len(cfgs), [], {}
+    hooks, trackers = on_eval or [None] * len(cfgs), trackers or [None] * len(cfgs)
+    for i, cfg in enumerate(cfgs):
+        try:
+            prepare_out(Path(cfg.out), resume=False)
+            preps.append((i, _prepare_run(cfg, Path(cfg.out), True, False, hooks[i], trackers[i], shared=shared)))
+        except CotuneError as err:
+            out[i] = err
+    results = trainer([p for _, p in preps]) if preps else []
+    for (i, p), res in zip(preps, results):
+        if isinstance(res, CotuneError):
+            shutil.rmtree(p.out, ignore_errors=True)
+        out[i] = res if isinstance(res, BaseException) else _finish_run(p, res)
+    return out
 
 
 def evaluate_ensemble(cfg: RunConfig, member_dirs: list) -> dict:
@@ -390,7 +394,7 @@ def cross_validate(cfg: RunConfig, folds: int, epochs: int, seed: int) -> list[f
         sampling = None if data.sampling is None else torch.as_tensor(data.sampling)
         train(s.model, train_data, None, s.train_cfg, rt, task=ds.task, seed=cfg.runtime.seed, augment=s.augment,
               sampling_weights=sampling)
-        pred = bundle.predictions(infer(s.model, torch.as_tensor(data.X[held]), rt), model_spec(cfg, ds, data, s))
+        pred = bundle.predictions(infer(s.model, torch.as_tensor(data.X[held]), rt), bundle.spec_of(cfg, ds, data, s))
         value = evaluate.score(s.ranking.name, ds.y[held], pred, ds.task)
         scores.append(float("nan") if value is None else float(value))
     return scores

@@ -365,3 +365,18 @@ def _mnist1d_arrays(args: dict):
     except OSError:
         pass  # a read-only or full cache only costs regeneration time next run
     return out
+
+
+_CACHE: dict[str, object] = {}  # one Dataset per source settings, reused by the trials of a worker
+
+
+def load_cached(d):
+    """load() with a data config's source settings (cfg.data), kept in memory per process: Datasets are immutable."""
+    kwargs = dict(source=d.source, target=d.target, task=d.task, modality=d.modality, categorical=d.categorical,
+                  split_column=d.split.column, drop=tuple(d.drop), image_size=d.image_size, image_mode=d.image_mode,
+                  n_samples=d.n_samples, generator_seed=d.generator_seed)
+    key = json.dumps(kwargs, sort_keys=True)  # exactly what load() reads, so no setting escapes the key
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = load(**kwargs)
+    return _CACHE[key]
