@@ -138,6 +138,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("search.budget", str, None, "wall-clock budget for the whole fit, final training included: '90s', '10m', '1h'", optional=True),
     _k("search.trials", int, None, "stop after this many finished trials (complete, pruned or failed)", low=1, high=1_000_000, optional=True),
     _k("search.workers", int, 1, "trials run at once, each in its own worker process (CPU threads are split between them)", low=1, high=256),
+    _k("search.population", str, "1", "trials a worker trains at once as one batched model (mlp, cnn1d, cnn2d; the others one by one): they share the knobs that fix the model's shape (family, width, depth, norm, activation, kernel, pool, batch size, optimizer) and differ in every other; an integer K, or auto = the largest K whose probe trains K members at least 1.2x faster than one by one (1 otherwise)"),
     _k("search.final_nproc", int, 1, "processes that train the final model (each member of an ensemble in turn): torchrun + DistributedDataParallel, each process on its share of every batch, as `cotune train --nproc`; at most the CPU cores (the GPUs on CUDA); 1 = in the search's own process", low=1, high=1024),
     _k("search.sampler", str, "tpe", "how knobs are proposed: multivariate TPE, random, grid (over choice knobs), CMA-ES, NSGA-II (two objectives)", choices=("tpe", "random", "grid", "cmaes", "nsga2")),
     _k("search.pruner", str, "hyperband", "stop weak trials early, on epochs: hyperband, successive halving, median, or none", choices=("hyperband", "halving", "median", "none")),

@@ -324,7 +324,7 @@ def synthetic_trials(header: list[str], n: int, seed: int = 0) -> list[dict]:
         row = {"number": i, "state": state, "value": "" if state == "FAIL" else rng.random(), "second_objective": "",
                "seconds": rng.uniform(1, 60), "epochs_run": 2 if state == "COMPLETE" else "",
                "pruned_at": 1 if state == "PRUNED" else "", "pruned_fraction": "",
-               "fail_reason": rng.choice(REASONS) if state == "FAIL" else ""}
+               "fail_reason": rng.choice(REASONS) if state == "FAIL" else "", "population": ""}
         for k in header[len(row):]:
             spec = BY_NAME[k].search or FAMILIES  # model.family's choices come from the registry
             row[k] = rng.choice(spec) if BY_NAME[k].type in (str, bool) else (

@@ -11,7 +11,8 @@ from cotune.report.files import fmt, get, knob_value, number
 from cotune.report.load import Loaded
 from cotune.report.page import Cell, Page
 
-TRIAL_COLUMNS = ("number", "state", "value", "second_objective", "seconds", "epochs_run", "pruned_at", "fail_reason")
+TRIAL_COLUMNS = ("number", "state", "value", "second_objective", "seconds", "epochs_run", "pruned_at", "fail_reason",
+                 "pruned_fraction", "population")
 TOP_TRIALS = 30      # trials drawn in the parallel coordinates
 PARALLEL_KNOBS = 12  # axes in the parallel coordinates (most important first)
 MAX_PRUNED_ROWS = 40

@@ -105,7 +105,7 @@ def scale(run, overrides=(), *, out=None, workers: int | None = None, live: bool
         work_dir = out / "runs" / name
         work_dir.mkdir(parents=True)
         url = storage_url(out, f"sqlite:///{(out / SCALE_DB).resolve()}")
-        study, _, _ = open_study(url, name, cfg.replace(**{"search.trials": len(todo)}), space,
+        study, _, _ = open_study(url, name, cfg.replace(**{"search.trials": len(todo), "search.population": "1"}), space,
                                  primary_metric(load_data(cfg).task))
         study.set_user_attr("out", str(work_dir.resolve()))
         study.set_user_attr("stop", False)

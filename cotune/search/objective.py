@@ -121,7 +121,7 @@ class Objective:
         tracker.set_tags({"fail_reason": reason[:500]})
         tracker.close("FAILED")
         tdir.mkdir(parents=True, exist_ok=True)
-        (tdir / "error.txt").write_text(traceback.format_exc())
+        (tdir / "error.txt").write_text("".join(traceback.format_exception(err)))
         _finish(trial, tdir, t0)
 
 

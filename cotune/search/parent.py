@@ -32,7 +32,7 @@ from cotune.mlflow_model import track_model
 from cotune.search import labels
 from cotune.search.ensemble import decide, ensemble_choice, final_model
 from cotune.search.reeval import reevaluate
-from cotune.search.space import modality_base, parse_budget, search_space, start_params
+from cotune.search.space import modality_base, parse_budget, parse_population, search_space, start_params
 from cotune.search.storage import import_optuna, open_study, storage_url
 from cotune.search.tracking import track_study
 from cotune.track import read_json, write_csv, write_json
@@ -76,6 +76,7 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
             raise ConfigError(f"Run directory {str(out)!r} already holds a run; choose another --out or pass --resume.")
         elapsed = 0.0
     budget = parse_budget(cfg.search.budget)
+    parse_population(cfg.search.population)
     if budget is None and cfg.search.trials is None:
         raise ConfigError("A search needs a limit: pass --budget (e.g. 10m) and/or --trials (e.g. 50).")
     if cfg.data.split.val <= 0:
@@ -381,7 +382,7 @@ def write_trials(out: Path, trials) -> None:
              "second_objective": None if t.values is None or len(t.values) < 2 else t.values[1],
              "seconds": t.user_attrs.get("seconds"), "epochs_run": t.user_attrs.get("epochs_run"),
              "pruned_at": max(t.intermediate_values) if t.state.name == "PRUNED" and t.intermediate_values else None,
-             **{k: t.user_attrs.get(k) for k in ("pruned_fraction", "fail_reason")}, **t.params} for t in trials]
+             **{k: t.user_attrs.get(k) for k in ("pruned_fraction", "fail_reason", "population")}, **t.params} for t in trials]
     write_csv(out / "trials.csv", rows)
 
 

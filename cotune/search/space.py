@@ -57,6 +57,17 @@ def parse_budget(text) -> float | None:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
+def parse_population(text) -> int | str:
+    """search.population: '1' / '16' / 'auto' -> 1 / 16 / 'auto'."""
+    t = str(text).strip().lower()
+    if t == "auto":
+        return t
+    if not t.isdigit() or not 1 <= int(t) <= 1024:
+        raise ConfigError(f"search.population must be a whole number of trials from 1 to 1024 or 'auto'. Got {text!r} "
+                          "instead; e.g. --set search.population=auto.")
+    return int(t)
+
+
 def search_space(cfg: RunConfig, fixed: set[str], modality: str, task: str, cpu: bool | None = None) -> dict[str, tuple]:
     """{knob: choices or (low, high)} for every searchable knob not fixed by the user. Every value of
     search.space is checked first, so a bad one is a ConfigError before the first trial."""

@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 from cotune.search.objective import Objective, estimate_final
+from cotune.search.space import parse_population
 from cotune.search.storage import AskLock, open_study
+from cotune.search.population.search import LADDER, run_population
 
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
@@ -23,6 +25,7 @@ def work(url: str, name: str, *, deadline: float | None = None, threads: int = 1
     out_dir = Path(out or study.user_attrs.get("out", "."))
     deadline = deadline if deadline is not None else study.user_attrs.get("deadline")
     limit = cfg.search.trials
+    size = parse_population(cfg.search.population)  # K trials at once, as one batched model (population/search.py)
     objective = Objective(study, cfg, space, out_dir, deadline, threads)
     me = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -40,12 +43,17 @@ def work(url: str, name: str, *, deadline: float | None = None, threads: int = 1
             trials = study.get_trials(deepcopy=False)
             retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}  # each runs again as a new trial
             finished = sum(t.state.name in FINISHED and t.number not in retried for t in trials)
-            if limit is not None and finished + sum(t.state.name == "RUNNING" for t in trials) >= limit:
+            running = sum(t.state.name == "RUNNING" for t in trials)
+            if limit is not None and finished + running >= limit:
                 break
             if deadline is not None and time.time() + _reserve(trials) + estimate_final(trials, cfg) >= deadline:
                 break
             if study.user_attrs.get("stop"):
                 break
+            room = min(LADDER[-1] if size == "auto" else size, LADDER[-1] if limit is None else limit - running - finished)
+            if size != 1 and room > 1 and cfg.search.fidelity == "epochs":
+                done += run_population(study, objective, lock, room, size, me)
+                continue
             study.optimize(run_trial, n_trials=1, catch=(Exception,))
         finally:
             lock.release()

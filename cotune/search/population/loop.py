@@ -56,6 +56,8 @@ class Member:
     monitor: Metric | None = None          # what early stopping follows (default as train())
     ranking: Metric | None = None          # the search's metric, validated every time too
     augment: Callable | None = None        # aug(x, y) -> (x, y_b, lam) on its real rows of each batch
+    y_scale: float | None = None           # regression: its target scale (default: train_population's y_scale)
+    inverse: Callable | None = None        # regression: its target transform's inverse (default: train_population's)
 
 
 @dataclass
@@ -64,6 +66,7 @@ class PopulationResult:
     errors: list[BaseException | None] = field(default_factory=list)  # TrainingError, or what on_eval raised
     ticks: int = 0                                          # batched steps taken
     train_time_s: float = 0.0                               # the population's training time, evaluation excluded
+    share_s: list[float] = field(default_factory=list)      # per member: each epoch's time over the members in it
 
 
 class _State:
@@ -137,11 +140,14 @@ def _epoch_batches(states, gens, members, alive, epoch, train_data, dev):
 
 def train_population(models: list[torch.nn.Module], train_data: TensorData, members: list[Member], runtime: Runtime, *,
                      task: str, y_scale: float = 1.0, inverse: Callable | None = None,
-                     on_eval: Callable[[int, int, dict], bool | None] | None = None) -> PopulationResult:
+                     on_eval: Callable[[int, int, dict], bool | None] | None = None,
+                     cull: Callable[[int, dict], dict] | None = None) -> PopulationResult:
     """Train models[k] as member k (each in place; the best validation weights end up loaded, as train()).
 
     on_eval(k, epoch, row) is member k's train() hook: True stops it; what it raises ends that member alone and
-    is kept in errors[k] (a pruned trial's TrialPruned, say)."""
+    is kept in errors[k] (a pruned trial's TrialPruned, say). cull(epoch, {k: row}) sees the epoch's rows of the
+    members going on, all at once, and returns {k: exception} for those to end (synchronous successive halving):
+    as if their on_eval had raised it."""
     if len(models) != len(members) or not members:
         raise ConfigError(f"train_population needs one Member per model; got {len(models)} models and {len(members)} members.")
     n_rows = [len(train_data) if m.rows is None else len(m.rows) for m in members]
@@ -155,7 +161,7 @@ def train_population(models: list[torch.nn.Module], train_data: TensorData, memb
     decayed = [n for n, (dec, _) in param_info(pop).items() if dec]
     states = [_State(m, n, task) for m, n in zip(members, n_rows)]
     gens = [torch.Generator(device=dev) for _ in members]
-    out = PopulationResult([None] * len(members), [None] * len(members))
+    out = PopulationResult([None] * len(members), [None] * len(members), share_s=[0.0] * len(members))
     alive = list(range(len(members)))  # slot i of the population is member alive[i]
     specs = LossSpecs.of([m.cfg for m in members], task, dev)
     f64 = lambda vals: torch.tensor(vals, dtype=torch.float64, device=dev)  # noqa: E731
@@ -213,6 +219,11 @@ def train_population(models: list[torch.nn.Module], train_data: TensorData, memb
         out.ticks += rows.shape[1]
         out.train_time_s += dt
         leave = _end_epoch(pop, members, states, alive, epoch, epoch_losses, dt, runtime, task, y_scale, inverse, on_eval, out)
+        rest = [a for a in alive if a not in leave]
+        for a, err in ((cull(epoch + 1, {a: states[a].res.history[-1] for a in rest}) or {}) if cull and rest else {}).items():
+            out.errors[a] = err
+            _close(states[a], out, a)
+            leave.add(a)
         for a in leave:
             if out.results[a] is not None:
                 _restore(pop, alive.index(a), states[a].best)
@@ -261,6 +272,7 @@ def _end_epoch(pop, members, states, alive, epoch, losses, dt, runtime, task, y_
         m, s = members[a], states[a]
         c = m.cfg
         s.res.train_time_s += dt
+        out.share_s[a] += dt / len(alive)
         loss = losses[j] / s.steps
         if not math.isfinite(loss):
             out.errors[a] = TrainingError(f"Training diverged: the loss became {loss} in epoch {epoch + 1}; "
@@ -273,7 +285,8 @@ def _end_epoch(pop, members, states, alive, epoch, losses, dt, runtime, task, y_
             if s.has_val:
                 if id(m.val) not in outputs:
                     outputs[id(m.val)] = infer(pop, m.val.X, runtime)
-                row.update(val_row(outputs[id(m.val)][j], m.val, task, y_scale, s.names, inverse))
+                row.update(val_row(outputs[id(m.val)][j], m.val, task, y_scale if m.y_scale is None else m.y_scale, s.names,
+                                   inverse if m.inverse is None else m.inverse))
             score = row[s.key]
             if s.res.best_epoch == 0 or s.monitor.better(score, s.res.best_score):
                 s.res.best_epoch, s.res.best_score = epoch + 1, score
@@ -290,7 +303,12 @@ def _end_epoch(pop, members, states, alive, epoch, losses, dt, runtime, task, y_
             s.res.stopped_early = epoch + 1 < c.epochs
             leave.add(a)
         if a in leave:
-            s.res.epochs_run, s.res.steps = len(s.res.history), s.step
-            s.res.samples_per_s = s.res.steps * s.bs / s.res.train_time_s if s.res.train_time_s > 0 else 0.0
-            out.results[a] = s.res
+            _close(s, out, a)
     return leave
+
+
+def _close(s: _State, out: PopulationResult, a: int) -> None:
+    """Member a leaves with its result as train() returns it."""
+    s.res.epochs_run, s.res.steps = len(s.res.history), s.step
+    s.res.samples_per_s = s.res.steps * s.bs / s.res.train_time_s if s.res.train_time_s > 0 else 0.0
+    out.results[a] = s.res
