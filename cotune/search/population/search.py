@@ -14,7 +14,7 @@ Pruning inside a population (search.pruner hyperband or halving) is synchronous 
 min_resource * 3^i (the study pruner's own min_resource and reduction factor) the members outside the best third
 by that epoch's validation value stop, told to Optuna as PRUNED; their slots leave the population. search.pruner=
 median asks the study's pruner after every epoch, as a solo trial does. A member whose loss turns NaN fails alone.
-A first trial whose family has no batched layers (or an mlp with a table's embeddings or ensemble) runs alone.
+A first trial whose family has no batched layers (or an mlp with a table's embeddings) runs alone.
 
 Seconds: a member's `seconds` and `train_seconds` are what the trial would have taken alone (its steps times the
 probe's solo step time, plus its share of the population's time outside training), which is what the search's
@@ -48,7 +48,7 @@ _PROBES: dict[tuple, tuple[float, dict]] = {}  # coarse shape -> (solo step s, {
 
 def stackable(cfg) -> bool:
     m = cfg.model
-    return m.family in STACKED and m.ensemble == 1 and m.num_embedding == "none" and cfg.train.freeze_epochs == 0
+    return m.family in STACKED and m.num_embedding == "none" and cfg.train.freeze_epochs == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,8 +157,8 @@ def halving(min_resource: int, eta: int, history_key: str, better):
 
 def trainer(cull=None, shares: dict | None = None):
     """pipeline.run_many's trainer: the prepared runs grouped by model shape, batch size and optimizer; each group
-    trained as one population (one that cannot stack: each run alone, as run() trains it). shares[i]: run i's
-    seconds of the population's training (each epoch's time over its members)."""
+    trained as one population (one that cannot stack: each run alone, as run() trains it). shares[run directory]:
+    that run's seconds of its population's training (each epoch's time over the members in it)."""
     from cotune.data.batches import TensorData
     from cotune.pipeline import train_prepared
 
@@ -183,7 +183,7 @@ def trainer(cull=None, shares: dict | None = None):
                     except Exception as err:  # noqa: BLE001 - recorded as that trial's failure
                         out[i] = err
                     if shares is not None:
-                        shares[i] = time.perf_counter() - t
+                        shares[str(preps[i].out)] = time.perf_counter() - t
                 continue
             ps = [preps[i] for i in idx]
             sets, offsets, n = {}, {}, 0
@@ -207,7 +207,7 @@ def trainer(cull=None, shares: dict | None = None):
             for j, i in enumerate(idx):
                 out[i] = res.errors[j] if res.errors[j] is not None else res.results[j]
                 if shares is not None:
-                    shares[i] = res.share_s[j]
+                    shares[str(preps[i].out)] = res.share_s[j]
         return out
     return train_all
 
@@ -273,25 +273,32 @@ def _population(study, objective, lock, room, size, me, first, cfg0, beat, t0) -
         m = objective.metric
         cull = halving(max(1, cfgs[0].train.epochs // 10), 3, m.history_key, m.better)
     shares: dict = {}
-    outs = run_many(cfgs, trainer(cull, shares), on_eval=hooks, trackers=trackers)
+    try:
+        outs = run_many(cfgs, trainer(cull, shares), on_eval=hooks, trackers=trackers)
+    except Exception as err:  # noqa: BLE001 - what ends the whole population fails each member with its reason
+        outs = [err] * len(members)
     wall = time.time() - t0
     trained = sum(shares.values()) or 1.0
-    for i, (t, res, tracker) in enumerate(zip(members, outs, trackers)):
+    for t, tcfg, res, tracker in zip(members, cfgs, outs, trackers):
         t.set_user_attr("population", first.number)
         t.set_user_attr("population_size", len(members))
         t.set_user_attr("population_seconds", wall)
-        if isinstance(res, optuna.TrialPruned):
-            tracker.set_tags({"pruned": str(res)})
-            tracker.close("KILLED")
-            _seconds(t, shares.get(i, 0.0) / trained * wall, None)
-            study.tell(t, state=optuna.trial.TrialState.PRUNED)
-        elif isinstance(res, BaseException):
-            _fail(study, objective, t, cfgs[i], res, t0, tracker)
-        else:
+        share = shares.get(str(_tdir(objective, t)), 0.0)
+        try:
+            if isinstance(res, optuna.TrialPruned):
+                tracker.set_tags({"pruned": str(res)})
+                tracker.close("KILLED")
+                _seconds(t, share / trained * wall, None)
+                study.tell(t, state=optuna.trial.TrialState.PRUNED)
+                continue
+            if isinstance(res, BaseException):
+                raise res
             value = objective.record(t, res, _tdir(objective, t), t0)
             alone = res.train.steps * solo
             _seconds(t, alone + max(0.0, wall - trained) / len(members), alone)
             study.tell(t, value)
+        except Exception as err:  # noqa: BLE001 - its failure, recorded as a solo trial's
+            _fail(study, objective, t, tcfg, err, t0, tracker)
     return len(trials)
 
 
