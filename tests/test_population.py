@@ -38,6 +38,7 @@ def data(n=300, shape=(1, 40), classes=10, seed=0):
 
 
 LAYER_CASES = [("mlp", (40,), dict(width=16, depth=2, norm="batch")), ("mlp", (40,), dict(width=16, depth=1, norm="layer")),
+               ("mlp", (40,), dict(width=16, depth=2, norm="batch", ensemble=3)),  # the in-model ensemble
                ("cnn1d", (1, 40), dict(width=6, depth=3, norm="batch", pool="flatten")),
                ("cnn1d", (2, 20), dict(width=6, depth=2, norm="layer", kernel_size=3)),
                ("cnn2d", (3, 8, 8), dict(width=4, depth=2, norm="batch")),
@@ -77,6 +78,8 @@ def test_stack_names_the_knob_that_differs():
         stack([make(), create_model("mlp", (1, 40), 5)])
     with pytest.raises(PopulationError, match="GRU|gru|only mlp"):
         stack([create_model("gru", (4, 10), 5)] * 2)
+    with pytest.raises(PopulationError, match="model.ensemble"):
+        stack([create_model("mlp", (1, 40), 5, ensemble=2), create_model("mlp", (1, 40), 5, ensemble=3)])
     stack([make(dropout=0.0), make(dropout=0.4)])  # dropout on or off is a per-member rate, not a shape
     models = [make(), make(width=9), make(dropout=0.3), make(norm="batch"), make(width=9, dropout=0.1)]
     assert group_by_shape(models) == [[0, 2], [1, 4], [3]]
@@ -98,13 +101,13 @@ def members_for(name: str, n: int):
     return cfgs, rows, ws
 
 
-def solo_and_population(name, family="cnn1d", norm="none"):
+def solo_and_population(name, family="cnn1d", norm="none", **kw):
     X, y = data()
     Xv, yv = data(80, seed=1)
     val = TensorData(Xv, yv)
     cfgs, rows, ws = members_for(name, len(X))
     torch.manual_seed(0)
-    models = [create_model(family, (1, 40), 10, width=12, depth=2, norm=norm, dropout=0.0) for _ in cfgs]
+    models = [create_model(family, (1, 40), 10, width=12, depth=2, norm=norm, dropout=0.0, **kw) for _ in cfgs]
     solo = [copy.deepcopy(m) for m in models]
     res = train_population(models, TensorData(X, y), [Member(c, seed=k, rows=r, w=w, val=val) for k, (c, r, w) in
                                                       enumerate(zip(cfgs, rows, ws))], Runtime(), task="multiclass")
@@ -125,6 +128,18 @@ def test_members_match_their_solo_runs_float64(dtype64, name):
             assert abs(ra["train_loss"] - rb["train_loss"]) <= 1e-6 * max(1.0, abs(rb["train_loss"]))
             assert ra["lr"] == pytest.approx(rb["lr"], rel=1e-12)
         with torch.no_grad():  # the trained models themselves, scored in float64
+            la, lb = (F.cross_entropy(m.eval()(X[:100]), y[:100]).item() for m in (models[k], solo[k]))
+        assert abs(la - lb) < 1e-10, (k, la, lb)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_in_model_ensemble_members_match_their_solo_runs_float64(dtype64, name):
+    """mlp with model.ensemble = 4 and batch norm (it sees every copy of the rows), padded batches included."""
+    X, y, models, solo, res, solo_res = solo_and_population(name, family="mlp", norm="batch", ensemble=4)
+    for k in range(3):
+        a, b = res.results[k], solo_res[k]
+        assert (a.steps, a.best_epoch) == (b.steps, b.best_epoch)
+        with torch.no_grad():
             la, lb = (F.cross_entropy(m.eval()(X[:100]), y[:100]).item() for m in (models[k], solo[k]))
         assert abs(la - lb) < 1e-10, (k, la, lb)
 

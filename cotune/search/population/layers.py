@@ -195,3 +195,34 @@ class Dropout(nn.Module):
         rate = rate.to(x.dtype)
         keep = torch.rand_like(x) >= rate
         return x * keep / (1 - rate).clamp(min=1e-12)
+
+
+class Adapter(nn.Module):
+    """The in-model ensemble's input copies (cotune.models.mlp, ensemble = e > 1): member k's input copied e times,
+    copy m scaled by its r_m. adapter (K, e, d); (K, B, d) -> (K, B*e, d), row b*e + m being copy m of row b."""
+
+    def __init__(self, adapters: list[torch.Tensor]):
+        super().__init__()
+        self.adapter = nn.Parameter(torch.stack([a.detach() for a in adapters]).clone())  # the zoo's name for it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, b, d = x.shape
+        return (x[:, :, None, :] * self.adapter[:, None]).reshape(k, b * self.adapter.shape[1], d)
+
+    def member(self, k: int) -> dict:
+        return {"adapter": self.adapter[k]}
+
+
+class EnsembleHead(nn.Module):
+    """K EnsembleHeads (e output layers each): weight (K, e, d, out), bias (K, e, out); (K, B, e, d) -> (K, B, e, out)."""
+
+    def __init__(self, mods: list[nn.Module]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in mods]).clone())
+        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in mods]).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("kbni,knio->kbno", x, self.weight) + self.bias[:, None]
+
+    def member(self, k: int) -> dict:
+        return {"weight": self.weight[k], "bias": self.bias[k]}

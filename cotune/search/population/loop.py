@@ -197,9 +197,14 @@ def train_population(models: list[torch.nn.Module], train_data: TensorData, memb
             pop.ctx.mask = mask
             with runtime.autocast():
                 z = pop(xb).float()
-            loss = member_losses(z, yb, wb, mask, specs)
+            yl, wl, ml, yl2 = yb, wb, mask, yb2
+            if z.dim() == 4:  # an in-model ensemble (K, B, e, C): each copy scored on its row, as compute_loss does
+                e = z.shape[2]
+                z = z.reshape(z.shape[0], -1, z.shape[-1])
+                yl, wl, ml, yl2 = (None if t is None else t.repeat_interleave(e, dim=1) for t in (yb, wb, mask, yb2))
+            loss = member_losses(z, yl, wl, ml, specs)
             if yb2 is not None:
-                loss = lam * loss + (1 - lam) * member_losses(z, yb2, wb, mask, specs)
+                loss = lam * loss + (1 - lam) * member_losses(z, yl2, wl, ml, specs)
             if use_l1:
                 params = dict(pop.named_parameters())
                 loss = loss + l1.to(loss.dtype) * sum(params[n].reshape(pop.k, -1).abs().sum(1) for n in decayed)

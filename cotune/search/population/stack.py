@@ -13,6 +13,8 @@ is member k's flattened slice: the optimizer, clipping and `shrink` use that.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -47,6 +49,7 @@ class Population(nn.Module):
     def __init__(self, family: str, k: int, in_shape: tuple, p: torch.Tensor):
         super().__init__()
         self.family, self.k, self.in_shape = family, k, tuple(in_shape)
+        self.ensemble, self.adapter = 1, None  # mlp's in-model ensemble (e copies of each row, e output layers)
         self.ctx = L.Ctx(p)
         self.flatten = False
         self.features: nn.Module = nn.Identity()
@@ -55,6 +58,8 @@ class Population(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, b = x.shape[:2]
+        if self.family == "mlp" and self.ensemble > 1:
+            return self._ensemble(x.reshape(k, b, -1))
         if self.family == "mlp":
             return self.head(self.features(x.reshape(k, b, -1)))
         h = self.features(L.to_grouped(x if self.family == "cnn2d" else x.reshape(k, b, *self.in_shape)))  # (B, K*C, *S)
@@ -63,6 +68,24 @@ class Population(nn.Module):
         else:
             h = L.from_grouped(h.mean(dim=tuple(range(2, h.dim()))), k)  # (K, B, C)
         return self.head(h)
+
+    def _ensemble(self, x: torch.Tensor) -> torch.Tensor:
+        """The in-model ensemble as cotune.models.mlp.MLP.forward: (K, B, e, out) in training (the loss averages the
+        copies' losses), else (K, B, out): the mean for one output, else log of the mean of the softmax probabilities."""
+        k, b, e = x.shape[0], x.shape[1], self.ensemble
+        mask = self.ctx.mask
+        if mask is not None:  # each row's copies are as real as it is
+            self.ctx.mask = mask.repeat_interleave(e, dim=1)
+        try:
+            h = self.features(self.adapter(x))  # (K, B*e, width)
+        finally:
+            self.ctx.mask = mask
+        z = self.head(h.reshape(k, b, e, h.shape[-1]))
+        if self.training:
+            return z
+        if z.shape[-1] == 1:
+            return z.mean(2)
+        return torch.logsumexp(torch.log_softmax(z, -1), dim=2) - math.log(e)
 
     def stacked(self):
         """(name, tensor, is_parameter) for every stacked tensor."""
@@ -190,9 +213,11 @@ def stack(models: list[nn.Module]) -> Population:
     if family is None:
         raise PopulationError(f"A population has no batched layers for {type(m0).__name__} (only mlp, cnn1d and cnn2d); "
                               "train these models one by one.")
-    if family == "mlp" and any(m.embed is not None or m.k > 1 for m in models):
-        raise PopulationError("A population has no batched layers for an mlp with a table layout's embeddings or "
-                              "model.ensemble > 1; train these models one by one.")
+    if family == "mlp" and any(m.embed is not None for m in models):
+        raise PopulationError("A population has no batched layers for an mlp with a table layout's embeddings; "
+                              "train these models one by one.")
+    if family == "mlp" and len({m.k for m in models}) > 1:
+        raise _differ("model.ensemble")
     if family == "cnn1d" and len({m.in_shape for m in models}) > 1:
         raise _differ("input shape")
     if family != "mlp" and len({m.pool if family == "cnn1d" else m.flatten for m in models}) > 1:
@@ -201,7 +226,13 @@ def stack(models: list[nn.Module]) -> Population:
     p = torch.tensor([_rate(m) for m in models], device=dev, dtype=next(m0.parameters()).dtype)
     in_shape = m0.in_shape if family == "cnn1d" else ()
     pop = Population(family, len(models), in_shape, p)
-    if family == "mlp":
+    if family == "mlp" and m0.k > 1:
+        pop.ensemble, pop.adapter = m0.k, L.Adapter([m.adapter for m in models])
+        pop.slots.append((pop.adapter, [""] * len(models), False))
+        pop.features = _convert([m.net for m in models], ["net"] * len(models), pop, False, False)
+        pop.head = L.EnsembleHead([m.head for m in models])
+        pop.slots.append((pop.head, ["head"] * len(models), True))
+    elif family == "mlp":
         kids = [nn.Sequential(*m.net[:-1]) for m in models]
         pop.features = _convert(kids, ["net"] * len(models), pop, False, False)
         pop.head = _convert([m.net[-1] for m in models], [f"net.{len(m.net) - 1}" for m in models], pop, False, True)
@@ -239,6 +270,6 @@ def unstack(pop: Population, k: int, into: nn.Module) -> nn.Module:
     """Write member k's parameters and buffers into `into` (a zoo module of its shape); returns it."""
     sd = {}
     for layer, prefixes, _ in pop.slots:
-        sd.update({f"{prefixes[k]}.{n}": t.detach().clone() for n, t in layer.member(k).items()})
+        sd.update({f"{prefixes[k]}.{n}".lstrip("."): t.detach().clone() for n, t in layer.member(k).items()})
     into.load_state_dict(sd, strict=True)
     return into
