@@ -166,3 +166,21 @@ def test_cli_rejects_a_bad_population_in_one_line(tmp_path):
                            env={"OMP_NUM_THREADS": "1"})
     assert r.exit_code == 2 and "search.population" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+PG_URL = __import__("os").environ.get("COTUNE_TEST_PG_URL")
+
+
+@pytest.mark.skipif(not PG_URL, reason="COTUNE_TEST_PG_URL is not set: run `bash scripts/postgres.sh start`")
+def test_a_worker_trains_populations_on_postgres(tmp_path):
+    """No ask lock there: the K asks, the enqueued shape trials and the heartbeat go through PostgreSQL."""
+    import uuid
+    cfg = from_dict({**BASE, "search": {"trials": 4, "mlflow": "none", "population": "2"}, "model": {"family": "mlp"}})
+    ds = load_data(cfg)
+    space = {k: v for k, v in search_space(cfg, {"model.family"}, ds.modality, ds.task).items() if k != "model.ensemble"}
+    name = f"pop-{uuid.uuid4().hex[:10]}"
+    study, _, _ = open_study(PG_URL, name, cfg, space)
+    assert work(PG_URL, name, out=str(tmp_path)) == 4
+    trials = study.get_trials()
+    assert len(trials) == 4 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    assert sorted(t.user_attrs["population"] for t in trials) == [0, 0, 2, 2]
