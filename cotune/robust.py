@@ -298,3 +298,41 @@ def robust_accuracy(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, ep
         return math.nan
     out = robust_outputs(model, X, y, eps, steps, batch_size, mask, seed, runtime)
     return (out.argmax(-1) == y.to(out.device)).float().mean().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# a run's knobs (train.adversarial, train.adv_*): what pipeline.setup and the evaluation call
+
+EVAL_STEPS = 10  # robust_accuracy's PGD steps, whatever the training's
+
+
+def input_mask(modality: str, pre) -> torch.Tensor | None:
+    """The features an attack may move: a table's numeric columns (data.augment.numeric_mask); all of any other input."""
+    if modality != "tabular":
+        return None
+    from cotune.data.augment import numeric_mask
+    return torch.as_tensor(numeric_mask(pre))
+
+
+def for_run(model: torch.nn.Module, cfg, task: str, base: Callable | None, mask=None) -> Callable | None:
+    """train()'s augment for a run's TrainConfig: `base` when train.adversarial is 'none', else an Adversarial
+    around it that attacks with the run's own training loss."""
+    if cfg.adversarial == "none":
+        return base
+    if cfg.adv_epsilon <= 0:
+        raise ConfigError(f"train.adversarial={cfg.adversarial!r} needs a radius: set train.adv_epsilon > 0 "
+                          "(standardized input units), e.g. --set train.adv_epsilon=0.1.")
+    from cotune.train import compute_loss, resolve_loss
+    loss_name = resolve_loss(cfg.loss, task)
+    return Adversarial(model, cfg.adversarial, cfg.adv_epsilon, cfg.adv_steps,
+                       lambda out, y: compute_loss(out, y, None, loss_name, cfg), base=base, mask=mask, mix=cfg.adv_mix)
+
+
+def run_metrics(model: torch.nn.Module, X, y, cfg, task: str, mask=None, runtime: Runtime | None = None) -> dict:
+    """{'robust_accuracy': ...} of a trained classifier on rows X (labels y, class codes) under a EVAL_STEPS-step
+    PGD attack of radius train.adv_epsilon; {} for regression or when train.adv_epsilon is 0."""
+    if task == "regression" or cfg.adv_epsilon <= 0 or len(X) == 0:
+        return {}
+    y = torch.as_tensor(np.asarray(y, dtype=np.int64))
+    return {"robust_accuracy": robust_accuracy(model, torch.as_tensor(X), y, cfg.adv_epsilon, EVAL_STEPS, mask=mask,
+                                               runtime=runtime)}
