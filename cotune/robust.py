@@ -138,7 +138,7 @@ def _attack(model, x, y, eps, steps, alpha, loss_fn, mask, random_start, generat
         delta = delta * m
     # cuDNN's RNN kernels have no backward in eval mode: a GRU / LSTM is attacked through the native kernels
     rnn = x.is_cuda and any(isinstance(mod, torch.nn.RNNBase) for mod in model.modules())
-    with _unchanged(model), torch.enable_grad(), torch.backends.cudnn.flags(enabled=not rnn):
+    with _unchanged(model), torch.enable_grad(), torch.backends.cudnn.flags(enabled=False) if rnn else contextlib.nullcontext():
         for _ in range(steps):
             delta.requires_grad_(True)
             loss = loss_fn(_forward(model, x + delta, autocast), y)
