@@ -112,7 +112,7 @@ def fit(data: Optional[str] = typer.Argument(None, help="CSV / Parquet / .npz / 
         workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Trials at once (worker processes)."),
         sampler: Optional[str] = typer.Option(None, "--sampler", help="tpe, random, grid, cmaes, nsga2."),
         objective: Optional[str] = typer.Option(None, "--objective", help="quality, quality,size or quality,latency."),
-        metric: Optional[str] = typer.Option(None, "--metric", "-m", help="What ranks the trials: accuracy, balanced_accuracy, f1_macro, f1, roc_auc, log_loss; rmse, mae, r2."),
+        metric: Optional[str] = typer.Option(None, "--metric", "-m", help="What ranks the trials: accuracy, balanced_accuracy, f1_macro, f1, roc_auc, log_loss, robust_accuracy (set train.adv_epsilon); rmse, mae, r2."),
         storage: Optional[str] = typer.Option(None, "--storage", help="Study storage URL (default: SQLite in --out)."),
         study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the --out folder name)."),
         mlflow: Optional[str] = typer.Option(None, "--mlflow", help="MLflow tracking URI (default: SQLite in --out; 'none': off)."),

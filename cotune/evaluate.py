@@ -45,13 +45,15 @@ class Metric:
 MAXIMIZE = {"accuracy": True, "balanced_accuracy": True, "precision_macro": True, "recall_macro": True,
             "f1_macro": True, "precision_weighted": True, "recall_weighted": True, "f1_weighted": True,
             "f1": True, "roc_auc": True, "log_loss": False, "brier": False, "ece": False, "rmse": False, "mae": False,
-            "r2": True, "loss": False}
+            "r2": True, "loss": False, "robust_accuracy": True}
 # the metrics a user may rank by (search.metric), per task; f1 is the second class's, so binary only
-RANKING = {"binary": ("accuracy", "balanced_accuracy", "f1_macro", "f1", "roc_auc", "log_loss"),
-           "multiclass": ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "log_loss"),
+RANKING = {"binary": ("accuracy", "balanced_accuracy", "f1_macro", "f1", "roc_auc", "log_loss", "robust_accuracy"),
+           "multiclass": ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc", "log_loss", "robust_accuracy"),
            "regression": ("rmse", "mae", "r2")}
 # metrics of predicted labels, not of probabilities: a binary model's decision threshold can be tuned for them
 LABEL_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "f1")
+# scored on the trained model itself (cotune.robust: under attack), after training: per epoch, accuracy stands in
+MODEL_METRICS = ("robust_accuracy",)
 THRESHOLD_METRICS = ("balanced_accuracy", "f1_macro", "f1")  # accuracy's best threshold is 0.5 for calibrated probabilities
 
 
@@ -79,7 +81,10 @@ def primary_metric(task: str, name: str = "auto") -> Metric:
 
 def monitored_metric(task: str, monitor: str = "metric", name: str = "auto") -> Metric:
     """What early stopping watches (train.monitor): the ranking metric (search.metric), or the validation loss."""
-    return metric("loss") if monitor == "loss" else primary_metric(task, name)
+    if monitor == "loss":
+        return metric("loss")
+    m = primary_metric(task, name)
+    return metric("accuracy") if m.name in MODEL_METRICS else m
 
 
 def score(name: str, y_true, output, task: str, threshold: float | None = None) -> float | None:

@@ -51,7 +51,8 @@ SGD_LIKE = ("sgd", "rmsprop")
 ADAM_LIKE = ("adam", "adamw")
 CLASSIFICATION = ("binary", "multiclass")
 # search.metric's choices (cotune.evaluate knows which tasks each fits and its direction)
-METRICS = ("auto", "accuracy", "balanced_accuracy", "f1_macro", "f1", "roc_auc", "log_loss", "rmse", "mae", "r2")
+METRICS = ("auto", "accuracy", "balanced_accuracy", "f1_macro", "f1", "roc_auc", "log_loss", "rmse", "mae", "r2",
+           "robust_accuracy")
 
 KNOBS: tuple[Knob, ...] = (
     # ---- data: where it comes from and how it is split
@@ -127,6 +128,10 @@ KNOBS: tuple[Knob, ...] = (
     _k("train.huber_delta", float, 1.0, "huber loss: transition point, in standardized target units", low=0.0, high=100.0, open_low=True),
     _k("train.freeze_epochs", int, 0, "train only the output layer for the first this many epochs (the rest frozen: no gradients, no weight decay, batch-norm statistics kept), then every layer; for model.init_from", low=0, high=100000),
     _k("train.backbone_lr", float, 1.0, "factor on the learning rate of every parameter outside the output layer (the schedule scales both): below 1 to fine-tune model.init_from's weights gently", low=0.0, high=100.0, open_low=True),
+    _k("train.adversarial", str, "none", "adversarial training: 'fgsm' (one signed-gradient step of train.adv_epsilon) or 'pgd' (train.adv_steps projected steps from a random start) replaces train.adv_mix of each batch by its worst case in the L-inf ball of train.adv_epsilon around it (standardized inputs; a table's one-hot and code columns untouched), after the augmentation; searched when search.metric=robust_accuracy", choices=("none", "fgsm", "pgd"), search=("none", "fgsm", "pgd"), unless_metric=tuple(m for m in METRICS if m != "robust_accuracy")),
+    _k("train.adv_epsilon", float, 0.0, "the stated L-inf radius, in standardized input units, of adversarial training and of robust_accuracy (a 10-step PGD attack on the validation and test rows, reported for classification when > 0)", low=0.0, high=100.0),
+    _k("train.adv_steps", int, 7, "pgd adversarial training: projected gradient steps per attacked batch (each costs a forward and backward pass)", low=1, high=100),
+    _k("train.adv_mix", float, 0.5, "adversarial training: the share of each batch replaced by its adversarial version (0.5: clean and adversarial rows weigh the same, as Goodfellow et al. 2015)", low=0.0, high=1.0, open_low=True),
     _k("train.grad_clip", float, 0.0, "clip the gradient norm to this (0 = off)", low=0.0, high=1e6),
     _k("train.epochs", int, 30, "maximum epochs (passes over the training part)", low=1, high=100000),
     _k("train.batch_size", int, 128, "samples per step", low=1, high=1_000_000, search=(32, 512), log=True),

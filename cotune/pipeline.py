@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cotune import bundle, evaluate
+from cotune import bundle, evaluate, robust
 from cotune import models as model_registry
 from cotune.config import RunConfig, from_dict
 from cotune.knobs import CLASSIFICATION
@@ -156,7 +156,6 @@ def setup(cfg: RunConfig, ds, data: TrainingSet, refit_epochs: int | None = None
     aug_cfg = cfg.data.augment.model_dump()
     augment = make_augment(ds.modality, policy=aug_cfg.pop("policy"), strength=aug_cfg.pop("strength"), ops=aug_cfg,
                            numeric_mask=numeric_mask(data.pre) if ds.modality == "tabular" else None)
-    data.summary["augment"] = augment.describe() if augment is not None else "none"
     train_cfg = cfg.train.model_copy(update={"loss": data.loss} if data.loss else {})
     if refit_epochs is not None:
         train_cfg = train_cfg.model_copy(update={"epochs": int(refit_epochs), "patience": 0})
@@ -168,6 +167,8 @@ def setup(cfg: RunConfig, ds, data: TrainingSet, refit_epochs: int | None = None
     transfer = None
     if data.source is not None:
         transfer = init_from(cfg.model.init_from, data.source, model, ds, kwargs)
+    augment = robust.for_run(model, train_cfg, ds.task, augment, robust.input_mask(ds.modality, data.pre))  # train.adversarial
+    data.summary["augment"] = augment.describe() if augment is not None else "none"
     check_config(train_cfg, ds.task)
     ranking = evaluate.primary_metric(ds.task, cfg.search.metric)  # a metric that does not fit the task: ConfigError
     monitor = evaluate.monitored_metric(ds.task, train_cfg.monitor, cfg.search.metric)
@@ -175,8 +176,7 @@ def setup(cfg: RunConfig, ds, data: TrainingSet, refit_epochs: int | None = None
 
 
 def model_inputs(cfg: RunConfig) -> tuple[tuple, int, dict | None]:
-    """(in_shape, out_dim, layout) of the model `run(cfg)` builds; layout is the table layout the family reads
-    (embedded categoricals, numeric bins), None when it reads none."""
+    """(in_shape, out_dim, layout) of run(cfg)'s model; layout: the table layout the family reads, or None."""
     ds = load_data(cfg)
     tr, _, _ = split_indices(ds, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed)
     pre = make_preprocessor(cfg).fit(ds, tr)
@@ -186,8 +186,7 @@ def model_inputs(cfg: RunConfig) -> tuple[tuple, int, dict | None]:
 
 def audit_data(cfg: RunConfig, checks=None):
     """load -> split -> audit: what is wrong with the data, changing nothing. Returns the AuditReport."""
-    ds = load_data(cfg)
-    d = cfg.data
+    ds, d = load_data(cfg), cfg.data
     tr, va, te = split_indices(ds, val=d.split.val, test=d.split.test, seed=d.split.seed)
     return audit(ds, tr, va, te, checks=checks, seed=d.split.seed, proxy=d.clean.proxy)
 
@@ -268,6 +267,8 @@ def _finish_run(p: Prepared, result: TrainResult) -> RunResult:
         if len(idx):
             pred = bundle.predictions(infer(model, torch.as_tensor(data.X[idx]), p.runtime), spec)
             metrics[part] = evaluate.evaluate(truth, pred, ds.task, classes=list(ds.classes))
+            metrics[part].update(robust.run_metrics(model, data.X[idx], truth, s.train_cfg, ds.task,
+                                                    robust.input_mask(ds.modality, data.pre), p.runtime))
     bundle.save(out, model, spec, data.pre, train=(ds, data.train_idx))  # + reference.parquet: drift at predict
     write_csv(out / "history.csv", result.history)
     write_json(out / "metrics.json", {**metrics, "train": {
@@ -374,14 +375,11 @@ def held_out(cfg: RunConfig, ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def cross_validate(cfg: RunConfig, folds: int, epochs: int, seed: int) -> list[float]:
-    """cfg's knobs scored by k-fold cross-validation over the train + validation rows; the test rows are
-    never trained on nor scored. Per fold: prepare() on the other folds (cleaning, balancing, augmentation
-    and preprocessing fitted on, and applied to, them as to a training part), training for exactly `epochs`
-    epochs as the final refit does (no early stopping: the held-out fold is not looked at during training),
-    then one score of the held-out fold by search.metric. Folds are seeded by `seed` and stratified for
+    """cfg's knobs scored by k-fold cross-validation over train + validation (never the test rows). Per fold:
+    prepare() on the other folds (as on a training part), exactly `epochs` epochs as the final refit (no early
+    stopping), one score of the held-out fold by search.metric. Folds seeded by `seed`, stratified for
     classification. Returns the per-fold scores (nan where the metric is undefined on a fold)."""
-    ds = load_data(cfg)
-    d = cfg.data
+    ds, d = load_data(cfg), cfg.data
     tr, va, te = split_indices(ds, val=d.split.val, test=d.split.test, seed=d.split.seed)
     pool = np.sort(np.concatenate([tr, va]))
     rt = Runtime.resolve(cfg.runtime.device, cfg.runtime.precision, cfg.runtime.threads, cfg.runtime.compile)
@@ -395,6 +393,8 @@ def cross_validate(cfg: RunConfig, folds: int, epochs: int, seed: int) -> list[f
         train(s.model, train_data, None, s.train_cfg, rt, task=ds.task, seed=cfg.runtime.seed, augment=s.augment,
               sampling_weights=sampling)
         pred = bundle.predictions(infer(s.model, torch.as_tensor(data.X[held]), rt), bundle.spec_of(cfg, ds, data, s))
-        value = evaluate.score(s.ranking.name, ds.y[held], pred, ds.task)
+        value = (robust.run_metrics(s.model, data.X[held], ds.y[held], s.train_cfg, ds.task, robust.input_mask(
+            ds.modality, data.pre), rt)[s.ranking.name] if s.ranking.name in evaluate.MODEL_METRICS else
+                 evaluate.score(s.ranking.name, ds.y[held], pred, ds.task))
         scores.append(float("nan") if value is None else float(value))
     return scores

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from cotune import distributed as dist
 from cotune.data.batches import TensorData
 from cotune.errors import ConfigError, CotuneError
-from cotune.evaluate import Metric, metric, monitored_metric, score as metric_score
+from cotune.evaluate import MODEL_METRICS, Metric, metric, monitored_metric, score as metric_score
 from cotune.models.registry import head as model_head
 from cotune.runtime import Runtime
 from cotune.track import write_json
@@ -186,7 +186,7 @@ def validate(model, data: TensorData, runtime: Runtime, task: str, y_scale: floa
 def val_row(out: torch.Tensor, data: TensorData, task: str, y_scale: float, metrics=(), inverse=None) -> dict:
     """validate's row from the model's outputs `out` (N, C) on data (a population member's too)."""
     y = data.y.to(out.device)
-    extra = [m for m in metrics if m not in ("loss", "accuracy", "rmse")]
+    extra = [m for m in metrics if m not in ("loss", "accuracy", "rmse", *MODEL_METRICS)]  # those need the model
     if task == "regression":
         mse = F.mse_loss(out.squeeze(-1), y).item()
         row = {"val_loss": mse}

@@ -18,6 +18,7 @@ LAYERS = {
     "transfer": 2,  # a run's weights into a new model
     **{m: 2 for m in ("predictor", "onnx_engine")},  # the predict API and the ONNX Runtime engine: no torch
     **{m: 2 for m in ("mlflow_model", "pyfunc")},  # a bundle as an MLflow pyfunc model; pyfunc.py is the code MLflow runs
+    "robust": 2,  # FGSM / PGD attacks, adversarial training as an augmentation, robust accuracy
     "drift": 2,  # new rows against the training rows' sample (reference.parquet): numpy, pandas, scipy, sklearn; no torch
     "pipeline": 3,
     "launch": 3,  # a run under torchrun (N processes), each rank calling the pipeline; errors back as one line

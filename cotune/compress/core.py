@@ -116,7 +116,7 @@ def compress(run, *, tolerance: float = 0.5, prefer: str = "size", batches=(1, 2
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     ds = load_data(cfg)
-    metric = evaluate.primary_metric(ds.task, cfg.search.metric)
+    metric = evaluate.monitored_metric(ds.task, "metric", cfg.search.metric)  # robust_accuracy: clean accuracy
     va, y_va, te = held_out(cfg, ds)
     tr, _, _ = split_indices(ds, val=cfg.data.split.val, test=cfg.data.split.test, seed=cfg.data.split.seed)
     rows = (lambda idx: ds.X.iloc[idx]) if ds.modality == "tabular" else (lambda idx: ds.X[idx])  # noqa: E731

@@ -9,6 +9,7 @@ from cotune.report.page import Cell, Page
 
 METRICS = {  # name -> what it means, in the order shown
     "accuracy": "share of rows classified correctly",
+    "robust_accuracy": "accuracy under a 10-step PGD attack within train.adv_epsilon (L-inf, standardized inputs)",
     "balanced_accuracy": "accuracy averaged over classes (robust to imbalance)",
     "f1_macro": "F1 averaged over classes",
     "precision_macro": "precision averaged over classes",

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from cotune.config import RunConfig
+from cotune.evaluate import MODEL_METRICS
 from cotune.search.objective import AFTER_FINAL_S, refit_seconds
 from cotune.search.storage import study_metric
 from cotune.track import read_json, write_json
@@ -27,9 +28,9 @@ def ensemble_choice(cfg: RunConfig, study, done, single=None) -> dict | None:
     trials with a saved model)."""
     from cotune.pipeline import evaluate_ensemble
     k = cfg.search.top_k
-    if k < 2 or len(study.directions) > 1 or len(done) < 2:
-        return None
     metric = study_metric(study)
+    if k < 2 or len(study.directions) > 1 or len(done) < 2 or metric.name in MODEL_METRICS:  # voting is not attacked
+        return None
     top = sorted(done, key=lambda t: t.values[0], reverse=metric.maximize)[:k]
     top = [t for t in top if (Path(t.user_attrs.get("run_dir", "")) / "model.safetensors").exists()]
     if len(top) < 2:

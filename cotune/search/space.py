@@ -75,6 +75,9 @@ def search_space(cfg: RunConfig, fixed: set[str], modality: str, task: str, cpu:
     from cotune.models import searched_families  # torch: imported when a space is built, not with this module
     check_space(cfg.search.space)
     ranked_by = primary_metric(task, cfg.search.metric).name
+    if ranked_by == "robust_accuracy" and cfg.train.adv_epsilon <= 0:
+        raise ConfigError("search.metric=robust_accuracy scores the models under attack within train.adv_epsilon: set "
+                          "it > 0 (standardized input units), e.g. --set train.adv_epsilon=0.1.")
     if cpu is None:
         import torch
         cpu = cfg.runtime.device == "cpu" or (cfg.runtime.device == "auto" and not torch.cuda.is_available())

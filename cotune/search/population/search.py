@@ -48,7 +48,8 @@ _PROBES: dict[tuple, tuple[float, dict]] = {}  # coarse shape -> (solo step s, {
 
 def stackable(cfg) -> bool:
     m = cfg.model
-    return m.family in STACKED and m.num_embedding == "none" and cfg.train.freeze_epochs == 0
+    return (m.family in STACKED and m.num_embedding == "none" and cfg.train.freeze_epochs == 0
+            and cfg.train.adversarial == "none")  # an attack needs the member's own model
 
 
 # ---------------------------------------------------------------------------------------------
