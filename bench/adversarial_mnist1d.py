@@ -24,9 +24,9 @@ START = {"model.family": "cnn1d", "model.depth": 4, "model.norm": "batch", "mode
          "train.batch_size": 64, "data.augment.policy": "auto", "train.epochs": 30}
 
 
-def one(seed: int, eps: float, method: str, steps: int) -> dict:
+def one(seed: int, eps: float, method: str, steps: int, mix: float = 0.5) -> dict:
     sets = {**START, "data.source": "mnist1d", "runtime.seed": seed, "runtime.threads": 1, "runtime.progress": False,
-            "train.adv_epsilon": eps, "train.adversarial": method, "train.adv_steps": steps}
+            "train.adv_epsilon": eps, "train.adversarial": method, "train.adv_steps": steps, "train.adv_mix": mix}
     with tempfile.TemporaryDirectory() as d:
         t = time.time()
         res = cotune.train(out=str(Path(d) / "r"), overrides=[f"{k}={v}" for k, v in sets.items()], checkpoint=False)
@@ -39,17 +39,19 @@ def main():
     ap.add_argument("--eps", type=float, default=0.1)
     ap.add_argument("--steps", type=int, default=7)
     ap.add_argument("--method", default="pgd", choices=["pgd", "fgsm"])
+    ap.add_argument("--mix", type=float, default=0.5, help="train.adv_mix: the attacked share of each batch")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     out: dict = {"standard": [], args.method: []}
     for seed in args.seeds:
         for side, method in (("standard", "none"), (args.method, args.method)):
-            r = one(seed, args.eps, method, args.steps)
+            r = one(seed, args.eps, method, args.steps, args.mix)
             out[side].append(r)
             print(f"seed {seed} {side:8s} clean {100 * r['clean']:.1f}%  robust {100 * r['robust']:.1f}%  "
                   f"({r['epochs']} epochs, {r['seconds']:.0f} s)", flush=True)
-    print(f"\neps {args.eps} (L-inf, standardized inputs), robust = 10-step PGD; mean +/- sd over seeds {args.seeds}")
+    print(f"\neps {args.eps} (L-inf, standardized inputs), {args.method} {args.steps} steps on {args.mix:g} of each batch, "
+          f"robust = 10-step PGD; mean +/- sd over seeds {args.seeds}")
     for side, rs in out.items():
         c, r = [100 * x["clean"] for x in rs], [100 * x["robust"] for x in rs]
         sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)  # noqa: E731

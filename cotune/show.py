@@ -14,7 +14,7 @@ out_console = Console()
 
 def print_metrics(result, how: dict | None = None) -> None:
     """The run's metrics; `how` (a search's fit.json 'final') names an ensemble's members instead of epochs."""
-    keys = [k for k in ("accuracy", "f1_macro", "roc_auc", "log_loss", "ece", "rmse", "mae", "r2")
+    keys = [k for k in ("accuracy", "robust_accuracy", "f1_macro", "roc_auc", "log_loss", "ece", "rmse", "mae", "r2")
             if any(k in (result.metrics.get(p) or {}) for p in ("val", "test"))]
     if how is not None and how.get("kind") == "ensemble":
         trained = "each refitted on train+val" if how["trained_on"] == "train+val" else "as trained in the search"

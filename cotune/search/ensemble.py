@@ -155,10 +155,12 @@ def decide(cfg: RunConfig, metric, best, choice: dict | None, how: dict, final) 
         fresh.decision = dict(bundle.NO_DECISION)
         p_before = fresh.predict_output(rows(te))
         y_te = ds.y[te]
-        keys = ("log_loss", "brier", "ece", "accuracy", metric.name)
+        keys = ("log_loss", "brier", "ece", "accuracy", *([] if metric.name in MODEL_METRICS else [metric.name]))
+        kept = {k: v for k, v in final.metrics["test"].items() if k in MODEL_METRICS}  # argmax: a temperature keeps them
         part["test_before"] = {k: evaluate.score(k, y_te, p_before, ds.task) if k != "ece" else evaluate.ece(y_te, p_before)
                                for k in dict.fromkeys(keys)}
-        final.metrics["test"] = evaluate.evaluate(y_te, p_after, ds.task, classes=list(ds.classes), threshold=threshold)
+        final.metrics["test"] = {**evaluate.evaluate(y_te, p_after, ds.task, classes=list(ds.classes), threshold=threshold),
+                                 **kept}
         part["test_after"] = {k: final.metrics["test"].get(k) for k in dict.fromkeys(keys)}
         prior = np.bincount(ds.y[np.setdiff1d(np.arange(len(ds.y)), np.concatenate([va, te]))], minlength=len(ds.classes))
         prior = prior / max(1, prior.sum())
