@@ -44,7 +44,7 @@ from pathlib import Path
 
 import cotune
 from cotune.config import from_dict
-from cotune.pipeline import model_shapes, run
+from cotune.pipeline import model_inputs, run
 from cotune.scale.grid import fractions_for, model_cost, schedule
 from cotune.scale.study import base_config, study_config
 from scale_valrows import row_loss, validation_rows
@@ -55,7 +55,7 @@ SEQ = ["data.source=mnist1d", "model.family=cnn1d", "model.depth=4", "model.norm
 
 def width_for(cfg, factor: float) -> int:
     """The width whose parameter count is nearest `factor` x the configuration's."""
-    shapes = model_shapes(cfg)
+    shapes = model_inputs(cfg)[:2]
     target = factor * model_cost(cfg, cfg.model.width, shapes)[0]
     w = cfg.model.width
     while model_cost(cfg, w, shapes)[0] < target:

@@ -15,7 +15,7 @@ from cotune.data.dataset import make_dataset
 from cotune.data.preprocess import NUMERIC_METHODS, Preprocessor, TargetTransform
 from cotune.data.split import split_indices
 from cotune.errors import BundleError
-from cotune.pipeline import load_data, model_shapes, prepare
+from cotune.pipeline import load_data, model_inputs, prepare
 
 N, TRAIN = 300, np.arange(200)
 CATS = [f"c{i:02d}" for i in range(20)]
@@ -270,7 +270,7 @@ def test_run_predicts_in_target_units_through_the_target_transform(tmp_path, tar
         assert again[k] == pytest.approx(v), k
 
 
-def test_prepare_and_model_shapes_take_the_preprocessing_knobs(tmp_path, monkeypatch):
+def test_prepare_and_model_inputs_take_the_preprocessing_knobs(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"v": rng.normal(size=200), "k": rng.choice(CATS, 200), "y": rng.normal(size=200)})
     df.to_csv(tmp_path / "t.csv", index=False)
@@ -282,10 +282,10 @@ def test_prepare_and_model_shapes_take_the_preprocessing_knobs(tmp_path, monkeyp
     assert data.pre.numeric == "robust" and data.pre.layout_["cardinalities"] == []
     assert data.target.kind == "quantile" and (data.y_mean, data.y_std) == (data.target.mean, data.target.std)
     np.testing.assert_array_equal(data.y, data.target.transform(ds.y))
-    assert model_shapes(onehot)[0] == data.pre.in_shape_ == (1 + 20,)
+    assert model_inputs(onehot)[0] == data.pre.in_shape_ == (1 + 20,)
     data = prepare(cfg, ds)  # the mlp reads the layout: the 20-category column is one code column
-    assert data.pre.layout_["cardinalities"] == [21] and model_shapes(cfg)[0] == data.pre.in_shape_ == (2,)
-    assert model_shapes(cfg.replace(**{"data.embed_above": 50}))[0] == (21,)
+    assert data.pre.layout_["cardinalities"] == [21] and model_inputs(cfg)[0] == data.pre.in_shape_ == (2,)
+    assert model_inputs(cfg.replace(**{"data.embed_above": 50}))[0] == (21,)
     classes = from_dict({**FAST, "data": {"source": "sklearn:iris", "target_transform": "log"}})
     data = prepare(classes, load_data(classes))
     assert data.target is None and (data.y_mean, data.y_std) == (0.0, 1.0)
