@@ -36,6 +36,7 @@ def memory(populations: int, k: int) -> dict:
     from cotune.config import from_dict
     from cotune.pipeline import load_data
     from cotune.search import worker
+    from cotune.search.population import search as population
     from cotune.search.space import search_space
     from cotune.search.storage import open_study, storage_url
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -45,7 +46,7 @@ def memory(populations: int, k: int) -> dict:
     ds = load_data(cfg)
     space = search_space(cfg, {"model.family", "model.ensemble"}, ds.modality, ds.task)
     seen = []
-    inner = worker.run_population
+    inner = population.run_population
 
     def counted(*a, **kw):
         n = inner(*a, **kw)
@@ -54,12 +55,12 @@ def memory(populations: int, k: int) -> dict:
         print(f"population {len(seen):3d}: {n} trials, RSS {seen[-1]:.0f} MB", flush=True)
         return n
 
-    worker.run_population = counted
+    population.run_population = counted
     with tempfile.TemporaryDirectory() as d:
         url = storage_url(Path(d), None)
         open_study(url, "m", cfg, space)
         worker.work(url, "m", out=d)
-    worker.run_population = inner
+    population.run_population = inner
     base = seen[min(4, len(seen) - 1)]
     growth = max(seen[4:] or seen) / base - 1
     print(f"RSS after population 5: {base:.0f} MB, last: {seen[-1]:.0f} MB, max growth {100 * growth:.1f}% (target <= 10%)")

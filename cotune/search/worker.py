@@ -14,7 +14,6 @@ from pathlib import Path
 from cotune.search.objective import Objective, estimate_final
 from cotune.search.space import parse_population
 from cotune.search.storage import AskLock, open_study
-from cotune.search.population.search import LADDER, run_population
 
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
@@ -50,10 +49,13 @@ def work(url: str, name: str, *, deadline: float | None = None, threads: int = 1
                 break
             if study.user_attrs.get("stop"):
                 break
-            room = min(LADDER[-1] if size == "auto" else size, LADDER[-1] if limit is None else limit - running - finished)
-            if size != 1 and room > 1 and cfg.search.fidelity == "epochs":
-                done += run_population(study, objective, lock, room, size, me)
-                continue
+            if size != 1 and cfg.search.fidelity == "epochs":
+                from cotune.search.population import search as population  # torch & co.: only a population needs them
+                top = population.LADDER[-1]
+                room = min(top if size == "auto" else size, top if limit is None else limit - running - finished)
+                if room > 1:
+                    done += population.run_population(study, objective, lock, room, size, me)
+                    continue
             study.optimize(run_trial, n_trials=1, catch=(Exception,))
         finally:
             lock.release()
