@@ -10,9 +10,11 @@ model trains on) and scored once on test. Scores come from `cotune.evaluate.eval
 network's (accuracy, f1_macro, log_loss, roc_auc, ece, rmse, r2, ...); only the scalar ones are kept.
 
     linear    LogisticRegression(max_iter=2000) / Ridge(alpha=1.0) on cotune's default Preprocessor encoding
-              fitted on the training rows (median-imputed, standardized numeric columns + one-hot categoricals)
+              fitted on the training rows (median-imputed, standardized numeric columns + one-hot categoricals,
+              each text column as hashed word unigram + bigram counts, cotune.data.text.hashed_words)
     lightgbm  LGBMClassifier / LGBMRegressor(n_jobs=threads, verbose=-1, random_state=runtime.seed) on the raw
-              columns: numeric as float, categoricals as pandas 'category' with the training rows' categories
+              columns: numeric as float, categoricals as pandas 'category' with the training rows' categories,
+              text columns as the same hashed word counts
 
 Regression models fit and predict the target in its own units. A model that fails is recorded as
 {"error": "<one line>"} and the other still runs. Images and sequences get no baselines ({}): a linear model
@@ -35,6 +37,7 @@ import pandas as pd
 
 from cotune.config import RunConfig
 from cotune.data.preprocess import _category_strings
+from cotune.data.text import hashed_words, text_values
 from cotune.errors import one_line
 from cotune.evaluate import evaluate
 from cotune.pipeline import TrainingSet, prepare
@@ -149,4 +152,6 @@ def _raw(df: pd.DataFrame, ds, categories: dict) -> pd.DataFrame:
         cols[c] = np.where(np.isfinite(v), v, np.nan)
     for c in ds.categorical:
         cols[c] = pd.Categorical(_category_strings(df[c]), categories=categories[c])
+    for c in ds.text:  # hashed word counts, as the linear model gets them (cotune.data.text)
+        cols.update({(c, j): v for j, v in enumerate(hashed_words(text_values(df[c])).T)})
     return pd.DataFrame({f"f{i}": v for i, v in enumerate(cols.values())})

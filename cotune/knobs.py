@@ -8,7 +8,7 @@ A knob with `search` set is searchable: a (low, high) range for numbers (log-sca
 named knob holds one of the listed values (momentum only for SGD-like optimizers, ...).
 `tasks` limits it to some tasks (label cleaning only for classification); `modalities` limits it
 to some modalities (numeric scaling only for tables); `choice_modalities` limits single choices
-to some modalities (SMOTE only for tables); `unless_metric` leaves it out under some ranking
+to some modalities (SMOTE only for tables); `text_only` to tables with text columns; `unless_metric` leaves it out under some ranking
 metrics (label smoothing distorts the probabilities that log loss and AUC score). An empty `search` means the
 choices are not declared here: model.family's are the registered families that fit the data
 (cotune.models declares them per family; the search space fills them in).
@@ -37,6 +37,7 @@ class Knob:
     modalities: tuple = ()        # searched only on these modalities (empty: every modality)
     choice_modalities: tuple = ()  # ((choice, (modalities...)), ...): that choice searched only on these
     unless_metric: tuple = ()     # not searched when search.metric is one of these
+    text_only: bool = False       # searched only on tables with free-text columns
 
     @property
     def stage(self) -> str:
@@ -61,6 +62,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("data.task", str, "auto", "override the inferred task", choices=("auto", "binary", "multiclass", "regression")),
     _k("data.modality", str, "auto", "override the inferred modality", choices=("auto", "tabular", "image", "sequence")),
     _k("data.categorical", list, [], "table columns to treat as categorical whatever their dtype"),
+    _k("data.text", list, None, "table columns of free text (tokenized on the training rows; the mlp reads them through model.text_encoder): null = detect them (string columns whose values average at least 3 words and are mostly distinct), [] = none (such columns are then categorical)", optional=True),
     _k("data.drop", list, [], "table columns to ignore (IDs, free text, ...)"),
     _k("data.image_size", int, 32, "image folder: images are resized to this many pixels per side", low=4, high=1024),
     _k("data.image_mode", str, "rgb", "image folder: colour channels", choices=("rgb", "grayscale")),
@@ -86,10 +88,14 @@ KNOBS: tuple[Knob, ...] = (
     *(_k(f"data.augment.{op}", float, None, f"{where}: strength of '{op}' (overrides the policy; 0 = off)", low=0.0, high=1.0, optional=True)
       for op, where in (("flip", "images"), ("crop", "images"), ("cutout", "images"), ("affine", "images"), ("cutmix", "images"),
                         ("mixup", "images and tables"), ("shift", "sequences"), ("scale", "sequences"), ("jitter", "sequences"),
-                        ("mask", "sequences"), ("noise", "tables"))),
+                        ("mask", "sequences"), ("noise", "tables"), ("token_drop", "table text columns"),
+                        ("span_mask", "table text columns"))),
     # ---- data: preprocessing, fitted on the training part only
     _k("data.numeric", str, "standard", "tables: numeric column scaling after median imputation: standard ((x - mean) / std), robust (median / IQR, then smoothly clipped into (-3, 3)) or quantile (to a normal distribution)", choices=("standard", "robust", "quantile"), search=("standard", "robust", "quantile"), modalities=("tabular",)),
     _k("data.embed_above", int, 8, "tables, for model families that read the column layout: a categorical column with more than this many kept categories becomes one integer-code column (a learned embedding) instead of one-hot columns", low=1, high=1_000_000, modalities=("tabular",)),
+    _k("data.tokenizer", str, "bpe", "tables with text columns: the subword tokenizer trained on the training rows' texts (the tokenizers library; saved in preprocess.json): bpe (byte-pair encoding), wordpiece, or word (whole words)", choices=("bpe", "wordpiece", "word"), search=("bpe", "wordpiece", "word"), modalities=("tabular",), text_only=True),
+    _k("data.vocab_size", int, 4000, "tables with text columns: the tokenizer's vocabulary size, padding and unknown tokens included (the training texts may give fewer)", low=16, high=1_000_000, search=(500, 16000), log=True, modalities=("tabular",), text_only=True),
+    _k("data.max_tokens", int, 64, "tables with text columns: tokens kept per text (longer texts are cut at the end, shorter ones padded)", low=1, high=4096, search=(16, 256), log=True, modalities=("tabular",), text_only=True),
     _k("data.target_transform", str, "standard", "regression: what the model learns of the target: standard ((y - mean) / std), log (log1p of the target shifted to >= 0, standardized) or quantile (to a normal distribution, standardized); predictions come back in target units", choices=("standard", "log", "quantile"), search=("standard", "log", "quantile"), tasks=("regression",)),
     # ---- model: one family, one size (width x depth)
     _k("model.family", str, "mlp", "model family from the registry (`cotune models`)", search=()),
@@ -104,6 +110,8 @@ KNOBS: tuple[Knob, ...] = (
     _k("model.heads", int, 4, "transformer: attention heads (reduced to divide width)", low=1, high=64),
     _k("model.num_embedding", str, "none", "mlp on tables: embed each numeric feature before the first layer: 'periodic' (trainable-frequency cos/sin features) or 'piecewise' (piecewise-linear encoding on training-quantile bins), each followed by a per-feature linear layer and ReLU", choices=("none", "periodic", "piecewise"), search=("none", "periodic", "piecewise"), when=(("model.family", ("mlp",)),), choice_modalities=(("periodic", ("tabular",)), ("piecewise", ("tabular",)))),
     _k("model.embedding_dim", int, 8, "mlp on tables: size of each categorical embedding and of each numeric feature embedding", low=1, high=256),
+    _k("model.text_encoder", str, "bag", "mlp on tables with text columns: how each text's token embeddings become one vector joined with the other columns' features: bag (their mean, fastText style), cnn1d (a convolution, max over positions), gru / lstm (bidirectional, mean over positions) or transformer (one self-attention layer, mean over positions)", choices=("bag", "cnn1d", "gru", "lstm", "transformer"), search=("bag", "cnn1d", "gru", "lstm", "transformer"), when=(("model.family", ("mlp",)),), modalities=("tabular",), text_only=True),
+    _k("model.text_width", int, 64, "mlp on tables with text columns: the token embedding width, and the size of each text's vector", low=1, high=4096, search=(16, 256), log=True, when=(("model.family", ("mlp",)),), modalities=("tabular",), text_only=True),
     _k("model.ensemble", int, 1, "mlp: k members sharing the hidden layers, each with its own input scaling and output head; the prediction averages them (1 = off)", low=1, high=64, search=(1, 8), when=(("model.family", ("mlp",)),)),
     _k("model.init_from", str, None, "start from this finished run directory (a `cotune train --out`; a search directory, for its final model; one of its trials/NNNNN/): its fitted preprocessing and its weights. Same family, modality, sample shape or table columns (and data.numeric, data.embed_above), and model knobs that give the same layers (width, depth, norm, dropout on or off, ...); its output layer is copied when the classes (or a regression target) are the same, else re-initialized", optional=True),
     # ---- train: optimizer, schedule, loss, regularization, stopping

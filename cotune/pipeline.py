@@ -30,7 +30,7 @@ from cotune.data import sources
 from cotune.data.batches import TensorData
 from cotune.data.preprocess import Preprocessor, TargetTransform
 from cotune.data.audit import audit, list_checks
-from cotune.data.augment import make_augment, numeric_mask
+from cotune.data.augment import make_augment
 from cotune.data.balance import balance_train
 from cotune.data.clean import clean_train, clean_val, needed_checks
 from cotune.data.split import kfold, split_indices, subsample
@@ -80,7 +80,8 @@ def load_data(cfg: RunConfig):  # the source, loaded once per process: trials sh
 
 def make_preprocessor(cfg: RunConfig) -> Preprocessor:
     """The (unfitted) Preprocessor of a run's data and model knobs."""
-    return Preprocessor(numeric=cfg.data.numeric, embed_above=cfg.data.embed_above, embed=model_registry.takes_layout(cfg.model.family))
+    opts = {k: getattr(cfg.data, k) for k in ("numeric", "embed_above", "tokenizer", "vocab_size", "max_tokens")}
+    return Preprocessor(**opts, embed=model_registry.takes_layout(cfg.model.family))
 
 
 def prepare(cfg: RunConfig, ds, merge_val: bool = False, parts: tuple | None = None) -> TrainingSet:
@@ -115,9 +116,8 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False, parts: tuple | None = N
     train_rows = cleaned.idx[bal.pos]
     if bal.X_extra is not None and len(bal.X_extra):
         extra = bal.X_extra.astype(np.float32)
-        codes = len(pre.layout_["cardinalities"]) if pre.layout_ else 0
-        if codes:  # SMOTE interpolated the embedded code columns (the last ones): back to whole codes
-            extra[:, -codes:] = np.round(extra[:, -codes:])
+        if getattr(pre, "integer_columns_", 0):  # SMOTE interpolated the codes and token ids (the last ones)
+            extra[:, -pre.integer_columns_:] = np.round(extra[:, -pre.integer_columns_:])
         train_X = np.concatenate([train_X, extra])
         train_y = np.concatenate([train_y, bal.y_extra.astype(train_y.dtype)])
         train_rows = np.concatenate([train_rows, np.full(len(extra), -1, dtype=train_rows.dtype)])
@@ -155,7 +155,7 @@ def setup(cfg: RunConfig, ds, data: TrainingSet, refit_epochs: int | None = None
     early stopping."""
     aug_cfg = cfg.data.augment.model_dump()
     augment = make_augment(ds.modality, policy=aug_cfg.pop("policy"), strength=aug_cfg.pop("strength"), ops=aug_cfg,
-                           numeric_mask=numeric_mask(data.pre) if ds.modality == "tabular" else None)
+                           pre=data.pre)
     train_cfg = cfg.train.model_copy(update={"loss": data.loss} if data.loss else {})
     if refit_epochs is not None:
         train_cfg = train_cfg.model_copy(update={"epochs": int(refit_epochs), "patience": 0})

@@ -13,15 +13,19 @@ from cotune.errors import ConfigError
 torch.set_num_threads(1)
 
 ALL_OPS = [(m, name) for m, ops in OPS.items() for name in ops]
-SHAPES = {"image": (64, 3, 16, 16), "sequence": (64, 2, 48), "tabular": (64, 7)}
-N_NUMERIC = 4  # tabular batches: 4 numeric columns, then 3 one-hot columns
+SHAPES = {"image": (64, 3, 16, 16), "sequence": (64, 2, 48), "tabular": (64, 17)}
+N_NUMERIC = 4  # tabular batches: 4 numeric columns, 3 one-hot columns, then one text's 10 token ids
+TEXT = [(7, 10)]
 
 
 def batch(modality, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(SHAPES[modality], generator=g).to(dtype)
     if modality == "tabular":
-        x[:, N_NUMERIC:] = torch.nn.functional.one_hot(torch.randint(0, 3, (x.shape[0],), generator=g), 3).to(dtype)
+        x[:, N_NUMERIC:7] = torch.nn.functional.one_hot(torch.randint(0, 3, (x.shape[0],), generator=g), 3).to(dtype)
+        ids = torch.randint(2, 50, (x.shape[0], 10), generator=g)
+        real = torch.randint(1, 11, (x.shape[0], 1), generator=g)  # 1-10 real tokens, then padding
+        x[:, 7:] = torch.where(torch.arange(10) < real, ids, 0).to(dtype)
     y = torch.randint(0, 5, (x.shape[0],), generator=g)
     return x, y
 
@@ -31,7 +35,7 @@ def numeric_mask(modality):
 
 
 def run(modality, name, s, x, y, seed=0):
-    aug = Augment(modality, {name: s}, numeric_mask=numeric_mask(modality))
+    aug = Augment(modality, {name: s}, numeric_mask=numeric_mask(modality), text_spans=TEXT if modality == "tabular" else ())
     torch.manual_seed(seed)
     return aug(x, y)
 
@@ -123,7 +127,7 @@ def test_make_augment_policies_and_errors():
     assert make_augment("tabular", policy="auto", strength=0.0) is None
     for m in OPS:
         aug = make_augment(m, policy="auto", strength=0.3)
-        assert aug.ops == {k: 0.3 for k in DEFAULTS[m]}
+        assert aug.ops == {k: 0.3 for k in DEFAULTS[m] if k not in ("token_drop", "span_mask")}  # no text columns
         assert m in aug.describe()
     aug = make_augment("image", policy="auto", ops={"crop": 0, "mixup": 0.2, "flip": None})
     assert aug.ops == {"flip": 0.5, "cutout": 0.5, "mixup": 0.2}

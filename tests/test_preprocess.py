@@ -106,7 +106,7 @@ def test_round_trip_gives_identical_transforms(tmp_path, table, method):
     pre.save(tmp_path)
     np.testing.assert_array_equal(Preprocessor.load(tmp_path).transform(table), pre.transform(table))
     with pytest.raises(BundleError):
-        Preprocessor.from_dict({**dumped(pre), "version": 3})
+        Preprocessor.from_dict({**dumped(pre), "version": 4})
     bad = dumped(pre)
     bad["layout"]["cardinalities"] = [5]
     with pytest.raises(BundleError):
@@ -172,7 +172,7 @@ def test_embedded_column_over_the_category_cap_shares_the_other_slot():
 def test_layout_adds_up_and_holds_bins_per_numeric_column(table, method):
     pre = Preprocessor(numeric=method, embed=True).fit(dataset(table), TRAIN)
     lay = pre.layout_
-    assert set(lay) == {"numeric", "onehot", "cardinalities", "bins"}
+    assert set(lay) == {"numeric", "onehot", "cardinalities", "bins", "text"} and lay["text"] == []
     assert lay["numeric"] + lay["onehot"] + len(lay["cardinalities"]) == pre.in_shape_[0] == len(pre.feature_names_)
     assert len(lay["bins"]) == lay["numeric"] == 3
     t = pre.transform(table.iloc[TRAIN])

@@ -31,8 +31,16 @@ sequence    mask      zero one contiguous span of max(1, round(s*L/4)) steps at 
                       random start per sample
 tabular     noise     add Gaussian noise of std 0.1*s to numeric features only        yes
                       (`numeric_mask`; one-hot columns are never touched)
+tabular     token_    each real token of a text column becomes padding (is dropped)   yes, with
+            drop      with probability 0.25*s                                          text
+tabular     span_     one span of max(1, round(s*L/4)) of each text's tokens, at a    no
+            mask      random start inside its real tokens, becomes the unknown token
 tabular     mixup     as for images, lam ~ Beta(s, s)                                 no
 ==========  ========  ==============================================================  =======
+
+The text ops act on the token-id columns of a table's text columns (`text_spans`: (start, length) per
+text column, from the Preprocessor's layout; ids 0 = padding, 1 = unknown), and 'auto' turns token_drop
+on only for a table that has text columns.
 
 Plain ops run in the order of the table (cutout after the geometric ops, mask last), then at
 most one mixing op: when both mixup and cutmix are on, each batch picks one at random (50/50).
@@ -171,6 +179,30 @@ def noise(x: torch.Tensor, s: float, numeric_mask: torch.Tensor | None = None, *
     return torch.where(numeric_mask.view(1, -1), noisy, x)  # one-hot columns stay exactly as they were
 
 
+def token_drop(x: torch.Tensor, s: float, text_spans=(), **_) -> torch.Tensor:
+    if s <= 0 or not text_spans:
+        return x
+    out = x.clone()
+    for a, n in text_spans:
+        ids = out[:, a:a + n]
+        out[:, a:a + n] = ids.masked_fill((torch.rand(ids.shape, device=x.device) < 0.25 * s) & (ids >= 2), 0)
+    return out
+
+
+def span_mask(x: torch.Tensor, s: float, text_spans=(), **_) -> torch.Tensor:
+    if s <= 0 or not text_spans:
+        return x
+    out = x.clone()
+    for a, n in text_spans:
+        ids = out[:, a:a + n]
+        span = min(n, _pixels(s, n, 4))
+        real = (ids > 0).sum(1)  # the tokens come first, then the padding
+        start = (_rand(len(x), x) * (real - span + 1).clamp(min=1)).floor()[:, None]
+        pos = torch.arange(n, device=x.device)
+        out[:, a:a + n] = ids.masked_fill((pos >= start) & (pos < start + span) & (ids > 0), 1)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # mixing ops: fn(x, s) -> (x_mixed, perm, lam). Per-batch scalars come from the CPU generator.
 
@@ -228,14 +260,17 @@ OPS: dict[str, dict[str, Op]] = {  # modality -> op name -> Op, in the order pla
     },
     "tabular": {
         "noise": Op(noise, False, "Gaussian noise on numeric features, std 0.1*s"),
+        "token_drop": Op(token_drop, False, "text tokens dropped with probability 0.25*s"),
+        "span_mask": Op(span_mask, False, "one span of s*L/4 text tokens set to unknown"),
         "mixup": Op(mixup, True, "mixup with alpha s"),
     },
 }
 DEFAULTS: dict[str, tuple[str, ...]] = {
     "image": ("flip", "crop", "cutout"),
     "sequence": ("shift", "scale", "jitter"),
-    "tabular": ("noise",),
+    "tabular": ("noise", "token_drop"),
 }
+TEXT_OPS = ("token_drop", "span_mask")
 
 
 def _modality(modality: str) -> str:
@@ -252,6 +287,19 @@ def numeric_mask(pre) -> np.ndarray:
     return np.arange(pre.in_shape_[0]) < n_num
 
 
+def text_spans(pre) -> list[tuple[int, int]]:
+    """(start, length) of each text column's token ids in a fitted tabular Preprocessor's features (the last)."""
+    lengths = [t["length"] for t in ((getattr(pre, "layout_", None) or {}).get("text") or [])]
+    start, out = pre.in_shape_[0] - sum(lengths), []
+    for n in lengths:
+        out.append((start, n))
+        start += n
+    return out
+
+
+_numeric_mask, _text_spans = numeric_mask, text_spans  # make_augment's arguments shadow the names
+
+
 class Augment:
     """Callable `aug(x, y) -> (x_aug, y_b, lam)`; holds only its configuration (no RNG, no learned state).
 
@@ -259,7 +307,7 @@ class Augment:
     bool per feature, True = numeric (gets noise); None = every feature is numeric.
     """
 
-    def __init__(self, modality: str, ops: dict[str, float], numeric_mask=None):
+    def __init__(self, modality: str, ops: dict[str, float], numeric_mask=None, text_spans=()):
         self.modality = _modality(modality)
         table = OPS[self.modality]
         unknown = [k for k in ops if k not in table]
@@ -276,6 +324,7 @@ class Augment:
                 raise ValueError(f"numeric_mask must be a 1-D bool array, got dtype {m.dtype} shape {m.shape}")
             self._numeric = torch.from_numpy(m.copy())
         self._numeric_on: dict = {}  # cache of the (constant) mask per device
+        self.text_spans = [(int(a), int(n)) for a, n in text_spans]
 
     def _mask_for(self, x: torch.Tensor):
         if self._numeric is None:
@@ -293,7 +342,7 @@ class Augment:
         if not x.is_floating_point():
             raise TypeError(f"augmentation needs a floating-point batch, got {x.dtype}")
         with torch.no_grad():
-            ctx = {"numeric_mask": self._mask_for(x)} if self.modality == "tabular" else {}
+            ctx = {"numeric_mask": self._mask_for(x), "text_spans": self.text_spans} if self.modality == "tabular" else {}
             for fn, s in self._plain:
                 x = fn(x, s, **ctx)
             if not self._mixing:
@@ -318,18 +367,21 @@ def _strength(knob: str, value) -> float:
 
 
 def make_augment(modality: str, *, policy: str = "none", strength: float = 0.5, ops: dict | None = None,
-                 numeric_mask=None) -> Augment | None:
+                 numeric_mask=None, text_spans=(), pre=None) -> Augment | None:
     """The Augment for these settings, or None when no op is on (the loop then pays nothing).
 
     ops: op name -> strength in [0, 1] (0 = off, None = not set); overrides the policy's strength.
-    Naming an op of another modality is a ConfigError unless its value is None.
+    Naming an op of another modality is a ConfigError unless its value is None, and so is a text op on a
+    table without text columns. pre: a fitted Preprocessor, for numeric_mask and text_spans (tables).
     """
+    if pre is not None and getattr(pre, "modality_", None) == "tabular":
+        numeric_mask, text_spans = _numeric_mask(pre), _text_spans(pre)
     mod = _modality(modality)
     if policy not in POLICIES:
         raise ConfigError(invalid("'data.augment.policy'", f"one of {fmt_choices(POLICIES)}", policy))
     strength = _strength("data.augment.strength", strength)
     table = OPS[mod]
-    active = {k: strength for k in DEFAULTS[mod]} if policy == "auto" else {}
+    active = {k: strength for k in DEFAULTS[mod] if text_spans or k not in TEXT_OPS} if policy == "auto" else {}
     known = {k for t in OPS.values() for k in t}
     for name, s in (ops or {}).items():
         if name not in table and s is None and name in known:
@@ -339,7 +391,10 @@ def make_augment(modality: str, *, policy: str = "none", strength: float = 0.5, 
                                       s, "unset it or use one of those"))
         if s is not None:
             active[name] = _strength(f"data.augment.{name}", s)
+            if name in TEXT_OPS and active[name] > 0 and not text_spans:
+                raise ConfigError(f"data.augment.{name} acts on text columns, and this table has none (or the model "
+                                  "family does not read them); unset it.")
     active = {k: s for k, s in active.items() if s > 0}
     if not active:
         return None
-    return Augment(mod, active, numeric_mask=numeric_mask if mod == "tabular" else None)
+    return Augment(mod, active, numeric_mask=numeric_mask if mod == "tabular" else None, text_spans=text_spans)

@@ -29,6 +29,7 @@ class Dataset:
     classes: tuple = ()            # original class labels, index = code; () for regression
     numeric: tuple = ()            # tabular numeric column names
     categorical: tuple = ()        # tabular categorical column names
+    text: tuple = ()               # tabular free-text column names (tokenized by the preprocessing)
     split: np.ndarray | None = None  # optional predefined per-row split: 'train' / 'val' / 'test'
     meta: dict = field(default_factory=dict)  # source details (generator args, image size, ...)
 
@@ -83,7 +84,7 @@ def encode_target(y, task: str, target: str) -> tuple[np.ndarray, tuple]:
 
 
 def make_dataset(X, y, *, task: str = "auto", modality: str = "auto", name: str = "data", target: str = "y",
-                 categorical=None, split=None, meta=None) -> Dataset:
+                 categorical=None, text=None, split=None, meta=None) -> Dataset:
     """Validate raw features and targets and infer what is not given.
 
     X: a DataFrame (tabular) or an array of shape (N, F) (tabular), (N, L) or (N, C, L)
@@ -102,6 +103,7 @@ def make_dataset(X, y, *, task: str = "auto", modality: str = "auto", name: str 
         raise DataError(invalid("'data.modality'", f"one of {fmt_choices(('auto',) + MODALITIES)}", modality))
     numeric: tuple = ()
     cats: tuple = ()
+    texts: tuple = ()
     if isinstance(X, pd.DataFrame):
         if modality not in ("auto", "tabular"):
             raise DataError(f"A table can only be used as modality 'tabular', not {modality!r}; "
@@ -110,7 +112,7 @@ def make_dataset(X, y, *, task: str = "auto", modality: str = "auto", name: str 
             raise DataError(f"The data source {name!r} has no feature columns besides the target {target!r}.")
         X = X.reset_index(drop=True)
         X.columns = [str(c) for c in X.columns]
-        numeric, cats = infer_column_types(X, categorical)
+        numeric, cats, texts = infer_column_types(X, categorical, text)
         modality = "tabular"
     else:
         X = np.asarray(X)
@@ -139,24 +141,38 @@ def make_dataset(X, y, *, task: str = "auto", modality: str = "auto", name: str 
         if bad:
             raise DataError(invalid("The split column", "made of 'train', 'val' and 'test'", [str(b) for b in sorted(bad)[:3]]))
     return Dataset(X=X, y=y_enc, task=task, modality=modality, name=name, target=target, classes=classes,
-                   numeric=numeric, categorical=cats, split=split, meta=dict(meta or {}))
+                   numeric=numeric, categorical=cats, text=texts, split=split, meta=dict(meta or {}))
 
 
-def infer_column_types(df: pd.DataFrame, categorical=None) -> tuple[tuple, tuple]:
-    """Numeric columns stay numeric; object/bool/category columns are categorical.
+def infer_column_types(df: pd.DataFrame, categorical=None, text=None) -> tuple[tuple, tuple, tuple]:
+    """(numeric, categorical, text) column names. Numeric columns stay numeric; bool / category columns and
+    those named in `categorical` are categorical; the rest of the string columns are text when named in
+    `text`, or (text=None) when they look like free text (is_text), else categorical.
 
-    A text column whose non-missing values all parse as numbers is numeric. A column that is
+    A string column whose non-missing values all parse as numbers is numeric. A column that is
     mostly numbers with some junk is an error (it is almost always a data entry problem).
     """
     forced = set(categorical or ())
-    unknown = forced - set(df.columns)
-    if unknown:
-        raise DataError(invalid("'data.categorical'", "a list of existing column names", sorted(unknown)[0],
-                                f"columns are {list(df.columns)[:10]}"))
-    numeric, cats = [], []
+    named = None if text is None else [str(c) for c in text]
+    for key, cols in (("data.categorical", forced), ("data.text", set(named or ()))):
+        unknown = cols - set(df.columns)
+        if unknown:
+            raise DataError(invalid(f"'{key}'", "a list of existing column names", sorted(unknown)[0],
+                                    f"columns are {list(df.columns)[:10]}"))
+    both = forced & set(named or ())
+    if both:
+        raise DataError(f"Column {sorted(both)[0]!r} is named in both data.categorical and data.text; keep it in one.")
+    numeric, cats, texts = [], [], []
     for col in df.columns:
         s = df[col]
-        if col in forced or s.dtype.kind == "b" or isinstance(s.dtype, pd.CategoricalDtype):
+        if named is not None and col in named:
+            if not s.astype("string").str.strip().fillna("").astype(bool).any():
+                raise DataError(f"Text column {col!r} is empty in every row; drop it (data.drop) or fill it in.")
+            if s.dtype.kind in "biuf" or pd.to_numeric(s.dropna(), errors="coerce").notna().all():
+                raise DataError(f"Column {col!r} is named in data.text but holds numbers, not text; "
+                                "remove it from data.text (numbers are scaled as numeric features).")
+            texts.append(col)
+        elif col in forced or s.dtype.kind == "b" or isinstance(s.dtype, pd.CategoricalDtype):
             cats.append(col)
         elif s.dtype.kind in "iuf":
             numeric.append(col)
@@ -170,9 +186,26 @@ def infer_column_types(df: pd.DataFrame, categorical=None) -> tuple[tuple, tuple
                 example = s[bad].iloc[0]
                 raise DataError(f"Column {col!r} is numeric except for {int(bad.sum())} value(s) such as {example!r}; "
                                 f"clean those cells, or list {col!r} in data.categorical to treat it as a category.")
+            elif named is None and is_text(s):
+                texts.append(col)
             else:
                 cats.append(col)
-    return tuple(numeric), tuple(cats)
+    return tuple(numeric), tuple(cats), tuple(texts)
+
+
+TEXT_MIN_WORDS = 3      # a string column is free text when its values average at least this many words
+TEXT_MIN_DISTINCT = 0.5  # ... and more than this share of its non-empty values are distinct
+
+
+def is_text(s: pd.Series) -> bool:
+    """Whether a string column looks like free text (reviews, titles, notes) rather than a category: its
+    non-empty values average >= TEXT_MIN_WORDS words and more than TEXT_MIN_DISTINCT of them are distinct."""
+    v = s.dropna().astype(str).str.strip()
+    v = v[v != ""]
+    if len(v) == 0:
+        return False
+    words = v.str.split().str.len().mean()
+    return bool(words >= TEXT_MIN_WORDS and v.nunique() > TEXT_MIN_DISTINCT * len(v))
 
 
 def describe(ds: Dataset) -> dict:
@@ -186,6 +219,7 @@ def describe(ds: Dataset) -> dict:
         "feature_shape": shape,
         "numeric": len(ds.numeric),
         "categorical": len(ds.categorical),
+        "text": len(ds.text),
         "task": ds.task,
         "modality": ds.modality,
         "target": ds.target,

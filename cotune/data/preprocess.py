@@ -15,9 +15,13 @@ Tabular data
     than `embed_above` kept categories is one integer-code column instead, codes 0..c-1 as floats:
     the kept categories in order, then one slot (the '__other__' one when the column has it) for
     every value outside them, so c = kept categories + 1 (without '__other__').
-    Transformed columns: numeric, one-hot, then one code column per embedded categorical; `layout_`
-    describes them for the model:
-        {"numeric": n_num, "onehot": n_onehot, "cardinalities": [c1, ...], "bins": [[e0, e1, ...], ...]}
+    text columns (cotune.data.text): with `embed=True`, a tokenizer (`tokenizer`, `vocab_size`) trained on
+    the training rows' texts, and `max_tokens` token-id columns per text (0 = padding, 1 = unknown); without,
+    HASH_FEATURES hashed word counts per text (stateless), after the one-hot columns.
+    Transformed columns: numeric, one-hot, [hashed text,] then one code column per embedded categorical,
+    then the token ids of each text; `layout_` describes them for the model:
+        {"numeric": n_num, "onehot": n_onehot, "cardinalities": [c1, ...], "bins": [[e0, e1, ...], ...],
+         "text": [{"name": col, "length": L, "vocab": V}, ...]}
     bins: per numeric column, the sorted distinct quantiles (>= 2) of its transformed training values
     at n_bins + 1 levels, n_bins = min(48, max(2, n_train // 50)), at float32 precision (piecewise-
     linear encoding). States saved before the layout existed load with layout_ = None.
@@ -28,7 +32,7 @@ Learned state: `in_shape_`, `feature_names_`, `mean_` / `std_` (per numeric colu
 and for tables `median_`, `categories_` ({column: kept categories}), `columns_`, `layout_`.
 
 preprocess.json is version 1 when an older reader would transform it the same way (standard scaling,
-no embedded column), else version 2; both load.
+no embedded column), version 3 with text columns (each tokenizer as the library's JSON), else version 2.
 
 Usage::
 
@@ -46,6 +50,7 @@ import pandas as pd
 
 from cotune.data.dataset import MODALITIES, Dataset
 from cotune.data.scaling import NUMERIC_METHODS, TargetTransform, bin_edges, fit_column, scale_column
+from cotune.data.text import TOKENIZERS, fit_texts, load_tokenizer, text_state, transform_texts
 from cotune.errors import BundleError, DataError, invalid
 from cotune.track import atomic_write_bytes
 
@@ -54,7 +59,7 @@ MISSING = "__missing__"
 OTHER = "__other__"
 FILENAME = "preprocess.json"
 FORMAT_VERSION = 2
-VERSIONS = (1, 2)  # readable; 1 is written when the state needs nothing of 2
+VERSIONS = (1, 2, 3)  # readable; 1 is written when the state needs nothing of 2, 3 when it has text columns
 EMBED_ABOVE = 8
 __all__ = ["Preprocessor", "TargetTransform", "NUMERIC_METHODS"]
 _CHUNK = 4096  # samples per chunk when computing array statistics
@@ -93,14 +98,17 @@ class Preprocessor:
     """sklearn-style: `fit(ds, train_idx)` learns state (attributes ending in `_`), `transform(X)`."""
 
     def __init__(self, max_categories: int = MAX_CATEGORIES, numeric: str = "standard", embed_above: int = EMBED_ABOVE,
-                 embed: bool = False):
-        for key, v in (("max_categories", max_categories), ("embed_above", embed_above)):
+                 embed: bool = False, tokenizer: str = "bpe", vocab_size: int = 4000, max_tokens: int = 64):
+        for key, v in (("max_categories", max_categories), ("embed_above", embed_above), ("vocab_size", vocab_size),
+                       ("max_tokens", max_tokens)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{key} must be an integer >= 1, got {v!r}")
         if numeric not in NUMERIC_METHODS:
             raise ValueError(f"numeric must be one of {NUMERIC_METHODS}, got {numeric!r}")
+        if tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {tokenizer!r}")
         self.max_categories, self.numeric, self.embed_above = int(max_categories), numeric, int(embed_above)
-        self.embed = bool(embed)
+        self.embed, self.tokenizer, self.vocab_size, self.max_tokens = bool(embed), tokenizer, int(vocab_size), int(max_tokens)
 
     # ------------------------------------------------------------------------------------------
     def fit(self, ds: Dataset, train_idx) -> "Preprocessor":
@@ -143,6 +151,8 @@ class Preprocessor:
             cats = kept + ([OTHER] if other else [])
             self.categorical_.append({"name": str(col), "categories": cats, "other": other,
                                       "embed": self.embed and len(cats) > self.embed_above})
+        self.text_, self._tokenizers = fit_texts(df, getattr(ds, "text", ()), self.embed, self.tokenizer,
+                                                 self.vocab_size, self.max_tokens)
         self._bins = bins
         self._finish()
 
@@ -176,8 +186,15 @@ class Preprocessor:
             embedded = [c for c in self.categorical_ if c["embed"]]
             for c in onehot:
                 names += [f"{c['name']}={v}" for v in c["categories"]]
+            hashed = [c for c in self.text_ if "hash" in c]
+            tokens = [c for c in self.text_ if "hash" not in c]
+            for c in hashed:
+                names += [f"{c['name']}#{i}" for i in range(c["hash"])]
             names += [c["name"] for c in embedded]
+            for c in tokens:
+                names += [f"{c['name']}[{i}]" for i in range(c["length"])]
             self.feature_names_ = names
+            self.integer_columns_ = len(embedded) + sum(c["length"] for c in tokens)  # codes and token ids, last
             self.in_shape_ = (len(names),)
             self.median_ = [c["median"] for c in self.numeric_]
             self.mean_ = [c["mean"] for c in self.numeric_]
@@ -189,7 +206,8 @@ class Preprocessor:
                     raise ValueError("the layout's bins must hold sorted distinct edges (>= 2) per numeric column")
                 self.layout_ = {"numeric": len(self.numeric_), "onehot": sum(len(c["categories"]) for c in onehot),
                                 "cardinalities": [_cardinality(c) for c in embedded],
-                                "bins": [list(b) for b in self._bins]}
+                                "bins": [list(b) for b in self._bins],
+                                "text": [{k: c[k] for k in ("name", "length", "vocab")} for c in tokens]}
         else:
             self.in_shape_ = tuple(self.sample_shape_)
             self.feature_names_ = [f"channel{c}" for c in range(self.in_shape_[0])]
@@ -222,7 +240,7 @@ class Preprocessor:
             X = pd.DataFrame(arr, columns=self.columns_)
         X = X.copy(deep=False)
         X.columns = [str(c) for c in X.columns]
-        required = [c["name"] for c in self.numeric_] + [c["name"] for c in self.categorical_]
+        required = [c["name"] for c in self.numeric_ + self.categorical_ + self.text_]
         missing = [c for c in required if c not in X.columns]
         if missing:
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -249,6 +267,11 @@ class Preprocessor:
                 out[:, j] = scale_column(self.numeric, c, v[:, j])
         offset = len(self.numeric_)
         code_col = offset + sum(len(c["categories"]) for c in self.categorical_ if not c["embed"])
+        hashed, tokens = transform_texts(X, self.text_, self._tokenizers)
+        out[:, code_col:code_col + hashed.shape[1]] = hashed
+        code_col += hashed.shape[1]
+        if tokens.shape[1]:
+            out[:, -tokens.shape[1]:] = tokens
         rows = np.arange(n)
         for c in self.categorical_:
             cats = c["categories"]
@@ -292,11 +315,14 @@ class Preprocessor:
              "feature_names": list(self.feature_names_)}
         if self.modality_ == "tabular":
             needs_v2 = self.numeric != "standard" or any(c["embed"] for c in self.categorical_)
-            d.update(version=FORMAT_VERSION if needs_v2 else 1, numeric_method=self.numeric,
+            d.update(version=3 if self.text_ else FORMAT_VERSION if needs_v2 else 1, numeric_method=self.numeric,
                      embed_above=self.embed_above, embed=self.embed, columns=list(self.columns_),
                      numeric=[dict(c) for c in self.numeric_],
                      categorical=[{"name": c["name"], "categories": list(c["categories"]), "other": c["other"],
                                    "embed": c["embed"]} for c in self.categorical_])
+            if self.text_:
+                d.update(tokenizer=self.tokenizer, vocab_size=self.vocab_size, max_tokens=self.max_tokens,
+                         text=[dict(c) for c in self.text_])
             if self.layout_ is not None:
                 d["layout"] = {k: (list(v) if isinstance(v, list) else v) for k, v in self.layout_.items()}
         else:
@@ -309,7 +335,9 @@ class Preprocessor:
             if d.get("format") != "cotune.preprocess" or d.get("version") not in VERSIONS:
                 raise ValueError(f"format {d.get('format')!r} version {d.get('version')!r}")
             pre = cls(max_categories=int(d["max_categories"]), numeric=str(d.get("numeric_method", "standard")),
-                      embed_above=int(d.get("embed_above", EMBED_ABOVE)), embed=bool(d.get("embed", False)))
+                      embed_above=int(d.get("embed_above", EMBED_ABOVE)), embed=bool(d.get("embed", False)),
+                      tokenizer=str(d.get("tokenizer", "bpe")), vocab_size=int(d.get("vocab_size", 4000)),
+                      max_tokens=int(d.get("max_tokens", 64)))
             pre.modality_ = str(d["modality"])
             pre._bins = None
             if pre.modality_ == "tabular":
@@ -318,6 +346,8 @@ class Preprocessor:
                 pre.categorical_ = [{"name": str(c["name"]), "categories": [str(v) for v in c["categories"]],
                                      "other": bool(c["other"]), "embed": bool(c.get("embed", False))}
                                     for c in d["categorical"]]
+                pre.text_ = [text_state(c) for c in d.get("text", [])]
+                pre._tokenizers = {c["name"]: load_tokenizer(c["tokenizer"]) for c in pre.text_ if "hash" not in c}
                 if d.get("layout") is not None:
                     pre._bins = [[float(e) for e in b] for b in d["layout"]["bins"]]
             elif pre.modality_ in MODALITIES:
@@ -329,7 +359,7 @@ class Preprocessor:
             else:
                 raise ValueError(f"unknown modality {pre.modality_!r}")
             pre._finish()
-            if d.get("layout") is not None and {**d["layout"], "bins": pre.layout_["bins"]} != pre.layout_:
+            if d.get("layout") is not None and {"text": [], **d["layout"], "bins": pre.layout_["bins"]} != pre.layout_:
                 raise ValueError("the layout does not match the columns")
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             raise BundleError(f"The preprocessing state is invalid ({type(e).__name__}: {' '.join(str(e).split())}); "

@@ -46,11 +46,11 @@ SUPPORTED = "a .csv/.tsv or .parquet/.pq table, an .npz file with arrays X and y
 
 
 def load(source, *, target: str | None = None, task: str = "auto", modality: str = "auto", categorical=None,
-         split_column: str | None = None, drop=(), image_size: int = 32, image_mode: str = "rgb",
+         text=None, split_column: str | None = None, drop=(), image_size: int = 32, image_mode: str = "rgb",
          n_samples: int = 5000, generator_seed: int = 42, shuffle_seq: bool = False) -> Dataset:
     """Load `source` (a path or a built-in name) and return a validated `Dataset`.
 
-    target / categorical / split_column / drop apply to tables (including the tabular sklearn
+    target / categorical / text / split_column / drop apply to tables (including the tabular sklearn
     built-ins, whose target defaults to 'target'); for .npz files `target` names the label array
     (default 'y'). image_size / image_mode apply to image folders; n_samples / generator_seed /
     shuffle_seq to mnist1d.
@@ -61,14 +61,16 @@ def load(source, *, target: str | None = None, task: str = "auto", modality: str
     drop = _as_names(drop, "data.drop")
     if isinstance(categorical, str):
         categorical = [categorical]
-    table_opts = dict(target=target, task=task, modality=modality, categorical=categorical,
+    if isinstance(text, str):
+        text = [text]
+    table_opts = dict(target=target, task=task, modality=modality, categorical=categorical, text=text,
                       split_column=split_column, drop=drop)
     name = str(source).strip()
     key = name.lower()
     if key.startswith("sklearn:"):
         return _load_sklearn(key.split(":", 1)[1].strip(), **table_opts)
     if key == "mnist1d":
-        _only_tables(name, target=target, categorical=categorical, split_column=split_column, drop=drop)
+        _only_tables(name, target=target, categorical=categorical, text=text, split_column=split_column, drop=drop)
         return _load_mnist1d(n_samples=n_samples, generator_seed=generator_seed, shuffle_seq=shuffle_seq,
                              task=task, modality=modality)
 
@@ -80,7 +82,7 @@ def load(source, *, target: str | None = None, task: str = "auto", modality: str
             hint = f" (did you mean the built-in {('sklearn:' + close[0]) if close[0] in SKLEARN_BUILTINS else close[0]!r}?)"
         raise DataError(f"Data source {name!r} not found{hint}; check the path, or use one of {', '.join(BUILTINS)}.")
     if path.is_dir():
-        _only_tables(name, target=target, categorical=categorical, split_column=split_column, drop=drop)
+        _only_tables(name, target=target, categorical=categorical, text=text, split_column=split_column, drop=drop)
         return _load_image_folder(path, image_size=image_size, image_mode=image_mode, task=task, modality=modality)
     dialect = None
     if path.name.lower().endswith(_CSV_ENDINGS):
@@ -88,7 +90,7 @@ def load(source, *, target: str | None = None, task: str = "auto", modality: str
     else:
         df = read_table(path)
     if df is None and path.name.lower().endswith(".npz"):
-        _only_tables(name, categorical=categorical, split_column=split_column, drop=drop)
+        _only_tables(name, categorical=categorical, text=text, split_column=split_column, drop=drop)
         return _load_npz(path, target=target, task=task, modality=modality)
     elif df is None:
         ext = "".join(path.suffixes[-2:]) or "(no extension)"
@@ -128,7 +130,7 @@ def _column_hint(name: str, columns: list) -> str:
     return f"{did}Columns are: {shown}"
 
 
-def _from_table(df: pd.DataFrame, *, name: str, source: str, target, task, modality, categorical,
+def _from_table(df: pd.DataFrame, *, name: str, source: str, target, task, modality, categorical, text,
                 split_column, drop, default_target: str | None = None, meta=None) -> Dataset:
     df = df.copy()
     df.columns = [str(c) for c in df.columns]
@@ -174,7 +176,7 @@ def _from_table(df: pd.DataFrame, *, name: str, source: str, target, task, modal
         info["split_column"] = split_column
     info.update(meta or {})
     return make_dataset(features, df[target].to_numpy(), task=task, modality=modality, name=name, target=target,
-                        categorical=categorical, split=split, meta=info)
+                        categorical=categorical, text=text, split=split, meta=info)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,7 +285,7 @@ def read_images(root, image_size: int = 32, image_mode: str = "rgb") -> tuple[np
 # ----------------------------------------------------------------------------------------------
 # built-ins
 
-def _load_sklearn(which: str, *, target, task, modality, categorical, split_column, drop) -> Dataset:
+def _load_sklearn(which: str, *, target, task, modality, categorical, text, split_column, drop) -> Dataset:
     import sklearn.datasets as skd
 
     if which not in SKLEARN_BUILTINS:
@@ -292,7 +294,7 @@ def _load_sklearn(which: str, *, target, task, modality, categorical, split_colu
         raise DataError(f"Unknown built-in 'sklearn:{which}'; {hint}available built-ins are {', '.join(BUILTINS)}.")
     name = f"sklearn:{which}"
     if which == "digits":
-        _only_tables(name, target=target, categorical=categorical, split_column=split_column, drop=drop)
+        _only_tables(name, target=target, categorical=categorical, text=text, split_column=split_column, drop=drop)
         bunch = skd.load_digits()
         X = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
         return make_dataset(X, bunch.target, task=task, modality="image" if modality == "auto" else modality,
@@ -304,7 +306,8 @@ def _load_sklearn(which: str, *, target, task, modality, categorical, split_colu
     if task == "auto" and which == "diabetes" and target in (None, "target"):
         task = "regression"
     return _from_table(bunch.frame, name=name, source=name, target=target, task=task, modality=modality,
-                       categorical=categorical, split_column=split_column, drop=drop, default_target="target", meta=meta)
+                       categorical=categorical, text=text, split_column=split_column, drop=drop, default_target="target",
+                       meta=meta)
 
 
 def cache_dir() -> Path:
@@ -373,7 +376,7 @@ _CACHE: dict[str, object] = {}  # one Dataset per source settings, reused by the
 def load_cached(d):
     """load() with a data config's source settings (cfg.data), kept in memory per process: Datasets are immutable."""
     kwargs = dict(source=d.source, target=d.target, task=d.task, modality=d.modality, categorical=d.categorical,
-                  split_column=d.split.column, drop=tuple(d.drop), image_size=d.image_size, image_mode=d.image_mode,
+                  text=d.text, split_column=d.split.column, drop=tuple(d.drop), image_size=d.image_size, image_mode=d.image_mode,
                   n_samples=d.n_samples, generator_seed=d.generator_seed)
     key = json.dumps(kwargs, sort_keys=True)  # exactly what load() reads, so no setting escapes the key
     if key not in _CACHE:

@@ -10,6 +10,8 @@ import math
 import torch
 import torch.nn as nn
 
+from cotune.models.text import text_encoder as text_encoder_for
+
 
 def _uniform(shape: tuple, fan_in: int) -> nn.Parameter:
     """nn.Linear's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
@@ -103,37 +105,47 @@ class CategoricalEmbedding(nn.Module):
 
 
 class TableInput(nn.Module):
-    """The first layer's input from a table laid out as numeric | one-hot | categorical-code columns:
-    the numeric columns as they are or embedded, the one-hot columns as they are, then the categorical
-    embeddings, flattened. (B, F) -> (B, out_features)."""
+    """The first layer's input from a table laid out as numeric | one-hot | categorical-code | token-id
+    columns: the numeric columns as they are or embedded, the one-hot columns as they are, the categorical
+    embeddings, flattened, then one vector of `text_width` per text column from its `text_encoder`
+    (cotune.models.text). (B, F) -> (B, out_features)."""
 
-    def __init__(self, layout: dict, num_embedding: str, d: int):
+    def __init__(self, layout: dict, num_embedding: str, d: int, text_encoder: str = "bag", text_width: int = 64):
         super().__init__()
         n, self.n_num, self.n_hot = layout["numeric"], layout["numeric"], layout["onehot"]
         cards = layout["cardinalities"]
+        self.n_cat, self.lengths = len(cards), [t["length"] for t in layout.get("text") or []]
         self.num = (PeriodicEmbedding(n, d) if num_embedding == "periodic" else
                     PiecewiseLinearEmbedding(layout["bins"], d) if num_embedding == "piecewise" else None)
         self.cat = CategoricalEmbedding(cards, d) if cards else None
-        self.out_features = (n * d if self.num is not None else n) + self.n_hot + len(cards) * d
+        self.text = nn.ModuleList(text_encoder_for(text_encoder, t["vocab"], t["length"], text_width)
+                                  for t in layout.get("text") or [])
+        self.out_features = (n * d if self.num is not None else n) + self.n_hot + len(cards) * d + \
+            len(self.text) * text_width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         split = self.n_num + self.n_hot
         num, hot = x[:, :self.n_num], x[:, self.n_num:split]
         parts = [num if self.num is None else self.num(num).flatten(1), hot]
         if self.cat is not None:
-            parts.append(self.cat(x[:, split:]).flatten(1))
+            parts.append(self.cat(x[:, split:split + self.n_cat]).flatten(1))
+        start = split + self.n_cat
+        for encoder, length in zip(self.text, self.lengths):
+            parts.append(encoder(x[:, start:start + length]))
+            start += length
         return torch.cat(parts, 1)
 
 
-def table_input(layout: dict | None, num_embedding: str, d: int) -> TableInput | None:
+def table_input(layout: dict | None, num_embedding: str, d: int, text_encoder: str = "bag",
+                text_width: int = 64) -> TableInput | None:
     """The input layer a layout asks for, or None when the plain flat input is the same thing (no layout,
-    no embedded categoricals and no numeric embedding to apply)."""
+    no embedded categoricals or text and no numeric embedding to apply)."""
     if layout is None:
         return None
     num_embedding = num_embedding if layout["numeric"] else "none"
-    if num_embedding == "none" and not layout["cardinalities"]:
+    if num_embedding == "none" and not layout["cardinalities"] and not layout.get("text"):
         return None
-    return TableInput(layout, num_embedding, d)
+    return TableInput(layout, num_embedding, d, text_encoder, text_width)
 
 
 class EnsembleHead(NLinear):

@@ -1,10 +1,12 @@
 """MLP on the flattened input. Knobs: width, depth (0 = linear / logistic model), dropout, norm,
-activation, ensemble, and on tables with a layout num_embedding and embedding_dim. Ignored:
+activation, ensemble, and on tables with a layout num_embedding, embedding_dim, and for text columns
+text_encoder and text_width. Ignored:
 kernel_size, pool, bidirectional, heads.
 
 With a table layout (see registry.check_layout) the embedded categoricals go through embeddings of
 `embedding_dim` each and, with num_embedding 'periodic' or 'piecewise', so do the numeric columns
-(cotune.models.embeddings); the one-hot columns go in as they are. Without a layout, or when there is
+(cotune.models.embeddings); the one-hot columns go in as they are; each text column's token ids become one
+vector through its own text encoder (cotune.models.text). Without a layout, or when there is
 nothing to embed, the model is the plain MLP on the flat input (the same parameters and state_dict keys).
 
 ensemble = k > 1 is a parameter-efficient ensemble (TabM-mini, Gorishniy et al. 2024, in BatchEnsemble
@@ -33,9 +35,9 @@ class MLP(nn.Module):
 
     def __init__(self, in_shape: tuple, out_dim: int, width: int, depth: int, dropout: float,
                  norm: str, activation: str, layout: dict | None = None, num_embedding: str = "none",
-                 embedding_dim: int = 8, ensemble: int = 1):
+                 embedding_dim: int = 8, ensemble: int = 1, text_encoder: str = "bag", text_width: int = 64):
         super().__init__()
-        self.embed = table_input(layout, num_embedding, embedding_dim)  # None: the plain flat input
+        self.embed = table_input(layout, num_embedding, embedding_dim, text_encoder, text_width)  # None: flat input
         d = math.prod(in_shape) if self.embed is None else self.embed.out_features
         self.k = ensemble
         if ensemble > 1:
@@ -80,7 +82,7 @@ def mlp(in_shape: tuple, out_dim: int, **knobs) -> nn.Module:
     k = check_knobs("mlp", in_shape, knobs, min_depth=0)
     return MLP(tuple(in_shape), out_dim, k["width"], k["depth"], k["dropout"], k["norm"], k["activation"],
                layout=k["layout"], num_embedding=k["num_embedding"], embedding_dim=k["embedding_dim"],
-               ensemble=k["ensemble"])
+               ensemble=k["ensemble"], text_encoder=k["text_encoder"], text_width=k["text_width"])
 
 
 @register_model

@@ -34,8 +34,8 @@ NOT_FACTORY = ("model.family", "model.init_from")  # which model to build and fr
 KNOBS = tuple(k.name.split(".", 1)[1] for k in KNOB_TABLE if k.stage == "model" and k.name not in NOT_FACTORY)
 # a factory called directly (not from a config) builds without dropout; the config's default is for training
 DEFAULTS = {**{n: BY_NAME[f"model.{n}"].default for n in KNOBS}, "dropout": 0.0}
-NORMS, ACTIVATIONS, POOLS, NUM_EMBEDDINGS = (BY_NAME[f"model.{n}"].choices
-                                             for n in ("norm", "activation", "pool", "num_embedding"))
+NORMS, ACTIVATIONS, POOLS, NUM_EMBEDDINGS, TEXT_CHOICES = (
+    BY_NAME[f"model.{n}"].choices for n in ("norm", "activation", "pool", "num_embedding", "text_encoder"))
 LAYOUT = "layout"  # the one factory keyword that is not a knob
 MODALITY_OF_NDIM = {1: "tabular", 2: "sequence", 3: "image"}  # per-sample shape (F,) / (C, L) / (C, H, W)
 
@@ -195,13 +195,13 @@ def check_knobs(family: str, in_shape, knobs: dict, min_depth: int = 1) -> dict:
     _check_names(knobs)
     k = {**DEFAULTS, LAYOUT: None, **knobs}
     for key, lo in (("width", 1), ("depth", min_depth), ("kernel_size", 1), ("heads", 1), ("embedding_dim", 1),
-                    ("ensemble", 1)):
+                    ("ensemble", 1), ("text_width", 1)):
         check_int(key, k[key], lo)
     dropout = k["dropout"]
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ModelError(invalid("'model.dropout'", "a number in [0, 1)", dropout))
     for key, choices in (("norm", NORMS), ("activation", ACTIVATIONS), ("pool", POOLS),
-                         ("num_embedding", NUM_EMBEDDINGS)):
+                         ("num_embedding", NUM_EMBEDDINGS), ("text_encoder", TEXT_CHOICES)):
         if k[key] not in choices:
             raise ModelError(invalid(f"'model.{key}'", f"one of {fmt_choices(choices)}", k[key]))
     if not isinstance(k["bidirectional"], bool):
@@ -213,11 +213,11 @@ def check_knobs(family: str, in_shape, knobs: dict, min_depth: int = 1) -> dict:
         raise ModelError(invalid(f"the input of model family {family!r}", f"{_or(accepted)} data",
                                  tuple(in_shape), f"for {modality} data use {_or(fits)}"))
     k[LAYOUT] = layout = check_layout(k[LAYOUT], in_shape)
-    if layout is not None and layout["cardinalities"] and not takes_layout(family):
+    if layout is not None and (layout["cardinalities"] or layout["text"]) and not takes_layout(family):
         readers = [f for f, fam in _FAMILIES.items() if fam.table_layout]
         raise ModelError(f"Model family {family!r} takes one-hot tables only, but the table layout has "
-                         f"{len(layout['cardinalities'])} embedded categorical column(s); use "
-                         f"{_or(readers) or 'a family that reads a table layout'}, or one-hot encode them.")
+                         f"{len(layout['cardinalities'])} embedded categorical and {len(layout['text'])} tokenized "
+                         f"text column(s); use {_or(readers) or 'a family that reads a table layout'}.")
     if layout is not None and layout["bins"] is None and layout["numeric"] and k["num_embedding"] == "piecewise":
         raise ModelError(invalid("the table layout's 'bins'", "bin edges for every numeric column with "
                                  "model.num_embedding='piecewise'", None))
@@ -227,11 +227,12 @@ def check_knobs(family: str, in_shape, knobs: dict, min_depth: int = 1) -> dict:
 def check_layout(layout, in_shape) -> dict | None:
     """A table layout, checked against the input shape and returned in plain types (None stays None):
 
-        {"numeric": n_num, "onehot": n_onehot, "cardinalities": [c1, ...], "bins": [[e0, e1, ...], ...]}
+        {"numeric": n_num, "onehot": n_onehot, "cardinalities": [c1, ...], "bins": [[e0, e1, ...], ...],
+         "text": [{"name": col, "length": L, "vocab": V}, ...]}
 
-    The input (F,) holds, in this order, n_num numeric columns, n_onehot one-hot columns and one column
-    per embedded categorical i holding its integer code 0..c_i-1 (as a float): F = n_num + n_onehot +
-    len(cardinalities). 'bins' (optional, None or absent without) are, per numeric column, >= 2 strictly
+    The input (F,) holds, in this order, n_num numeric columns, n_onehot one-hot columns, one column
+    per embedded categorical i holding its integer code 0..c_i-1 (as a float), then L token-id columns
+    (0..V-1, as floats) per text column: F = n_num + n_onehot + len(cardinalities) + the sum of the L. 'bins' (optional, None or absent without) are, per numeric column, >= 2 strictly
     increasing finite edges for the piecewise-linear encoding. Missing counts are 0; other keys are ignored."""
     if layout is None:
         return None
@@ -246,17 +247,23 @@ def check_layout(layout, in_shape) -> dict | None:
     if not _is_list(cards):
         raise ModelError(invalid(f"{what} 'cardinalities'", "a list of category counts", cards))
     cards = [_count(f"{what} 'cardinalities'[{i}]", c, 1) for i, c in enumerate(cards)]
-    width = n_num + n_hot + len(cards)
+    texts = layout.get("text") or []
+    if not _is_list(texts) or not all(isinstance(t, dict) for t in texts):
+        raise ModelError(invalid(f"{what} 'text'", "a list of {'name', 'length', 'vocab'} dicts", _short(texts)))
+    texts = [{"name": str(t.get("name", i)), "length": _count(f"{what} 'text'[{i}] length", t.get("length"), 1),
+              "vocab": _count(f"{what} 'text'[{i}] vocab", t.get("vocab"), 2)} for i, t in enumerate(texts)]
+    width = n_num + n_hot + len(cards) + sum(t["length"] for t in texts)
     if len(in_shape) != 1 or in_shape[0] != width:
         raise ModelError(invalid("the model input shape with a table layout", f"({width},): {n_num} numeric + "
-                                 f"{n_hot} one-hot + {len(cards)} embedded categorical columns", tuple(in_shape)))
+                                 f"{n_hot} one-hot + {len(cards)} embedded categorical + "
+                                 f"{width - n_num - n_hot - len(cards)} token columns", tuple(in_shape)))
     bins = layout.get("bins")
     if bins is not None:
         if not _is_list(bins) or len(bins) != n_num:
             raise ModelError(invalid(f"{what} 'bins'", f"a list of {n_num} edge lists (one per numeric column)",
                                      _short(bins)))
         bins = [_edges(f"{what} 'bins'[{j}]", e) for j, e in enumerate(bins)]
-    return {"numeric": n_num, "onehot": n_hot, "cardinalities": cards, "bins": bins}
+    return {"numeric": n_num, "onehot": n_hot, "cardinalities": cards, "bins": bins, "text": texts}
 
 
 def _count(what: str, v, lo: int) -> int:

@@ -87,7 +87,7 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
     fixed = fixed or explicit(cfg)
     if not resume:
         cfg = modality_base(cfg, fixed, ds.modality)
-    space = search_space(cfg, fixed, ds.modality, ds.task)
+    space = search_space(cfg, fixed, ds.modality, ds.task, text=bool(ds.text))
     if resume and "space" in state:  # the study's own space: other defaults (a new version, no GPU here) would clash
         space = {k: tuple(v) for k, v in state["space"].items()}
     if not space:

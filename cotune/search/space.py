@@ -68,9 +68,11 @@ def parse_population(text) -> int | str:
     return int(t)
 
 
-def search_space(cfg: RunConfig, fixed: set[str], modality: str, task: str, cpu: bool | None = None) -> dict[str, tuple]:
-    """{knob: choices or (low, high)} for every searchable knob not fixed by the user. Every value of
-    search.space is checked first, so a bad one is a ConfigError before the first trial."""
+def search_space(cfg: RunConfig, fixed: set[str], modality: str, task: str, cpu: bool | None = None,
+                 text: bool = False) -> dict[str, tuple]:
+    """{knob: choices or (low, high)} for every searchable knob not fixed by the user (text: the table has
+    free-text columns, for the text_only knobs). Every value of search.space is checked first, so a bad one
+    is a ConfigError before the first trial."""
     from cotune.evaluate import primary_metric
     from cotune.models import searched_families  # torch: imported when a space is built, not with this module
     check_space(cfg.search.space)
@@ -84,7 +86,7 @@ def search_space(cfg: RunConfig, fixed: set[str], modality: str, task: str, cpu:
     space = {}
     for k in searchable():
         if (k.name in fixed or (k.tasks and task not in k.tasks) or (k.modalities and modality not in k.modalities)
-                or ranked_by in k.unless_metric):
+                or ranked_by in k.unless_metric or (k.text_only and not text)):
             continue
         if cfg.model.init_from is not None and (k.stage == "model" or k.name == "data.numeric"):
             continue  # the model and its preprocessing are model.init_from's (cotune.transfer)

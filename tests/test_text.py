@@ -1,0 +1,242 @@
+"""Free-text table columns: detection, the tokenizer (fitted on training rows only), the token-id layout, the
+text encoders inside the mlp, text augmentation, the search space, baselines and a mixed table end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import cotune
+from cotune import evaluate
+from cotune.config import from_dict
+from cotune.data.augment import make_augment, text_spans
+from cotune.data.dataset import infer_column_types, is_text, make_dataset
+from cotune.data.preprocess import Preprocessor
+from cotune.data.split import split_indices
+from cotune.data.text import TOKENIZERS
+from cotune.errors import ConfigError, DataError
+from cotune.knobs import BY_NAME
+from cotune.models import create_model
+from cotune.models.text import list_text_encoders
+from cotune.pipeline import load_data
+from cotune.search.space import search_space
+
+from tests.test_cli import cli
+
+torch.set_num_threads(1)
+FILLER = [f"w{i}" for i in range(300)]
+
+
+def reviews(n: int = 600, seed: int = 0) -> pd.DataFrame:
+    """Texts of 6-16 filler words with two words that decide the class, plus a numeric and a categorical column."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        words = list(rng.choice(FILLER, int(rng.integers(6, 16))))
+        y = int(rng.integers(0, 2))
+        for w in (("excellent", "loved") if y else ("terrible", "hated")):
+            words.insert(int(rng.integers(0, len(words) + 1)), w)
+        rows.append((" ".join(words), float(rng.normal()), str(rng.choice(["a", "b", "c"])), "pos" if y else "neg"))
+    return pd.DataFrame(rows, columns=["review", "x", "kind", "label"])
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "reviews.csv"
+    reviews().to_csv(path, index=False)
+    return str(path)
+
+
+def dataset(df=None, **kw):
+    df = reviews() if df is None else df
+    return make_dataset(df.drop(columns="label"), df["label"].to_numpy(), **kw)
+
+
+# ---- detection ----------------------------------------------------------------------------------
+
+def test_free_text_is_detected_and_categories_are_not():
+    ds = dataset()
+    assert ds.text == ("review",) and ds.categorical == ("kind",) and ds.numeric == ("x",)
+    assert not is_text(pd.Series(["red", "green", "blue"] * 50))              # one word each: a category
+    assert not is_text(pd.Series(["new york city", "los angeles ca"] * 50))   # several words, few distinct values
+    assert is_text(pd.Series([f"item number {i} is fine" for i in range(100)]))
+
+
+def test_data_text_names_or_disables_the_text_columns():
+    df = reviews(50)
+    assert infer_column_types(df, text=[])[1] == ("review", "kind", "label")  # [] = none: categorical then
+    assert infer_column_types(df, text=["kind"])[2] == ("kind",)              # named: text, detection off
+    with pytest.raises(DataError, match="holds numbers, not text"):
+        infer_column_types(df, text=["x"])
+    with pytest.raises(DataError, match="empty in every row"):
+        infer_column_types(df.assign(review=""), text=["review"])
+    with pytest.raises(DataError, match="both data.categorical and data.text"):
+        infer_column_types(df, categorical=["review"], text=["review"])
+
+
+# ---- the tokenizer and the token-id columns -----------------------------------------------------
+
+@pytest.mark.parametrize("kind", TOKENIZERS)
+def test_the_tokenizer_is_fitted_on_the_training_rows_only(kind):
+    df = reviews(300)
+    df.loc[250:, "review"] = df.loc[250:, "review"] + " zebraquux"  # a word only the held-out rows hold
+    ds = dataset(df)
+    pre = Preprocessor(embed=True, tokenizer=kind, vocab_size=2000, max_tokens=24).fit(ds, np.arange(250))
+    vocab = pre._tokenizers["review"].get_vocab()
+    assert not any("zebraquux" in t for t in vocab)
+    assert "excellent" in vocab or kind != "word"
+    if kind == "word":  # a whole-word vocabulary reads it as the unknown token
+        ids = pre.transform(ds.X.iloc[[260]])[0, -24:]
+        words = ds.X["review"][260].split()[:24]
+        assert ids[words.index("zebraquux")] == 1 if "zebraquux" in words else True
+
+
+def test_token_ids_round_trip_and_handle_empty_unknown_and_long_texts(tmp_path):
+    ds = dataset()
+    pre = Preprocessor(embed=True, tokenizer="word", vocab_size=500, max_tokens=8).fit(ds, np.arange(400))
+    X = pre.transform(ds.X)
+    assert pre.layout_["text"] == [{"name": "review", "length": 8, "vocab": pre._tokenizers["review"].get_vocab_size()}]
+    assert X.shape[1] == 1 + 3 + 8 and pre.integer_columns_ == 8
+    assert (X[:, -8:] > 0).all()  # every text has more than 8 tokens: cut at 8, no padding
+    new = pd.DataFrame({"review": ["", None, "qqq zzz", "loved it"], "x": [0.0] * 4, "kind": ["a"] * 4})
+    ids = pre.transform(new)[:, -8:]
+    assert (ids[:2] == 0).all()                            # empty and missing: all padding
+    assert list(ids[2, :3]) == [1, 1, 0]                   # unknown words: the unknown token, then padding
+    assert ids[3, 0] >= 2 and ids[3, 1] == 1 and (ids[3, 2:] == 0).all()
+    pre.save(tmp_path)
+    saved = json.loads((tmp_path / "preprocess.json").read_text())
+    assert saved["version"] == 3 and isinstance(saved["text"][0]["tokenizer"], dict)  # the library's own JSON
+    np.testing.assert_array_equal(Preprocessor.load(tmp_path).transform(ds.X), X)
+
+
+def test_without_a_layout_texts_are_hashed_word_counts():
+    ds = dataset()
+    pre = Preprocessor().fit(ds, np.arange(400))
+    X = pre.transform(ds.X)
+    hashed = X[:, 1 + 3:]
+    assert hashed.shape[1] == 512 and pre.layout_["text"] == []
+    np.testing.assert_allclose(np.linalg.norm(hashed, axis=1), 1.0, rtol=1e-5)
+
+
+# ---- the encoders inside the mlp ----------------------------------------------------------------
+
+def test_the_knob_lists_every_registered_encoder():
+    assert BY_NAME["model.text_encoder"].choices == tuple(list_text_encoders())
+
+
+@pytest.mark.parametrize("encoder", list_text_encoders())
+def test_every_text_encoder_learns_the_deciding_words_in_the_mlp(encoder):
+    ds = dataset(reviews(300))
+    pre = Preprocessor(embed=True, tokenizer="word", vocab_size=400, max_tokens=20).fit(ds, np.arange(300))
+    X, y = torch.tensor(pre.transform(ds.X)), torch.tensor(ds.y)
+    torch.manual_seed(0)
+    model = create_model("mlp", pre.in_shape_, 2, layout=pre.layout_, text_encoder=encoder, text_width=16,
+                         width=16, depth=1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(X), y).backward()
+        opt.step()
+    model.eval()
+    assert (model(X).argmax(1) == y).float().mean() >= 0.9
+
+
+def test_a_family_without_the_layout_gets_no_token_columns():
+    with pytest.raises(Exception, match="tokenized text"):
+        create_model("cnn1d", (12,), 2, layout={"numeric": 4, "onehot": 0, "cardinalities": [],
+                                                "text": [{"name": "t", "length": 8, "vocab": 50}]})
+
+
+# ---- augmentation ------------------------------------------------------------------------------
+
+def test_text_augmentation_moves_only_the_token_columns():
+    ds = dataset()
+    pre = Preprocessor(embed=True, tokenizer="word", vocab_size=500, max_tokens=24).fit(ds, np.arange(400))
+    X = torch.tensor(pre.transform(ds.X))
+    assert text_spans(pre) == [(4, 24)]
+    for op in ("token_drop", "span_mask"):
+        torch.manual_seed(0)
+        out, _, _ = make_augment("tabular", ops={op: 1.0}, pre=pre)(X)
+        assert torch.equal(out[:, :4], X[:, :4])               # the numeric and one-hot columns stay
+        changed = out[:, 4:] != X[:, 4:]
+        assert changed.any() and (X[:, 4:][changed] >= 2).all()  # only real tokens change, never padding
+        assert set(out[:, 4:][changed].unique().tolist()) <= ({0.0} if op == "token_drop" else {1.0})
+    assert "token_drop" in make_augment("tabular", policy="auto", pre=pre).ops
+    plain = Preprocessor().fit(dataset(reviews().drop(columns="review")), np.arange(400))
+    assert "token_drop" not in make_augment("tabular", policy="auto", pre=plain).ops
+    with pytest.raises(ConfigError, match="acts on text columns"):
+        make_augment("tabular", ops={"span_mask": 0.5}, pre=plain)
+
+
+# ---- the search space and the baselines ----------------------------------------------------------
+
+def test_the_text_knobs_are_searched_only_on_tables_with_text():
+    cfg = from_dict({})
+    text_knobs = {"data.tokenizer", "data.vocab_size", "data.max_tokens", "model.text_encoder", "model.text_width"}
+    assert text_knobs <= set(search_space(cfg, set(), "tabular", "binary", cpu=True, text=True))
+    assert not text_knobs & set(search_space(cfg, set(), "tabular", "binary", cpu=True))
+
+
+def test_the_baselines_read_the_text(table):
+    from cotune.baselines import fit_baselines
+    cfg = from_dict({"data": {"source": table, "target": "label"}, "runtime": {"progress": False}})
+    models = fit_baselines(cfg, load_data(cfg), threads=1)["models"]
+    assert models["linear"]["test"]["accuracy"] >= 0.95 and models["lightgbm"]["test"]["accuracy"] >= 0.9
+
+
+# ---- end to end -------------------------------------------------------------------------------
+
+def test_a_mixed_table_trains_predicts_and_round_trips(tmp_path, table):
+    cfg = from_dict({"data": {"source": table, "target": "label", "augment": {"token_drop": 0.3}},
+                     "model": {"width": 32, "depth": 1, "text_encoder": "bag", "text_width": 32},
+                     "train": {"epochs": 15}, "runtime": {"progress": False}, "out": str(tmp_path / "r")})
+    res = cotune.train(cfg)
+    assert res.test["accuracy"] >= 0.9
+    ds = load_data(cfg)
+    _, _, te = split_indices(ds, val=0.15, test=0.15, seed=0)
+    model = cotune.load(res.path)
+    proba = model.predict_proba(ds.X.iloc[te])
+    assert evaluate.score("log_loss", ds.y[te], proba, "binary") == pytest.approx(res.test["log_loss"], rel=1e-5)
+    new = pd.DataFrame({"review": ["w1 excellent w2 loved", "", "nothing known here"], "x": [0.1, np.nan, 2.0],
+                        "kind": ["a", "zz", "b"]})
+    out = model.predict_frame(new)
+    assert list(out["prediction"])[0] == "pos" and len(out) == 3 and np.isfinite(model.predict_proba(new)).all()
+
+
+def test_bad_text_settings_are_one_line_and_write_nothing(tmp_path, table):
+    base = ("--set", f"data.source={table}", "--set", "data.target=label", "--set", "train.epochs=1", "-q")
+    code, _, err = cli("train", *base, "--set", "data.text=[x]", "--out", tmp_path / "x")
+    assert code == 2 and "holds numbers, not text" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+    empty = tmp_path / "empty.csv"
+    reviews(50).assign(review="").to_csv(empty, index=False)
+    code, _, err = cli("train", "--set", f"data.source={empty}", "--set", "data.target=label", "--set",
+                       "data.text=[review]", "--out", tmp_path / "e")
+    assert code == 2 and "empty in every row" in err and not (tmp_path / "e").exists()
+    plain = tmp_path / "plain.csv"
+    reviews(50).drop(columns="review").to_csv(plain, index=False)
+    code, _, err = cli("train", "--set", f"data.source={plain}", "--set", "data.target=label", "--set",
+                       "data.augment.token_drop=0.5", "--out", tmp_path / "p")
+    assert code == 2 and "acts on text columns" in err and not (tmp_path / "p").exists()
+
+
+def test_cleaning_drops_duplicate_texts_and_training_twins_of_held_out_texts(tmp_path):
+    from cotune.pipeline import prepare
+    df = reviews(400)
+    ds = dataset(df)
+    tr, _, te = split_indices(ds, val=0.15, test=0.15, seed=0)
+    t = df["review"].to_numpy().copy()
+    t[tr[:6]] = [s.upper() + "!" for s in t[te[:6]]]        # 6 training texts that repeat a test text
+    t[tr[10:14]] = [s.title() for s in t[tr[20:24]]]        # 4 training texts that repeat another training text
+    path = tmp_path / "t.csv"
+    df.assign(review=t).to_csv(path, index=False)
+    removed = {}
+    for opt in ("leakage", "duplicates"):
+        cfg = from_dict({"data": {"source": str(path), "target": "label",
+                                  "clean": {opt: "drop" if opt == "leakage" else "drop_near"}}})
+        removed[opt] = prepare(cfg, load_data(cfg)).summary["clean"]["removed"]
+    assert removed["leakage"] == {"leakage": 6}
+    assert removed["duplicates"] == {"duplicates": 0, "near_duplicates": 4}
