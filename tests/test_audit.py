@@ -187,6 +187,52 @@ def f_label_issues(defect):
     return case(df, y, splits=sp, rows=flip, min_recall=0.8, max_false=int(0.2 * len(flip)))
 
 
+
+def text_base(seed: int = 0, n: int = N):
+    """base_table plus a 'review' column of 20 random words (a 2000-word vocabulary): a text column."""
+    df, y = base_table(seed, n)
+    rng = np.random.default_rng(seed + 10)
+    vocab = np.array([f"w{i}" for i in range(2000)], dtype=object)
+    df["review"] = [" ".join(rng.choice(vocab, 20)) for _ in range(n)]
+    return df, y
+
+
+def f_text_empty(defect):
+    df, y = text_base()
+    sp = splits_for(df, y)
+    if not defect:
+        return case(df, y, splits=sp)
+    rows = np.array([3, 10, 50, 200])
+    df.loc[rows, "review"] = [None, "", "?!", "fine"]   # missing, empty, punctuation only, one word
+    return case(df, y, splits=sp, rows=rows)
+
+
+def f_text_duplicates(defect):
+    df, y = text_base()
+    sp = splits_for(df, y)
+    if not defect:
+        return case(df, y, splits=sp)
+    src, dst = _train_pairs(sp, 10)
+    t = df["review"].to_numpy().copy()
+    t[dst[:5]] = [s.upper() + "!" for s in t[src[:5]]]                          # case / punctuation only
+    t[dst[5:]] = [" ".join(s.split()[:10] + ["other"] + s.split()[11:]) for s in t[src[5:]]]  # one word changed
+    df["review"] = t
+    return case(df, y, splits=sp, rows=later(src, dst))
+
+
+def f_text_overlap(defect):
+    df, y = text_base()
+    sp = splits_for(df, y)
+    if not defect:
+        return case(df, y, splits=sp)
+    src, _ = _train_pairs(sp, 10)
+    held = np.concatenate([sp[1][:5], sp[2][:5]])
+    t = df["review"].to_numpy().copy()
+    t[held] = [s.upper() for s in t[src]]
+    df["review"] = t
+    return case(df, y, splits=sp, rows=held)
+
+
 FIXTURES = {name[2:]: fn for name, fn in dict(globals()).items() if name.startswith("f_") and callable(fn)}
 
 

@@ -84,7 +84,8 @@ def test_needed_checks_and_errors(y):
     assert needed_checks() == set()
     assert needed_checks(duplicates="drop") == {"duplicates", "conflicting_duplicates"}
     assert needed_checks(duplicates="drop_near", leakage="drop", outlier_score=0.7, label_issues="relabel") == {
-        "duplicates", "conflicting_duplicates", "near_duplicates", "leakage", "outliers", "label_issues"}
+        "duplicates", "conflicting_duplicates", "near_duplicates", "leakage", "outliers", "label_issues",
+        "text_duplicates", "text_overlap"}  # the text checks: tables with text columns
     with pytest.raises(ValueError, match="outliers"):  # the report lacks a needed check: internal error
         clean_train(TRAIN, y, SimpleNamespace(issues={}), outlier_score=0.9)
     for bad in [dict(duplicates="yes"), dict(leakage="drop_near"), dict(outlier_score=0.5), dict(outlier_score=1.2),

@@ -7,9 +7,10 @@ importing only those above it in this list:
     cotune.data.audit_models          the proxy / outlier models (oof_pred_probs, outlier_scores)
     cotune.data.audit_checks_columns  built-in checks of table columns (missing values, leaking features, ...)
     cotune.data.audit_checks_rows     built-in checks of rows (duplicates, leakage, outliers, label issues, ...)
+    cotune.data.audit_checks_text     built-in checks of free-text table columns (empty, duplicate, shared texts)
     cotune.data.audit                 this module: AuditContext, audit(), AuditReport
 
-This module imports both check modules (registering the built-in checks, columns first: that is
+This module imports the check modules (registering the built-in checks, columns first: that is
 the order of `list_checks()`) and re-exports the registry's names. `audit()` builds one
 `AuditContext` per call: the Preprocessor fitted on the training rows, the preprocessed feature
 matrix of every row (images / sequences flattened) and, computed lazily and cached on disk, the
@@ -40,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 # importing the check modules registers the built-in checks, columns first: the order of list_checks()
-from cotune.data import audit_checks_columns, audit_checks_rows  # noqa: F401
+from cotune.data import audit_checks_columns, audit_checks_rows, audit_checks_text  # noqa: F401
 from cotune.data import audit_models as models
 from cotune.data.audit_registry import (  # noqa: F401  (re-exported: callers import these from here)
     CHECKS, CLASSIFICATION, NET_PROXY, OUTLIER, PARTS, PROXY, PROXY_CHOICE, SEVERITIES, Check, Issues, list_checks,

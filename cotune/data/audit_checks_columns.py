@@ -27,6 +27,7 @@ LEAK_ROWS = 50_000      # rows (train / eval) used to fit / score the one-featur
 def missing_values(ctx) -> Issues:
     X, ds = ctx.ds.X, ctx.ds
     miss = X.isna().to_numpy(dtype=bool, copy=True)
+    miss[:, X.columns.isin(ds.text)] = False  # missing or empty texts are the text_empty check's
     for j, c in enumerate(X.columns):
         if c in ds.numeric:
             v = pd.to_numeric(X[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
@@ -82,7 +83,8 @@ def id_like_columns(ctx) -> Issues:
     X = ctx.ds.X.iloc[ctx.train_idx]
     probe = X.iloc[sample_rows(np.arange(len(X)), 2000, ctx.seed)]
     cols = [str(c) for c in X.columns
-            if probe[c].nunique() >= 0.9 * probe[c].notna().sum()
+            if c not in ctx.ds.text  # free text is distinct in almost every row without being an identifier
+            and probe[c].nunique() >= 0.9 * probe[c].notna().sum()
             and _looks_like_id(X[c], c, len(X), c in ctx.ds.numeric)]
     msg = (f"{plural(len(cols), 'column')} ({name_list(cols)}) hold a different value in almost every row, like an "
            "identifier, which a model can only memorize." if cols else "No identifier-like columns.")

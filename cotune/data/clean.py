@@ -16,8 +16,10 @@ option                     rows removed / changed
 =========================  ===================================================================
 duplicates='drop'          flagged by 'duplicates' (the redundant copies, as the audit marks
                            them) or 'conflicting_duplicates'
-duplicates='drop_near'     the above plus rows flagged by 'near_duplicates'
-leakage='drop'             'leakage'.extra['train_rows'] (training rows that copy a val/test row)
+duplicates='drop_near'     the above plus rows flagged by 'near_duplicates' or, on a table with text
+                           columns, 'text_duplicates' (exact or near-duplicate texts)
+leakage='drop'             'leakage'.extra['train_rows'] (training rows that copy a val/test row), and
+                           'text_overlap'.extra['train_rows'] (training texts a val/test row repeats)
 outlier_score=t (< 1)      'outliers'.score >= t
 label_issues='drop'        'label_issues'.mask and 'label_issues'.score >= label_threshold
 label_issues='relabel'     the same rows get 'label_issues'.extra['suggested'] as their label
@@ -93,9 +95,9 @@ def needed_checks(duplicates: str = "keep", leakage: str = "keep", outlier_score
     if duplicates in ("drop", "drop_near"):
         need |= {"duplicates", "conflicting_duplicates"}
     if duplicates == "drop_near":
-        need.add("near_duplicates")
+        need |= {"near_duplicates", "text_duplicates"}
     if leakage == "drop":
-        need.add("leakage")
+        need |= {"leakage", "text_overlap"}
     if float(outlier_score) < 1.0:
         need.add("outliers")
     if label_issues != "keep" or val != "keep":
@@ -183,10 +185,12 @@ def clean_train(train_idx, y, report, *, duplicates: str = "keep", leakage: str 
         removed[reason] = removed.get(reason, 0) + int(new.sum())
         drop[new] = True
 
+    issues = getattr(report, "issues", None) or {}
     if leakage == "drop":
-        rows = np.asarray(_issue(report, "leakage", n).extra.get("train_rows", ()), dtype=np.int64).ravel()
         m = np.zeros(n, dtype=bool)
-        m[rows] = True
+        for name in ("leakage", "text_overlap"):  # text_overlap: tables only
+            if name == "leakage" or name in issues:
+                m[np.asarray(_issue(report, name, n).extra.get("train_rows", ()), dtype=np.int64).ravel()] = True
         remove("leakage", m)
     if duplicates in ("drop", "drop_near"):
         m = np.asarray(_issue(report, "duplicates", n).mask, dtype=bool) | \
@@ -194,7 +198,8 @@ def clean_train(train_idx, y, report, *, duplicates: str = "keep", leakage: str 
              if "conflicting_duplicates" in report.issues else False)  # classification only
         remove("duplicates", m)
     if duplicates == "drop_near":
-        remove("near_duplicates", np.asarray(_issue(report, "near_duplicates", n).mask, dtype=bool))
+        remove("near_duplicates", np.asarray(_issue(report, "near_duplicates", n).mask, dtype=bool) |
+               (np.asarray(_issue(report, "text_duplicates", n).mask, dtype=bool) if "text_duplicates" in issues else False))
     if float(outlier_score) < 1.0:
         score = np.asarray(_issue(report, "outliers", n).score, dtype=np.float64)
         remove("outliers", score >= float(outlier_score))

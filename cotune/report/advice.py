@@ -163,8 +163,9 @@ def _data(page: Page, L: Loaded, cfg: dict, actions: list) -> None:
     page.summary.append(head + ".")
     if fix:
         prio = {"high": 85, "medium": 58, "low": 20}[sev]
+        how = f"--set {fix}, or let the search try it by leaving {knob} unset" if knob in BY_NAME else fix
         actions.append((prio, f"Fix the largest data issue, {check_name(name)} ({pct(share)} of rows, {sev} severity): "
-                              f"--set {fix}, or let the search try it by leaving {knob} unset."))
+                              f"{how}."))
 
 
 def _widen(knob: str, rng, side: str) -> str:

@@ -36,7 +36,8 @@ CHECK_NAMES = {"label_issues": "label noise", "duplicates": "duplicate rows", "n
                "conflicting_duplicates": "identical rows with different labels", "leakage": "train/test leakage",
                "outliers": "outliers", "class_imbalance": "class imbalance", "missing_values": "missing values",
                "constant_columns": "constant columns", "id_like_columns": "ID-like columns",
-               "target_leak_features": "features that leak the target"}
+               "target_leak_features": "features that leak the target", "text_empty": "empty texts",
+               "text_duplicates": "duplicate texts", "text_overlap": "texts shared by training and held-out rows"}
 
 
 def check_name(name: str) -> str:
