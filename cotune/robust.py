@@ -11,6 +11,9 @@ standardized features for tables and sequences, normalized pixels for images. No
 applied on top (standardized inputs have no fixed range). `mask` (bool, broadcastable to one sample's
 shape, e.g. (F,) for a table, see data.augment.numeric_mask) limits the attack to its True entries: a
 one-hot or category-code column is never perturbed, as a real input could not take a value between codes.
+A table's token-id columns are not either: adversarial training and robust_accuracy attack a text column in
+embedding space instead, moving each token's embedding within eps times the std of the encoder's embedding
+table (cotune.models.text.TextEncoder.delta; the public fgsm and pgd move the inputs only).
 
 FGSM (Goodfellow et al. 2015) is one signed-gradient step of size eps. PGD (Madry et al. 2018) starts at a
 uniform random point of the ball and takes `steps` signed-gradient steps of size alpha (default
@@ -118,34 +121,57 @@ def _forward(model, x, autocast):
 # ---------------------------------------------------------------------------------------------
 # attacks
 
-def _attack(model, x, y, eps, steps, alpha, loss_fn, mask, random_start, generator, autocast=contextlib.nullcontext):
+def _start(shape, x, eps, random_start, generator) -> torch.Tensor:
+    if not random_start:
+        return torch.zeros(shape, device=x.device, dtype=x.dtype)
+    if generator is None:  # torch's global generator of x's device, as the augmentations use
+        u = torch.rand(shape, device=x.device, dtype=x.dtype)
+    else:  # drawn on the generator's device: a CPU generator gives the same start on any device
+        u = torch.rand(shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
+    return (u * 2 - 1) * eps
+
+
+def text_encoders(model: torch.nn.Module) -> list:
+    """The model's text encoders (cotune.models.text), whose token embeddings an attack may move."""
+    from cotune.models.text import TextEncoder
+    return [m for m in model.modules() if isinstance(m, TextEncoder)]
+
+
+def _attack(model, x, y, eps, steps, alpha, loss_fn, mask, random_start, generator, autocast=contextlib.nullcontext,
+            text: bool = False):
     """Signed-gradient ascent on loss_fn over delta in [-eps, eps] (zero where mask is False); x + delta.
+    text: also over each text encoder's token embeddings, within eps times the std of its embedding table;
+    then (x + delta, [embedding deltas]).
 
     Working on delta keeps the projection exact (a clamp) and the masked entries exactly x's."""
     if not x.is_floating_point():
         raise TypeError(f"an attack needs a floating-point input (continuous features), got {x.dtype}")
     x = x.detach()
     m = _mask_for(mask, x)
-    if random_start:
-        if generator is None:  # torch's global generator of x's device, as the augmentations use
-            u = torch.rand(x.shape, device=x.device, dtype=x.dtype)
-        else:  # drawn on the generator's device: a CPU generator gives the same start on any device
-            u = torch.rand(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
-        delta = (u * 2 - 1) * eps
-    else:
-        delta = torch.zeros_like(x)
+    delta = _start(x.shape, x, eps, random_start, generator)
     if m is not None:
         delta = delta * m
+    encs = text_encoders(model) if text else []
+    radii = [eps * float(e.embedding.weight.detach()[2:].float().std().nan_to_num(1.0)) for e in encs]
+    deltas = [_start((x.shape[0], e.length, e.embedding.embedding_dim), x, r, random_start, generator)
+              for e, r in zip(encs, radii)]
     # cuDNN's RNN kernels have no backward in eval mode: a GRU / LSTM is attacked through the native kernels
     rnn = x.is_cuda and any(isinstance(mod, torch.nn.RNNBase) for mod in model.modules())
     with _unchanged(model), torch.enable_grad(), torch.backends.cudnn.flags(enabled=False) if rnn else contextlib.nullcontext():
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            loss = loss_fn(_forward(model, x + delta, autocast), y)
-            (g,) = torch.autograd.grad(loss, delta)  # the input's gradient only: no parameter's .grad is written
-            step = g.sign() if m is None else g.sign() * m
-            delta = (delta.detach() + alpha * step).clamp_(-eps, eps)
-    return (x + delta).detach()
+        try:
+            for _ in range(steps):
+                delta.requires_grad_(True)
+                for e, d in zip(encs, deltas):
+                    e.delta = d.requires_grad_(True)
+                loss = loss_fn(_forward(model, x + delta, autocast), y)
+                g, *gs = torch.autograd.grad(loss, [delta, *deltas])  # the inputs' only: no parameter's .grad
+                step = g.sign() if m is None else g.sign() * m
+                delta = (delta.detach() + alpha * step).clamp_(-eps, eps)
+                deltas = [(d.detach() + alpha / eps * r * gd.sign()).clamp_(-r, r) for d, gd, r in zip(deltas, gs, radii)]
+        finally:
+            for e in encs:
+                e.delta = None
+    return ((x + delta).detach(), deltas) if text else (x + delta).detach()
 
 
 def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, loss_fn: LossFn,
@@ -253,7 +279,10 @@ class Adversarial:
         if mask is None and self.mask is not None:
             mask = self._mask_on[x.device] = _mask_for(self.mask, x)
         with _eval_mode(self.model):
-            x_adv = _attack(self.model, x[:n], yn, self.eps, steps, alpha, loss_fn, mask, start, None, self._autocast)
+            x_adv, deltas = _attack(self.model, x[:n], yn, self.eps, steps, alpha, loss_fn, mask, start, None,
+                                    self._autocast, text=True)
+        for e, d in zip(text_encoders(self.model), deltas):  # the training step's forward adds them to its first n rows
+            e.delta = torch.cat([d, d.new_zeros((x.shape[0] - n, *d.shape[1:]))])
         return torch.cat([x_adv, x[n:].detach()]), y_b, lam  # a new tensor: x is never written into
 
     def describe(self) -> str:
@@ -287,7 +316,9 @@ def robust_outputs(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, eps
         for i in range(0, X.shape[0], batch_size):
             xb, yb = X[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
             if eps > 0:
-                xb = _attack(model, xb, yb, eps, steps, alpha, F.cross_entropy, mask, True, gen, autocast)
+                xb, deltas = _attack(model, xb, yb, eps, steps, alpha, F.cross_entropy, mask, True, gen, autocast, text=True)
+                for e, d in zip(text_encoders(model), deltas):
+                    e.delta = d
             with torch.no_grad():
                 outs.append(_forward(model, xb, autocast).float())
     return torch.cat(outs) if outs else torch.empty(0, device=dev)

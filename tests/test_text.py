@@ -240,3 +240,45 @@ def test_cleaning_drops_duplicate_texts_and_training_twins_of_held_out_texts(tmp
         removed[opt] = prepare(cfg, load_data(cfg)).summary["clean"]["removed"]
     assert removed["leakage"] == {"leakage": 6}
     assert removed["duplicates"] == {"duplicates": 0, "near_duplicates": 4}
+
+
+def trained_text_mlp(encoder: str = "bag"):
+    ds = dataset(reviews(300))
+    pre = Preprocessor(embed=True, tokenizer="word", vocab_size=400, max_tokens=20).fit(ds, np.arange(300))
+    X, y = torch.tensor(pre.transform(ds.X)), torch.tensor(ds.y)
+    torch.manual_seed(0)
+    model = create_model("mlp", pre.in_shape_, 2, layout=pre.layout_, text_encoder=encoder, text_width=16,
+                         width=16, depth=1)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(X), y).backward()
+        opt.step()
+    return model.eval(), pre, X, y
+
+
+@pytest.mark.parametrize("encoder", ["bag", "gru"])
+def test_text_is_attacked_in_embedding_space_within_the_radius(encoder):
+    from cotune.robust import Adversarial, input_mask, robust_accuracy, text_encoders
+    model, pre, X, y = trained_text_mlp(encoder)
+    mask = input_mask("tabular", pre)  # the numeric column only: token ids never move
+    clean = (model(X).argmax(1) == y).float().mean().item()
+    assert robust_accuracy(model, X, y, eps=1.0, steps=5, mask=mask) < clean - 0.1
+    (enc,) = text_encoders(model)
+    assert enc.delta is None  # cleared after the attack
+    aug = Adversarial(model, "pgd", 0.5, 3, torch.nn.functional.cross_entropy, mask=mask, mix=0.5)
+    xa, _, _ = aug(X[:10], y[:10])
+    radius = 0.5 * enc.embedding.weight.detach()[2:].std().item()
+    assert enc.delta.shape == (10, 20, 16) and enc.delta.abs().max() <= radius + 1e-6 and enc.delta.abs().max() > 0
+    assert (enc.delta[5:] == 0).all() and torch.equal(xa[:, 4:], X[:10, 4:])
+    model.train()
+    model(xa)
+    assert enc.delta is None  # the training step's forward used it up
+
+
+def test_adversarial_training_on_a_text_table_reports_robust_accuracy(tmp_path, table):
+    cfg = from_dict({"data": {"source": table, "target": "label"}, "model": {"width": 16, "depth": 1, "text_width": 16},
+                     "train": {"epochs": 3, "adversarial": "pgd", "adv_epsilon": 0.3, "adv_steps": 2},
+                     "runtime": {"progress": False}, "out": str(tmp_path / "r")})
+    res = cotune.train(cfg)
+    assert 0 <= res.test["robust_accuracy"] <= res.test["accuracy"] + 0.02

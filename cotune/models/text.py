@@ -54,7 +54,13 @@ def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class TextEncoder(nn.Module):
-    """The shared part: the ids' embedding (B, length) -> (B, length, width) and the mask of real tokens."""
+    """The shared part: the ids' embedding (B, length) -> (B, length, width) and the mask of real tokens.
+
+    `delta`, when set to a (B, length, width) tensor, is added to the next forward's embeddings (the real
+    tokens' only) and then cleared: an attack in embedding space (cotune.robust) sets it before each forward
+    it takes, adversarial training before the training step's."""
+
+    delta: torch.Tensor | None = None
 
     def __init__(self, vocab: int, length: int, width: int):
         super().__init__()
@@ -72,7 +78,10 @@ class TextEncoder(nn.Module):
     def embed(self, idx: torch.Tensor) -> tuple:
         """Long ids (B, L) -> (embeddings with pad positions zeroed (B, L, width), float mask (B, L))."""
         mask = (idx != PAD).float()
-        return self.embedding(idx) * mask.unsqueeze(-1), mask
+        e, delta, self.delta = self.embedding(idx), self.delta, None
+        if delta is not None:
+            e = e + delta.to(e.dtype)
+        return e * mask.unsqueeze(-1), mask
 
 
 @register_text_encoder("bag")
@@ -123,11 +132,12 @@ class RNNEncoder(TextEncoder):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         idx = self.ids(ids)
+        e, mask = self.embed(idx)
         pad = (idx == PAD).long() * self.length  # sort keys: every real token before every pad
-        in_order = idx.gather(1, torch.argsort(self.positions + pad, dim=1))
-        reverse = idx.gather(1, torch.argsort(self.length - 1 - self.positions + pad, dim=1))
-        e_fwd, mask = self.embed(in_order)  # mask: 1 at the first n positions, n = the row's real tokens
-        e_bwd, _ = self.embed(reverse)
+        in_order = torch.argsort(self.positions + pad, dim=1)
+        reverse = torch.argsort(self.length - 1 - self.positions + pad, dim=1)
+        e_fwd, e_bwd = (e.gather(1, o.unsqueeze(-1).expand_as(e)) for o in (in_order, reverse))
+        mask = mask.gather(1, in_order)  # 1 at the first n positions, n = the row's real tokens
         h = torch.cat([masked_mean(self.forward_rnn(e_fwd)[0], mask),
                        masked_mean(self.backward_rnn(e_bwd)[0], mask)], 1)  # (B, 2 * units)
         return h if self.proj is None else self.proj(h)
