@@ -203,8 +203,7 @@ def trainer(cull=None, shares: dict | None = None):
                        for p in ps]
             hooks = [p.on_eval for p in ps]
             res = train_population([p.setup.model for p in ps], shared, members, ps[0].runtime, task=ps[0].ds.task,
-                                   on_eval=lambda k, e, row: hooks[k](e, row),
-                                   cull=None if cull is None else (lambda e, rows: cull(e, rows)))
+                                   on_eval=lambda k, e, row: hooks[k](e, row), cull=cull)
             for j, i in enumerate(idx):
                 out[i] = res.errors[j] if res.errors[j] is not None else res.results[j]
                 if shares is not None:
