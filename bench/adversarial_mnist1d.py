@@ -24,8 +24,8 @@ START = {"model.family": "cnn1d", "model.depth": 4, "model.norm": "batch", "mode
          "train.batch_size": 64, "data.augment.policy": "auto", "train.epochs": 30}
 
 
-def one(seed: int, eps: float, method: str, steps: int, mix: float = 0.5) -> dict:
-    sets = {**START, "data.source": "mnist1d", "runtime.seed": seed, "runtime.threads": 1, "runtime.progress": False,
+def one(seed: int, eps: float, method: str, steps: int, mix: float = 0.5, extra: dict | None = None) -> dict:
+    sets = {**START, **(extra or {}), "data.source": "mnist1d", "runtime.seed": seed, "runtime.threads": 1, "runtime.progress": False,
             "train.adv_epsilon": eps, "train.adversarial": method, "train.adv_steps": steps, "train.adv_mix": mix}
     with tempfile.TemporaryDirectory() as d:
         t = time.time()
@@ -42,16 +42,19 @@ def main():
     ap.add_argument("--mix", type=float, default=0.5, help="train.adv_mix: the attacked share of each batch")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--json", default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a knob for both sides over the start configuration (repeatable), e.g. model.width=128")
     args = ap.parse_args()
+    extra = dict(s.split("=", 1) for s in args.set)
     out: dict = {"standard": [], args.method: []}
     for seed in args.seeds:
         for side, method in (("standard", "none"), (args.method, args.method)):
-            r = one(seed, args.eps, method, args.steps, args.mix)
+            r = one(seed, args.eps, method, args.steps, args.mix, extra)
             out[side].append(r)
             print(f"seed {seed} {side:8s} clean {100 * r['clean']:.1f}%  robust {100 * r['robust']:.1f}%  "
                   f"({r['epochs']} epochs, {r['seconds']:.0f} s)", flush=True)
     print(f"\neps {args.eps} (L-inf, standardized inputs), {args.method} {args.steps} steps on {args.mix:g} of each batch, "
-          f"robust = 10-step PGD; mean +/- sd over seeds {args.seeds}")
+          f"robust = 10-step PGD; mean +/- sd over seeds {args.seeds}; knobs {extra or 'as the start'}")
     for side, rs in out.items():
         c, r = [100 * x["clean"] for x in rs], [100 * x["robust"] for x in rs]
         sd = (lambda v: statistics.stdev(v) if len(v) > 1 else 0.0)  # noqa: E731
