@@ -2,6 +2,7 @@
 # make test : set up .venv if needed, then run the whole test suite
 # make bench: run the benchmark scripts (figures go to BENCHMARKS.md by hand, with the command)
 # make bench-tables: cotune against LightGBM, linear, RealMLP and FLAML on ten tables x 3 splits (several hours)
+# make bench-text: cotune against TF-IDF + logistic regression on Debian's fortunes quotations, 3 splits (about 45 min)
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -11,7 +12,7 @@ TORCH   ?= torch==2.13.0
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test bench bench-tables venv clean
+.PHONY: demo test bench bench-tables bench-text venv clean
 
 venv: $(STAMP)
 
@@ -40,6 +41,10 @@ bench: $(STAMP)
 bench-tables: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python bench/tabular_suite.py
+
+bench-text: $(STAMP)
+	bash scripts/install_fortunes.sh
+	$(BIN)/python bench/text_fortunes.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
