@@ -11,10 +11,11 @@ network's (accuracy, f1_macro, log_loss, roc_auc, ece, rmse, r2, ...); only the 
 
     linear    LogisticRegression(max_iter=2000) / Ridge(alpha=1.0) on cotune's default Preprocessor encoding
               fitted on the training rows (median-imputed, standardized numeric columns + one-hot categoricals,
-              each text column as hashed word unigram + bigram counts, cotune.data.text.hashed_words)
+              each text column as the TF-IDF of its word 1-2-grams and character 2-5-grams, fitted on the
+              training rows: the classic strong text baseline)
     lightgbm  LGBMClassifier / LGBMRegressor(n_jobs=threads, verbose=-1, random_state=runtime.seed) on the raw
               columns: numeric as float, categoricals as pandas 'category' with the training rows' categories,
-              text columns as the same hashed word counts
+              text columns as hashed word unigram + bigram counts (cotune.data.text.hashed_words)
 
 Regression models fit and predict the target in its own units. A model that fails is recorded as
 {"error": "<one line>"} and the other still runs. Images and sequences get no baselines ({}): a linear model
@@ -128,8 +129,26 @@ def _linear(ds, part: TrainingSet, rows, threads: int, seed: int):
     # cotune's default encoding (median-imputed, standardized, one-hot) fitted on the same cleaned rows; not the
     # trial's own, which may hold embedding codes or a quantile map that a linear model should not get
     pre = Preprocessor().fit(ds, part.train_idx)
-    model.fit(pre.transform_rows(ds, part.train_idx), part.train_labels)
-    return type(model).__name__, _output(model, pre.transform_rows(ds, rows), ds)
+    features = _text_features(ds, part.train_idx, pre)
+    model.fit(features(part.train_idx), part.train_labels)
+    return type(model).__name__, _output(model, features(rows), ds)
+
+
+def _text_features(ds, train_idx, pre):
+    """rows -> the linear model's features: pre's encoding, where each text column's hashed counts give way to
+    the classic TF-IDF of its word 1-2-grams and character 2-5-grams (within word boundaries, sublinear tf),
+    fitted on the training rows' texts (a sparse matrix then)."""
+    if not ds.text:
+        return lambda rows: pre.transform_rows(ds, rows)
+    import scipy.sparse as sp
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion
+    keep = np.array(["#" not in n or n.split("#")[0] not in ds.text for n in pre.feature_names_])
+    vecs = {c: FeatureUnion([("word", TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2))),
+                             ("char", TfidfVectorizer(sublinear_tf=True, analyzer="char_wb", ngram_range=(2, 5)))])
+            .fit(text_values(ds.X[c].iloc[train_idx])) for c in ds.text}
+    return lambda rows: sp.hstack([sp.csr_matrix(pre.transform_rows(ds, rows)[:, keep])] +
+                                  [v.transform(text_values(ds.X[c].iloc[rows])) for c, v in vecs.items()]).tocsr()
 
 
 def _lightgbm(ds, part: TrainingSet, rows, threads: int, seed: int):
