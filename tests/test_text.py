@@ -282,3 +282,18 @@ def test_adversarial_training_on_a_text_table_reports_robust_accuracy(tmp_path, 
                      "runtime": {"progress": False}, "out": str(tmp_path / "r")})
     res = cotune.train(cfg)
     assert 0 <= res.test["robust_accuracy"] <= res.test["accuracy"] + 0.02
+
+
+@pytest.mark.parametrize("encoder", ["bag", "gru"])
+def test_a_text_model_predicts_the_same_through_onnx_runtime(tmp_path, table, encoder):
+    from tests.test_onnx_engine import compress
+    cfg = from_dict({"data": {"source": table, "target": "label", "max_tokens": 24},
+                     "model": {"width": 16, "depth": 1, "text_encoder": encoder, "text_width": 16},
+                     "train": {"epochs": 2}, "runtime": {"progress": False}, "out": str(tmp_path / "r")})
+    run = cotune.train(cfg).path
+    compress(run, run / "compress")
+    torch_model, onnx_model = cotune.load(run), cotune.load(run, engine="onnx")
+    X = pd.concat([pd.read_csv(table).head(50),
+                   pd.DataFrame({"review": ["", None, "zzz unknown words only"], "x": [0.0, 1.0, np.nan],
+                                 "kind": ["a", "b", "new"]})], ignore_index=True)
+    np.testing.assert_allclose(onnx_model.predict_proba(X), torch_model.predict_proba(X), atol=1e-4)
