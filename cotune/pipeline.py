@@ -116,8 +116,8 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False, parts: tuple | None = N
     train_rows = cleaned.idx[bal.pos]
     if bal.X_extra is not None and len(bal.X_extra):
         extra = bal.X_extra.astype(np.float32)
-        if getattr(pre, "integer_columns_", 0):  # SMOTE interpolated the codes and token ids (the last ones)
-            extra[:, -pre.integer_columns_:] = np.round(extra[:, -pre.integer_columns_:])
+        if getattr(pre, "integer_mask_", None) is not None:  # SMOTE interpolated the codes and token ids too
+            extra[:, pre.integer_mask_] = np.round(extra[:, pre.integer_mask_])
         train_X = np.concatenate([train_X, extra])
         train_y = np.concatenate([train_y, bal.y_extra.astype(train_y.dtype)])
         train_rows = np.concatenate([train_rows, np.full(len(extra), -1, dtype=train_rows.dtype)])

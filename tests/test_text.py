@@ -79,7 +79,7 @@ def test_data_text_names_or_disables_the_text_columns():
 
 # ---- the tokenizer and the token-id columns -----------------------------------------------------
 
-@pytest.mark.parametrize("kind", TOKENIZERS)
+@pytest.mark.parametrize("kind", [k for k in TOKENIZERS if k != "ngrams"])
 def test_the_tokenizer_is_fitted_on_the_training_rows_only(kind):
     df = reviews(300)
     df.loc[250:, "review"] = df.loc[250:, "review"] + " zebraquux"  # a word only the held-out rows hold
@@ -98,8 +98,9 @@ def test_token_ids_round_trip_and_handle_empty_unknown_and_long_texts(tmp_path):
     ds = dataset()
     pre = Preprocessor(embed=True, tokenizer="word", vocab_size=500, max_tokens=8).fit(ds, np.arange(400))
     X = pre.transform(ds.X)
-    assert pre.layout_["text"] == [{"name": "review", "length": 8, "vocab": pre._tokenizers["review"].get_vocab_size()}]
-    assert X.shape[1] == 1 + 3 + 8 and pre.integer_columns_ == 8
+    assert pre.layout_["text"] == [{"name": "review", "length": 8, "vocab": pre._tokenizers["review"].get_vocab_size(),
+                                    "weighted": False}]
+    assert X.shape[1] == 1 + 3 + 8 and pre.integer_mask_.sum() == 8 and pre.integer_mask_[-8:].all()
     assert (X[:, -8:] > 0).all()  # every text has more than 8 tokens: cut at 8, no padding
     new = pd.DataFrame({"review": ["", None, "qqq zzz", "loved it"], "x": [0.0] * 4, "kind": ["a"] * 4})
     ids = pre.transform(new)[:, -8:]
@@ -110,6 +111,28 @@ def test_token_ids_round_trip_and_handle_empty_unknown_and_long_texts(tmp_path):
     saved = json.loads((tmp_path / "preprocess.json").read_text())
     assert saved["version"] == 3 and isinstance(saved["text"][0]["tokenizer"], dict)  # the library's own JSON
     np.testing.assert_array_equal(Preprocessor.load(tmp_path).transform(ds.X), X)
+
+
+def test_ngrams_are_a_tfidf_weighted_bag_fitted_on_the_training_rows(tmp_path):
+    df = reviews(300)
+    df.loc[250:, "review"] = df.loc[250:, "review"] + " zebraquux"
+    ds = dataset(df)
+    pre = Preprocessor(embed=True, tokenizer="ngrams", vocab_size=3000, max_tokens=30).fit(ds, np.arange(250))
+    state = pre.text_[0]["ngrams"]
+    assert len(state["word"]["vocabulary"]) <= 749 and len(state["char"]["vocabulary"]) <= 2249
+    assert not any("zebraquux" in g for g in state["word"]["vocabulary"])
+    assert not any("quux" in g for g in state["char"]["vocabulary"])
+    X = pre.transform(ds.X)
+    ids, w = X[:, -60:-30], X[:, -30:]
+    assert pre.layout_["text"][0]["weighted"] and pre.integer_mask_.sum() == 30 and pre.integer_mask_[-60:-30].all()
+    np.testing.assert_allclose(np.linalg.norm(w, axis=1), 1.0, rtol=1e-5)  # the kept weights, L2-normalized
+    assert (np.diff(w, axis=1) <= 1e-7).all() and (ids[w > 0] >= 2).all()  # heaviest first; a weight has an id
+    empty = pre.transform(pd.DataFrame({"review": ["", None], "x": [0.0, 0.0], "kind": ["a", "a"]}))
+    assert (empty[:, -60:] == 0).all()
+    pre.save(tmp_path)
+    np.testing.assert_array_equal(Preprocessor.load(tmp_path).transform(ds.X), X)
+    with pytest.raises(Exception, match="only model.text_encoder=bag reads"):
+        create_model("mlp", pre.in_shape_, 2, layout=pre.layout_, text_encoder="gru")
 
 
 def test_without_a_layout_texts_are_hashed_word_counts():
@@ -127,10 +150,10 @@ def test_the_knob_lists_every_registered_encoder():
     assert BY_NAME["model.text_encoder"].choices == tuple(list_text_encoders())
 
 
-@pytest.mark.parametrize("encoder", list_text_encoders())
-def test_every_text_encoder_learns_the_deciding_words_in_the_mlp(encoder):
+@pytest.mark.parametrize("encoder,tokenizer", [(e, "word") for e in list_text_encoders()] + [("bag", "ngrams")])
+def test_every_text_encoder_learns_the_deciding_words_in_the_mlp(encoder, tokenizer):
     ds = dataset(reviews(300))
-    pre = Preprocessor(embed=True, tokenizer="word", vocab_size=400, max_tokens=20).fit(ds, np.arange(300))
+    pre = Preprocessor(embed=True, tokenizer=tokenizer, vocab_size=400, max_tokens=20).fit(ds, np.arange(300))
     X, y = torch.tensor(pre.transform(ds.X)), torch.tensor(ds.y)
     torch.manual_seed(0)
     model = create_model("mlp", pre.in_shape_, 2, layout=pre.layout_, text_encoder=encoder, text_width=16,
@@ -169,6 +192,10 @@ def test_text_augmentation_moves_only_the_token_columns():
     assert "token_drop" not in make_augment("tabular", policy="auto", pre=plain).ops
     with pytest.raises(ConfigError, match="acts on text columns"):
         make_augment("tabular", ops={"span_mask": 0.5}, pre=plain)
+    bag = Preprocessor(embed=True, tokenizer="ngrams", vocab_size=500, max_tokens=24).fit(ds, np.arange(400))
+    assert text_spans(bag) == [(4, 24)]  # the ids, not the weights after them
+    out, _, _ = make_augment("tabular", ops={"token_drop": 1.0}, pre=bag)(torch.tensor(bag.transform(ds.X)))
+    assert torch.equal(out[:, 28:], torch.tensor(bag.transform(ds.X))[:, 28:])
 
 
 # ---- the search space and the baselines ----------------------------------------------------------
@@ -284,10 +311,10 @@ def test_adversarial_training_on_a_text_table_reports_robust_accuracy(tmp_path, 
     assert 0 <= res.test["robust_accuracy"] <= res.test["accuracy"] + 0.02
 
 
-@pytest.mark.parametrize("encoder", ["bag", "gru"])
-def test_a_text_model_predicts_the_same_through_onnx_runtime(tmp_path, table, encoder):
+@pytest.mark.parametrize("encoder,tokenizer", [("bag", "bpe"), ("gru", "bpe"), ("bag", "ngrams")])
+def test_a_text_model_predicts_the_same_through_onnx_runtime(tmp_path, table, encoder, tokenizer):
     from tests.test_onnx_engine import compress
-    cfg = from_dict({"data": {"source": table, "target": "label", "max_tokens": 24},
+    cfg = from_dict({"data": {"source": table, "target": "label", "max_tokens": 24, "tokenizer": tokenizer},
                      "model": {"width": 16, "depth": 1, "text_encoder": encoder, "text_width": 16},
                      "train": {"epochs": 2}, "runtime": {"progress": False}, "out": str(tmp_path / "r")})
     run = cotune.train(cfg).path

@@ -96,7 +96,7 @@ def pick(space: dict, **chosen) -> dict:
 def test_space_holds_every_searchable_knob_the_user_did_not_set():
     cfg, space = space_of(["train.lr=0.01", "model.norm=layer"])
     expected = {k.name for k in searchable() if "multiclass" in (k.tasks or ("multiclass",))
-                and "accuracy" not in k.unless_metric} - {"train.lr", "model.norm"}  # ranked by accuracy
+                and "accuracy" not in k.unless_metric and not k.text_only} - {"train.lr", "model.norm"}  # by accuracy
     assert set(space) == expected
     for name, spec in space.items():
         k = BY_NAME[name]
@@ -160,7 +160,8 @@ FAMILIES_FOR_CPU = {"tabular": ("mlp",), "image": ("mlp", "cnn2d"), "sequence": 
 CLASSIFICATION_ONLY = ("data.balance", "data.clean.label_issues", "data.clean.label_threshold", "train.label_smoothing",
                        "train.focal_gamma", "train.loss", "train.gce_q", "train.sce_alpha")
 REGRESSION_ONLY = ("data.target_transform",)
-TABULAR_ONLY = ("data.numeric",)
+TABULAR_ONLY = ("data.numeric", "data.tokenizer", "data.vocab_size", "data.max_tokens", "model.text_encoder",
+                "model.text_width")  # the last five: tables with text columns only
 
 
 @pytest.mark.parametrize("modality", ["tabular", "image", "sequence"])

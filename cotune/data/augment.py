@@ -288,13 +288,12 @@ def numeric_mask(pre) -> np.ndarray:
 
 
 def text_spans(pre) -> list[tuple[int, int]]:
-    """(start, length) of each text column's token ids in a fitted tabular Preprocessor's features (the last)."""
-    lengths = [t["length"] for t in ((getattr(pre, "layout_", None) or {}).get("text") or [])]
-    start, out = pre.in_shape_[0] - sum(lengths), []
-    for n in lengths:
-        out.append((start, n))
-        start += n
-    return out
+    """(start, length) of each text column's token ids in a fitted tabular Preprocessor's features (the last
+    columns; an 'ngrams' text's weights follow its ids)."""
+    texts = (getattr(pre, "layout_", None) or {}).get("text") or []
+    widths = [t["length"] * (2 if t.get("weighted") else 1) for t in texts]
+    starts = pre.in_shape_[0] - sum(widths) + np.cumsum([0] + widths[:-1])
+    return [(int(a), t["length"]) for a, t in zip(starts, texts)]
 
 
 _numeric_mask, _text_spans = numeric_mask, text_spans  # make_augment's arguments shadow the names

@@ -16,12 +16,12 @@ Tabular data
     the kept categories in order, then one slot (the '__other__' one when the column has it) for
     every value outside them, so c = kept categories + 1 (without '__other__').
     text columns (cotune.data.text): with `embed=True`, a tokenizer (`tokenizer`, `vocab_size`) trained on
-    the training rows' texts, and `max_tokens` token-id columns per text (0 = padding, 1 = unknown); without,
-    HASH_FEATURES hashed word counts per text (stateless), after the one-hot columns.
-    Transformed columns: numeric, one-hot, [hashed text,] then one code column per embedded categorical,
-    then the token ids of each text; `layout_` describes them for the model:
+    the training rows' texts, and `max_tokens` token-id columns per text (0 = padding, 1 = unknown; 'ngrams': its
+    heaviest n-grams' ids, then their weights); else HASH_FEATURES hashed word counts per text (stateless).
+    Columns: numeric, one-hot, [hashed text,] the embedded categoricals' codes, then the tokens of each text
+    (`integer_mask_`: the codes and ids); `layout_` describes them for the model:
         {"numeric": n_num, "onehot": n_onehot, "cardinalities": [c1, ...], "bins": [[e0, e1, ...], ...],
-         "text": [{"name": col, "length": L, "vocab": V}, ...]}
+         "text": [{"name": col, "length": L, "vocab": V, "weighted": bool}, ...]}
     bins: per numeric column, the sorted distinct quantiles (>= 2) of its transformed training values
     at n_bins + 1 levels, n_bins = min(48, max(2, n_train // 50)), at float32 precision (piecewise-
     linear encoding). States saved before the layout existed load with layout_ = None.
@@ -190,15 +190,15 @@ class Preprocessor:
             tokens = [c for c in self.text_ if "hash" not in c]
             for c in hashed:
                 names += [f"{c['name']}#{i}" for i in range(c["hash"])]
+            whole = [False] * len(names) + [True] * len(embedded)  # the codes and token ids, not n-gram weights
             names += [c["name"] for c in embedded]
             for c in tokens:
-                names += [f"{c['name']}[{i}]" for i in range(c["length"])]
-            self.feature_names_ = names
-            self.integer_columns_ = len(embedded) + sum(c["length"] for c in tokens)  # codes and token ids, last
+                weights = [f"{c['name']}~{i}" for i in range(c["length"])] if "ngrams" in c else []
+                names += [f"{c['name']}[{i}]" for i in range(c["length"])] + weights
+                whole += [True] * c["length"] + [False] * len(weights)
+            self.feature_names_, self.integer_mask_ = names, np.array(whole, dtype=bool)
             self.in_shape_ = (len(names),)
-            self.median_ = [c["median"] for c in self.numeric_]
-            self.mean_ = [c["mean"] for c in self.numeric_]
-            self.std_ = [c["std"] for c in self.numeric_]
+            self.median_, self.mean_, self.std_ = ([c[k] for c in self.numeric_] for k in ("median", "mean", "std"))
             self.categories_ = {c["name"]: list(c["categories"]) for c in self.categorical_}
             self._median = np.array(self.median_, dtype=np.float64)
             if self._bins is not None:  # None: a state saved before the layout existed
@@ -207,7 +207,8 @@ class Preprocessor:
                 self.layout_ = {"numeric": len(self.numeric_), "onehot": sum(len(c["categories"]) for c in onehot),
                                 "cardinalities": [_cardinality(c) for c in embedded],
                                 "bins": [list(b) for b in self._bins],
-                                "text": [{k: c[k] for k in ("name", "length", "vocab")} for c in tokens]}
+                                "text": [{"name": c["name"], "length": c["length"], "vocab": c["vocab"],
+                                          "weighted": "ngrams" in c} for c in tokens]}
         else:
             self.in_shape_ = tuple(self.sample_shape_)
             self.feature_names_ = [f"channel{c}" for c in range(self.in_shape_[0])]
@@ -347,7 +348,7 @@ class Preprocessor:
                                      "other": bool(c["other"]), "embed": bool(c.get("embed", False))}
                                     for c in d["categorical"]]
                 pre.text_ = [text_state(c) for c in d.get("text", [])]
-                pre._tokenizers = {c["name"]: load_tokenizer(c["tokenizer"]) for c in pre.text_ if "hash" not in c}
+                pre._tokenizers = {c["name"]: load_tokenizer(c["tokenizer"]) for c in pre.text_ if "tokenizer" in c}
                 if d.get("layout") is not None:
                     pre._bins = [[float(e) for e in b] for b in d["layout"]["bins"]]
             elif pre.modality_ in MODALITIES:

@@ -6,7 +6,11 @@
     X = hashed_words(texts)                                    # (N, HASH_FEATURES) for models without a layout
 
 Tokenizers (the `tokenizers` library): 'bpe' (byte-pair encoding), 'wordpiece' (BERT's subwords) or
-'word' (whole words, the vocab_size - 2 most frequent). Every one lower-cases and NFKC-normalizes, then
+'word' (whole words, the vocab_size - 2 most frequent). 'ngrams' is a bag instead of a sequence, fastText's
+input with the classic TF-IDF weights: the word 1-2-grams (a quarter of vocab_size, the most frequent) and
+character 2-5-grams within word boundaries (the rest) of the training texts, each weighted by its sublinear
+TF-IDF (scikit-learn's TfidfVectorizer, fitted on the training rows; vocabulary and idf saved), a text's
+`length` heaviest n-grams kept as ids (2 + the n-gram's index), their weights L2-normalized beside them. Every one lower-cases and NFKC-normalizes, then
 splits on whitespace and punctuation; the special tokens '[PAD]' and '[UNK]' are ids 0 and 1, so a text
 with nothing the vocabulary knows (a word only validation or test rows hold, for 'word') encodes to 1s
 and an empty or missing text to all 0s. Texts longer than `length` tokens are cut at the end.
@@ -22,7 +26,8 @@ import os
 import numpy as np
 import pandas as pd
 
-TOKENIZERS = ("bpe", "wordpiece", "word")
+TOKENIZERS = ("bpe", "wordpiece", "word", "ngrams")
+NGRAMS = {"word": {"ngram_range": (1, 2)}, "char": {"analyzer": "char_wb", "ngram_range": (2, 5)}}
 PAD, UNK = "[PAD]", "[UNK]"  # ids 0 and 1
 HASH_FEATURES = 512
 # the library's Rust thread pool would take every core; cotune sets its threads itself (runtime.threads)
@@ -36,11 +41,55 @@ def text_values(s) -> list[str]:
             for v in s.astype(object).tolist()]
 
 
+def _vectorizers(state: dict | None = None, vocab_size: int = 0) -> dict:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    sizes = {"word": max(1, vocab_size // 4), "char": max(1, vocab_size - vocab_size // 4)}
+    out = {}
+    for part, kw in NGRAMS.items():
+        if state is None:
+            out[part] = TfidfVectorizer(sublinear_tf=True, dtype=np.float32, max_features=sizes[part], **kw)
+        else:
+            out[part] = TfidfVectorizer(sublinear_tf=True, dtype=np.float32, vocabulary=state[part]["vocabulary"], **kw)
+            out[part].idf_ = np.asarray(state[part]["idf"], dtype=np.float64)
+    return out
+
+
+def fit_ngrams(texts: list[str], vocab_size: int) -> dict:
+    """The 'ngrams' state: {'word' / 'char': {'vocabulary': {n-gram: index}, 'idf': [...]}} of the training texts."""
+    state = {}
+    for part, vec in _vectorizers(vocab_size=vocab_size - 2).items():
+        try:
+            vec.fit(texts)
+        except ValueError:  # no n-gram at all (every text empty or stop words only)
+            state[part] = {"vocabulary": {}, "idf": []}
+            continue
+        state[part] = {"vocabulary": {k: int(v) for k, v in vec.vocabulary_.items()}, "idf": vec.idf_.tolist()}
+    return state
+
+
+def encode_ngrams(state: dict, texts: list[str], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (N, length) int64, weights (N, length) float32) of each text's `length` heaviest n-grams."""
+    import scipy.sparse as sp
+    parts = [vec.transform(texts) for part, vec in _vectorizers(state).items() if state[part]["vocabulary"]]
+    X = sp.hstack(parts).tocsr() if parts else sp.csr_matrix((len(texts), 0), dtype=np.float32)
+    ids, weights = np.zeros((len(texts), length), np.int64), np.zeros((len(texts), length), np.float32)
+    for i in range(X.shape[0]):
+        a, b = X.indptr[i], X.indptr[i + 1]
+        top = np.argsort(-X.data[a:b], kind="stable")[:length]
+        ids[i, :len(top)], weights[i, :len(top)] = X.indices[a:b][top] + 2, X.data[a:b][top]
+    norm = np.linalg.norm(weights, axis=1, keepdims=True)
+    return ids, weights / np.where(norm > 0, norm, 1.0)
+
+
+def ngram_vocab(state: dict) -> int:
+    return 2 + sum(len(state[p]["vocabulary"]) for p in NGRAMS)
+
+
 def fit_tokenizer(texts: list[str], kind: str = "bpe", vocab_size: int = 4000):
     """A tokenizer of `kind` trained on `texts` (the training rows' texts only), vocabulary <= vocab_size."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    if kind not in TOKENIZERS:
-        raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {kind!r}")
+    if kind not in TOKENIZERS or kind == "ngrams":
+        raise ValueError(f"tokenizer must be one of {TOKENIZERS[:3]}, got {kind!r}")
     specials = [PAD, UNK]
     if kind == "bpe":
         tok = Tokenizer(models.BPE(unk_token=UNK))
@@ -85,14 +134,18 @@ def hashed_words(texts: list[str], n_features: int = HASH_FEATURES) -> np.ndarra
     return vec.transform(list(texts)).toarray().astype(np.float32)
 
 
-# ---- the Preprocessor's text state: one dict per column, {"name", "hash": n} or
-# {"name", "length", "vocab", "tokenizer": the library's JSON}
+# ---- the Preprocessor's text state: one dict per column, {"name", "hash": n},
+# {"name", "length", "vocab", "tokenizer": the library's JSON} or {"name", "length", "vocab", "ngrams": state}
 def fit_texts(df: pd.DataFrame, columns, embed: bool, kind: str, vocab_size: int, length: int) -> tuple[list, dict]:
     """(states, {column: tokenizer}) for the text `columns` of the training rows `df`."""
     states, tokenizers = [], {}
     for col in columns:
         if not embed:
             states.append({"name": str(col), "hash": HASH_FEATURES})
+            continue
+        if kind == "ngrams":
+            ngrams = fit_ngrams(text_values(df[col]), vocab_size)
+            states.append({"name": str(col), "length": int(length), "vocab": ngram_vocab(ngrams), "ngrams": ngrams})
             continue
         tok = tokenizers[str(col)] = fit_tokenizer(text_values(df[col]), kind, vocab_size)
         states.append({"name": str(col), "length": int(length), "vocab": tok.get_vocab_size(),
@@ -104,18 +157,32 @@ def text_state(c: dict) -> dict:
     """One column's saved state, checked (ValueError / KeyError when it is not one)."""
     if "hash" in c:
         return {"name": str(c["name"]), "hash": int(c["hash"])}
+    if "ngrams" in c:
+        ngrams = {p: {"vocabulary": {str(k): int(v) for k, v in c["ngrams"][p]["vocabulary"].items()},
+                      "idf": [float(v) for v in c["ngrams"][p]["idf"]]} for p in NGRAMS}
+        if any(len(ngrams[p]["idf"]) != len(ngrams[p]["vocabulary"]) for p in NGRAMS) or int(c["length"]) < 1:
+            raise ValueError(f"the text column {c['name']!r} needs an idf per n-gram and a length >= 1")
+        return {"name": str(c["name"]), "length": int(c["length"]), "vocab": ngram_vocab(ngrams), "ngrams": ngrams}
     if not isinstance(c["tokenizer"], dict) or int(c["length"]) < 1 or int(c["vocab"]) < 2:
         raise ValueError(f"the text column {c['name']!r} needs a tokenizer, a length >= 1 and a vocabulary >= 2")
     return {"name": str(c["name"]), "length": int(c["length"]), "vocab": int(c["vocab"]), "tokenizer": c["tokenizer"]}
 
 
+def columns(c: dict) -> int:
+    """Feature columns of one tokenized text: its ids, and for 'ngrams' their weights after them."""
+    return c["length"] * (2 if "ngrams" in c else 1)
+
+
 def transform_texts(X: pd.DataFrame, states: list, tokenizers: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(hashed word counts (N, sum of 'hash'), token ids (N, sum of 'length')) of the table X's text columns."""
-    hashed, tokens = [np.zeros((len(X), 0), np.float32)], [np.zeros((len(X), 0), np.int64)]
+    """(hashed word counts (N, sum of 'hash'), token ids [+ n-gram weights] (N, sum of columns(c))) of the table
+    X's text columns."""
+    hashed, tokens = [np.zeros((len(X), 0), np.float32)], [np.zeros((len(X), 0), np.float32)]
     for c in states:
         texts = text_values(X[c["name"]])
         if "hash" in c:
             hashed.append(hashed_words(texts, c["hash"]))
+        elif "ngrams" in c:
+            tokens.extend(encode_ngrams(c["ngrams"], texts, c["length"]))
         else:
             tok = tokenizers.get(c["name"]) or tokenizers.setdefault(c["name"], load_tokenizer(c["tokenizer"]))
             tokens.append(encode(tok, texts, c["length"]))

@@ -10,6 +10,7 @@ import math
 import torch
 import torch.nn as nn
 
+from cotune.errors import ModelError
 from cotune.models.text import text_encoder as text_encoder_for
 
 
@@ -114,7 +115,11 @@ class TableInput(nn.Module):
         super().__init__()
         n, self.n_num, self.n_hot = layout["numeric"], layout["numeric"], layout["onehot"]
         cards = layout["cardinalities"]
-        self.n_cat, self.lengths = len(cards), [t["length"] for t in layout.get("text") or []]
+        texts = layout.get("text") or []
+        self.n_cat, self.lengths, self.weighted = len(cards), [t["length"] for t in texts], [t.get("weighted") for t in texts]
+        if any(self.weighted) and text_encoder != "bag":
+            raise ModelError(f"data.tokenizer=ngrams gives each text as a bag of weighted n-grams, which only "
+                             f"model.text_encoder=bag reads (not {text_encoder!r}); set it to bag, or use another tokenizer.")
         self.num = (PeriodicEmbedding(n, d) if num_embedding == "periodic" else
                     PiecewiseLinearEmbedding(layout["bins"], d) if num_embedding == "piecewise" else None)
         self.cat = CategoricalEmbedding(cards, d) if cards else None
@@ -130,9 +135,10 @@ class TableInput(nn.Module):
         if self.cat is not None:
             parts.append(self.cat(x[:, split:split + self.n_cat]).flatten(1))
         start = split + self.n_cat
-        for encoder, length in zip(self.text, self.lengths):
-            parts.append(encoder(x[:, start:start + length]))
-            start += length
+        for encoder, length, weighted in zip(self.text, self.lengths, self.weighted):
+            ids = x[:, start:start + length]
+            parts.append(encoder(ids, x[:, start + length:start + 2 * length]) if weighted else encoder(ids))
+            start += length * (2 if weighted else 1)
         return torch.cat(parts, 1)
 
 

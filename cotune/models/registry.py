@@ -228,11 +228,12 @@ def check_layout(layout, in_shape) -> dict | None:
     """A table layout, checked against the input shape and returned in plain types (None stays None):
 
         {"numeric": n_num, "onehot": n_onehot, "cardinalities": [c1, ...], "bins": [[e0, e1, ...], ...],
-         "text": [{"name": col, "length": L, "vocab": V}, ...]}
+         "text": [{"name": col, "length": L, "vocab": V, "weighted": bool}, ...]}
 
     The input (F,) holds, in this order, n_num numeric columns, n_onehot one-hot columns, one column
     per embedded categorical i holding its integer code 0..c_i-1 (as a float), then L token-id columns
-    (0..V-1, as floats) per text column: F = n_num + n_onehot + len(cardinalities) + the sum of the L. 'bins' (optional, None or absent without) are, per numeric column, >= 2 strictly
+    (0..V-1, as floats) per text column, and L weight columns after them for a weighted one (a bag of
+    n-grams): F = n_num + n_onehot + len(cardinalities) + the sum of the L (2 L weighted). 'bins' (optional, None or absent without) are, per numeric column, >= 2 strictly
     increasing finite edges for the piecewise-linear encoding. Missing counts are 0; other keys are ignored."""
     if layout is None:
         return None
@@ -251,8 +252,9 @@ def check_layout(layout, in_shape) -> dict | None:
     if not _is_list(texts) or not all(isinstance(t, dict) for t in texts):
         raise ModelError(invalid(f"{what} 'text'", "a list of {'name', 'length', 'vocab'} dicts", _short(texts)))
     texts = [{"name": str(t.get("name", i)), "length": _count(f"{what} 'text'[{i}] length", t.get("length"), 1),
-              "vocab": _count(f"{what} 'text'[{i}] vocab", t.get("vocab"), 2)} for i, t in enumerate(texts)]
-    width = n_num + n_hot + len(cards) + sum(t["length"] for t in texts)
+              "vocab": _count(f"{what} 'text'[{i}] vocab", t.get("vocab"), 2), "weighted": t.get("weighted") is True}
+             for i, t in enumerate(texts)]
+    width = n_num + n_hot + len(cards) + sum(t["length"] * (2 if t["weighted"] else 1) for t in texts)
     if len(in_shape) != 1 or in_shape[0] != width:
         raise ModelError(invalid("the model input shape with a table layout", f"({width},): {n_num} numeric + "
                                  f"{n_hot} one-hot + {len(cards)} embedded categorical + "

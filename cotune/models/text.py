@@ -86,10 +86,12 @@ class TextEncoder(nn.Module):
 
 @register_text_encoder("bag")
 class BagEncoder(TextEncoder):
-    """fastText-style bag of embeddings: the mean embedding of the real tokens."""
+    """fastText-style bag of embeddings: the mean embedding of the real tokens, or with `weights` (B, length)
+    (a bag of TF-IDF-weighted n-grams, cotune.data.text) their weighted sum."""
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return masked_mean(*self.embed(self.ids(ids)))
+    def forward(self, ids: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        e, mask = self.embed(self.ids(ids))
+        return masked_mean(e, mask) if weights is None else (e * weights.unsqueeze(-1)).sum(1)
 
 
 @register_text_encoder("cnn1d")
