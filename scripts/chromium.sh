@@ -2,6 +2,7 @@
 # Install Debian's headless-capable Chromium if no Chromium binary is on PATH (the report tests open
 # report.html in it). Idempotent: does nothing when one is already there. Prints the binary's path.
 set -euo pipefail
+. "$(dirname "$0")/apt.sh"
 
 find_chromium() {
     local name
@@ -15,14 +16,7 @@ find_chromium() {
 }
 
 if ! path=$(find_chromium); then
-    if [ "$(id -u)" -ne 0 ]; then
-        SUDO=sudo
-    else
-        SUDO=
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    $SUDO apt-get update -q >&2
-    $SUDO apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core >&2
+    apt_install chromium fonts-dejavu-core
     path=$(find_chromium) || { echo "chromium.sh: chromium is still not on PATH after apt-get install" >&2; exit 1; }
 fi
 echo "$path"

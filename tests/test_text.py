@@ -150,8 +150,8 @@ def test_the_knob_lists_every_registered_encoder():
     assert BY_NAME["model.text_encoder"].choices == tuple(list_text_encoders())
 
 
-@pytest.mark.parametrize("encoder,tokenizer", [(e, "word") for e in list_text_encoders()] + [("bag", "ngrams")])
-def test_every_text_encoder_learns_the_deciding_words_in_the_mlp(encoder, tokenizer):
+def trained_text_mlp(encoder: str = "bag", tokenizer: str = "word"):
+    """An mlp with `encoder` trained 60 full-batch Adam steps on 300 rows whose two words decide the class."""
     ds = dataset(reviews(300))
     pre = Preprocessor(embed=True, tokenizer=tokenizer, vocab_size=400, max_tokens=20).fit(ds, np.arange(300))
     X, y = torch.tensor(pre.transform(ds.X)), torch.tensor(ds.y)
@@ -163,7 +163,12 @@ def test_every_text_encoder_learns_the_deciding_words_in_the_mlp(encoder, tokeni
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(X), y).backward()
         opt.step()
-    model.eval()
+    return model.eval(), pre, X, y
+
+
+@pytest.mark.parametrize("encoder,tokenizer", [(e, "word") for e in list_text_encoders()] + [("bag", "ngrams")])
+def test_every_text_encoder_learns_the_deciding_words_in_the_mlp(encoder, tokenizer):
+    model, _, X, y = trained_text_mlp(encoder, tokenizer)
     assert (model(X).argmax(1) == y).float().mean() >= 0.9
 
 
@@ -267,21 +272,6 @@ def test_cleaning_drops_duplicate_texts_and_training_twins_of_held_out_texts(tmp
         removed[opt] = prepare(cfg, load_data(cfg)).summary["clean"]["removed"]
     assert removed["leakage"] == {"leakage": 6}
     assert removed["duplicates"] == {"duplicates": 0, "near_duplicates": 4}
-
-
-def trained_text_mlp(encoder: str = "bag"):
-    ds = dataset(reviews(300))
-    pre = Preprocessor(embed=True, tokenizer="word", vocab_size=400, max_tokens=20).fit(ds, np.arange(300))
-    X, y = torch.tensor(pre.transform(ds.X)), torch.tensor(ds.y)
-    torch.manual_seed(0)
-    model = create_model("mlp", pre.in_shape_, 2, layout=pre.layout_, text_encoder=encoder, text_width=16,
-                         width=16, depth=1)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(X), y).backward()
-        opt.step()
-    return model.eval(), pre, X, y
 
 
 @pytest.mark.parametrize("encoder", ["bag", "gru"])
