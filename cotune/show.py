@@ -17,7 +17,8 @@ def print_metrics(result, how: dict | None = None) -> None:
     keys = [k for k in ("accuracy", "robust_accuracy", "f1_macro", "roc_auc", "log_loss", "ece", "rmse", "mae", "r2")
             if any(k in (result.metrics.get(p) or {}) for p in ("val", "test"))]
     if how is not None and how.get("kind") == "ensemble":
-        trained = "each refitted on train+val" if how["trained_on"] == "train+val" else "as trained in the search"
+        trained = {"train+val": "each refitted on train+val", "mixed": "some refitted on train+val"}.get(
+            how["trained_on"], "as trained in the search")
         title = (f"soft-voting ensemble of trials {', '.join(f'#{n}' for n in how['trials'])} ({trained}), "
                  f"{result.n_params:,} parameters in all")
     else:

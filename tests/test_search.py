@@ -130,6 +130,31 @@ def test_an_ensemble_without_time_to_refit_keeps_its_trained_members(tmp_path, m
     assert copied == [t.user_attrs["run_dir"] for t in study.trials] and final.test == {"accuracy": 0.9}
 
 
+def test_an_ensemble_refits_the_members_the_budget_covers_best_first(tmp_path, monkeypatch):
+    """With time for one member's refit of two, the best member is refitted on train + validation and the other
+    stays as the search trained it; the test score is the mixed ensemble's."""
+    import time
+
+    from cotune import launch, pipeline
+    from cotune.search import ensemble
+    study = _done_study(tmp_path, "maximize", [0.9, 0.8], "accuracy")
+    trials = study.trials
+    trials[1].user_attrs["seconds"] = 1e6  # trial 1's refit would take far longer than the budget's remainder
+    choice = {"members": [0, 1], "val": 0.95, "best_single_val": 0.9, "metric": "accuracy", "kept": True,
+              "trials": trials, "metrics": {"val": {"accuracy": 0.95}, "test": {"accuracy": 0.9}}}
+    trained, saved = [], []
+    monkeypatch.setattr(launch, "run", lambda cfg, **kw: trained.append(cfg.out))
+    monkeypatch.setattr("cotune.bundle.save_ensemble", lambda out, dirs: saved.extend(map(str, dirs)))
+    monkeypatch.setattr(pipeline, "evaluate_ensemble", lambda cfg, dirs: {"val": {"accuracy": 1.0}, "test": {"accuracy": 0.93}})
+    monkeypatch.setattr(ensemble, "read_json", lambda p: {"n_params": 5})
+    (tmp_path / "out" / "final" / "members" / "0").mkdir(parents=True)
+    final, how = ensemble.final_model(from_dict({}), trials[0], choice, tmp_path / "out", deadline=time.time() + 3600)
+    member0 = str(tmp_path / "out" / "final" / "members" / "0")
+    assert trained == [member0] and saved == [member0, trials[1].user_attrs["run_dir"]]
+    assert how["trained_on"] == "mixed" and how["refitted"] == [0] and "#1 as the search trained it" in how["summary"]
+    assert final.test == {"accuracy": 0.93} and "val" not in final.metrics  # the refitted member trained on val
+
+
 def test_two_objectives_search_the_pareto_front(tmp_path):
     """quality,size: NSGA-II over (val accuracy, parameters); the final model is the front's best accuracy;
     no ensemble. quality,latency: the second objective is measured CPU milliseconds per sample."""

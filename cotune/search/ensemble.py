@@ -6,9 +6,10 @@ validation.
     final, how = final_model(cfg, chosen, choice, out, deadline)
 
 Both ways the final model is refitted on train+val like the single model: each member with its own
-knobs for its own early-stopping epoch count, when the budget's remainder covers all of them (estimated
-from the members' own times); otherwise the members stay as the search trained them, on the training
-part only. `how` (fit.json 'final') says which, and the report shows it.
+knobs for its own early-stopping epoch count, each member while the budget's remainder covers its refit
+(estimated from its own time, best member first); a member it does not cover stays as the search trained
+it, on the training part only. `how` (fit.json 'final') says which ('trained_on': train+val, mixed or
+train; 'refitted': the refitted trials), and the report shows it.
 """
 from __future__ import annotations
 
@@ -68,23 +69,36 @@ def _ensemble(cfg: RunConfig, choice: dict, out: Path, deadline: float | None):
     from cotune.train import TrainResult
     trials, final = choice["trials"], out / "final"
     need = sum(refit_seconds(t, cfg.data.split.val) for t in trials)
-    refit = deadline is None or time.time() + need + AFTER_FINAL_S <= deadline
     epochs = [trial_epochs(t, cfg) for t in trials]
     members = ", ".join(f"#{t.number}" for t in trials)
-    if refit:
-        dirs = []
-        for i, (t, n) in enumerate(zip(trials, epochs)):
+    dirs, refitted = [], []
+    for i, (t, n) in enumerate(zip(trials, epochs)):  # best first: the budget's remainder goes to the top members
+        if deadline is None or time.time() + refit_seconds(t, cfg.data.split.val) + AFTER_FINAL_S <= deadline:
             d = final / "members" / str(i)
             run(cfg.replace(**t.params, **{"out": str(d), "runtime.progress": False}), refit_epochs=n,
                 nproc=cfg.search.final_nproc)
             dirs.append(d)
-        save_ensemble(final, dirs)  # in place: only the index is written
+            refitted.append(t.number)
+        else:
+            dirs.append(t.user_attrs["run_dir"])
+    save_ensemble(final, dirs)  # the refitted members are in place already: they are not copied
+    if refitted:
         metrics = {k: v for k, v in evaluate_ensemble(cfg, dirs).items() if k == "test"}  # val rows were trained on
+    else:
+        metrics = choice["metrics"]
+    if len(refitted) == len(trials):
+        trained_on = "train+val"
         summary = (f"a soft-voting ensemble of trials {members}, each refitted on train + validation with its own "
                    f"knobs for its early-stopping epoch count ({', '.join(map(str, epochs))}), then tested once")
+    elif refitted:
+        trained_on = "mixed"
+        kept = ", ".join(f"#{t.number}" for t in trials if t.number not in refitted)
+        summary = (f"a soft-voting ensemble of trials {members}: {', '.join(f'#{n}' for n in refitted)} refitted on "
+                   f"train + validation for their early-stopping epoch counts, {kept} as the search trained "
+                   f"{'it' if len(trials) - len(refitted) == 1 else 'them'} (refitting every member needed about "
+                   f"{need:.0f} s, more than the budget had left), then tested once")
     else:
-        save_ensemble(final, [t.user_attrs["run_dir"] for t in trials])
-        metrics = choice["metrics"]
+        trained_on = "train"
         summary = (f"a soft-voting ensemble of trials {members} as the search trained them, on the training part "
                    f"only: refitting them on train + validation needed about {need:.0f} s, more than the budget had "
                    "left")
@@ -95,8 +109,8 @@ def _ensemble(cfg: RunConfig, choice: dict, out: Path, deadline: float | None):
     result = RunResult(path=final, metrics=metrics, train=TrainResult(), n_params=n_params,
                        config=cfg.replace(**trials[0].params))
     how = {"kind": "ensemble", "trials": [t.number for t in trials], "epochs": epochs,
-           "trained_on": "train+val" if refit else "train", "refit_seconds_needed": need, "summary": summary,
-           "processes": cfg.search.final_nproc if refit else None}
+           "trained_on": trained_on, "refitted": refitted, "refit_seconds_needed": need, "summary": summary,
+           "processes": cfg.search.final_nproc if refitted else None}
     return result, how
 
 
