@@ -161,3 +161,22 @@ def test_bad_input(args, match):
     with pytest.raises(ModelError, match=match) as err:
         text_encoder(*args)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_bags_fused_training_path_matches_its_gathered_one(weighted):
+    """A training step's fused embedding_bag gives the evaluation path's features and gradients, pads and an
+    empty row (all pads) included, plain mean and TF-IDF-weighted sum alike."""
+    enc = make("bag")
+    x = rows(6)
+    x[2] = PAD  # an empty text
+    w = torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) if weighted else None
+    out = {}
+    for mode in ("train", "eval"):
+        enc.zero_grad()
+        enc.train(mode == "train")
+        y = enc(x, w) if weighted else enc(x)
+        (y * torch.arange(WIDTH)).sum().backward()
+        out[mode] = (y.detach(), enc.embedding.weight.grad.clone())
+    assert torch.allclose(out["train"][0], out["eval"][0], atol=1e-6) and torch.equal(out["train"][0][2], torch.zeros(WIDTH))
+    assert torch.allclose(out["train"][1], out["eval"][1], atol=1e-6) and not out["train"][1][PAD].any()

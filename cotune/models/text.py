@@ -15,6 +15,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from cotune.errors import ModelError, fmt_choices, invalid
 
@@ -87,10 +88,16 @@ class TextEncoder(nn.Module):
 @register_text_encoder("bag")
 class BagEncoder(TextEncoder):
     """fastText-style bag of embeddings: the mean embedding of the real tokens, or with `weights` (B, length)
-    (a bag of TF-IDF-weighted n-grams, cotune.data.text) their weighted sum."""
+    (a bag of TF-IDF-weighted n-grams, cotune.data.text) their weighted sum. A training step without an attack's
+    `delta` takes the fused F.embedding_bag (pads left out of the reduction, as below); evaluation, attacks
+    and the ONNX export take the gathered embeddings."""
 
     def forward(self, ids: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        e, mask = self.embed(self.ids(ids))
+        idx = self.ids(ids)
+        if self.training and self.delta is None:  # the same sum / mean fused, at about half the step's cost
+            return F.embedding_bag(idx, self.embedding.weight, padding_idx=PAD, mode="mean" if weights is None else "sum",
+                                   per_sample_weights=None if weights is None else weights.to(self.embedding.weight.dtype))
+        e, mask = self.embed(idx)
         return masked_mean(e, mask) if weights is None else (e * weights.unsqueeze(-1)).sum(1)
 
 
