@@ -832,3 +832,13 @@ def test_table_start_cuts_its_ensemble_on_large_tables():
     assert start_params(cfg, space, "tabular", rows=3_000)["model.ensemble"] == 4
     assert start_params(cfg, space, "tabular", rows=15_000)["model.ensemble"] == 2
     assert start_params(cfg, space, "tabular", rows=43_000)["model.ensemble"] == 1
+
+
+def test_table_start_with_text_is_one_layer_without_an_ensemble():
+    """With text columns (the text knobs in the space) the table start is the n-gram bag under a one-layer MLP."""
+    from cotune.search.space import START_TEXT
+    cfg = from_dict({"data": {"source": "sklearn:breast_cancer"}})
+    plain = start_params(cfg, search_space(cfg, set(), "tabular", "binary", cpu=True), "tabular")
+    text = start_params(cfg, search_space(cfg, set(), "tabular", "binary", cpu=True, text=True), "tabular")
+    assert plain["model.depth"] == START["tabular"]["model.depth"] != START_TEXT["model.depth"] == text["model.depth"]
+    assert text["model.ensemble"] == 1 and text["data.tokenizer"] == "ngrams" and "data.tokenizer" not in plain
