@@ -6,7 +6,9 @@
 At save time (cotune.bundle.save) a seeded sample of the training rows goes into the bundle directory as
 reference.parquet: at most 5,000 rows (a wide table: at most 1,000,000 cells, and never under 200 rows), a
 table's raw columns (numeric as float64, exactly: a float32 copy would make every repeated value look moved;
-categorical as the strings preprocessing compares, missing -> '__missing__'), an image's or a sequence's
+categorical as the strings preprocessing compares, missing -> '__missing__'; a text column as two numeric
+summaries per row, '<column>.words' (its whitespace-separated words, 0 for an empty or missing text) and
+'<column>.word_length' (their mean length in characters)), an image's or a sequence's
 per-row summaries per channel (mean, standard deviation, mean absolute step between neighbours; over all
 channels together above 16 channels): arrays are checked on those, not pixel by pixel. `check` compares new
 rows with it:
@@ -76,9 +78,22 @@ def summaries(X) -> pd.DataFrame:
     return pd.DataFrame({f"c{j}_{s}": out[:, k, j] for j in range(c) for k, s in enumerate(("mean", "std", "step"))})
 
 
-def typed(df: pd.DataFrame, numeric, categorical) -> pd.DataFrame:
+TEXT_SUMMARIES = ("words", "word_length")  # a text column's per-row summaries: '<column>.words', ...
+
+
+def text_summaries(column: str, values) -> dict:
+    """{'<column>.words': word counts, '<column>.word_length': mean characters per word (0 without words)}."""
+    from cotune.data.text import text_values
+    words = [t.split() for t in text_values(values)]
+    n = np.array([len(w) for w in words], dtype=np.float64)
+    chars = np.array([sum(map(len, w)) for w in words], dtype=np.float64)
+    return {f"{column}.words": n, f"{column}.word_length": np.divide(chars, n, out=np.zeros_like(n), where=n > 0)}
+
+
+def typed(df: pd.DataFrame, numeric, categorical, text=()) -> pd.DataFrame:
     """A table's columns as drift compares them: numeric as float64 (unparsable or infinite -> NaN),
-    categorical as preprocessing's strings (missing -> '__missing__', 3.0 -> '3')."""
+    categorical as preprocessing's strings (missing -> '__missing__', 3.0 -> '3'), each text column as its
+    TEXT_SUMMARIES (a text column the rows lack is a DataError)."""
     cols = {}
     for c in df.columns:
         if c in numeric:
@@ -86,6 +101,10 @@ def typed(df: pd.DataFrame, numeric, categorical) -> pd.DataFrame:
             cols[c] = np.where(np.isfinite(v), v, np.nan)
         elif c in categorical:
             cols[c] = category_strings(df[c]).astype(str)
+    for c in text:
+        if c not in df.columns:
+            raise DataError(f"The new rows have no column {c!r}, which the model was trained with; add it.")
+        cols.update(text_summaries(c, df[c]))
     return pd.DataFrame(cols)
 
 
@@ -101,12 +120,14 @@ def save_reference(directory, ds, rows, seed: int = SEED) -> Path | None:
     cap = min(MAX_ROWS, max(MIN_ROWS, MAX_CELLS // max(1, width)))
     pick = np.sort(np.random.default_rng(seed).choice(rows, size=min(cap, len(rows)), replace=False))
     if ds.modality == "tabular":
-        frame = typed(ds.X.iloc[pick], set(ds.numeric), set(ds.categorical))
-        numeric, categorical = [c for c in frame if c in ds.numeric], [c for c in frame if c in ds.categorical]
+        text = list(getattr(ds, "text", ()) or ())
+        frame = typed(ds.X.iloc[pick], set(ds.numeric), set(ds.categorical), text)
+        numeric = [c for c in frame if c not in ds.categorical]  # the numeric columns and the texts' summaries
+        categorical = [c for c in frame if c in ds.categorical]
     else:
         frame = summaries(ds.X[pick])
-        numeric, categorical = list(frame.columns), []
-    meta = {"version": 1, "modality": ds.modality, "numeric": numeric, "categorical": categorical,
+        numeric, categorical, text = list(frame.columns), [], []
+    meta = {"version": 1, "modality": ds.modality, "numeric": numeric, "categorical": categorical, "text": text,
             "rows": int(len(pick)), "training_rows": int(len(rows)), "seed": int(seed)}
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), META: json.dumps(meta).encode()})
@@ -125,6 +146,7 @@ class Reference:
     modality: str
     training_rows: int
     path: Path
+    text: list = field(default_factory=list)  # the text columns (their summaries are among `numeric`)
 
 
 def load_reference(directory) -> Reference | None:
@@ -138,7 +160,7 @@ def load_reference(directory) -> Reference | None:
         meta = json.loads(table.schema.metadata[META])
         frame = table.to_pandas()
         ref = Reference(frame, list(meta["numeric"]), list(meta["categorical"]), str(meta["modality"]),
-                        int(meta["training_rows"]), path)
+                        int(meta["training_rows"]), path, list(meta.get("text", [])))
         if set(ref.numeric) | set(ref.categorical) != set(frame.columns):
             raise ValueError("its column lists do not match its columns")
     except Exception as err:
@@ -374,7 +396,7 @@ def check(directories, X, **options) -> DriftReport:
     if ref is None:
         return DriftReport(False, rows=len(X), note=NO_REFERENCE)
     try:
-        new = typed(X, set(ref.numeric), set(ref.categorical)) if ref.modality == "tabular" else summaries(X)
+        new = typed(X, set(ref.numeric), set(ref.categorical), ref.text) if ref.modality == "tabular" else summaries(X)
     except CotuneError:
         raise
     except Exception as err:

@@ -314,3 +314,21 @@ def test_a_text_model_predicts_the_same_through_onnx_runtime(tmp_path, table, en
                    pd.DataFrame({"review": ["", None, "zzz unknown words only"], "x": [0.0, 1.0, np.nan],
                                  "kind": ["a", "b", "new"]})], ignore_index=True)
     np.testing.assert_allclose(onnx_model.predict_proba(X), torch_model.predict_proba(X), atol=1e-4)
+
+
+def test_drift_watches_each_text_columns_length_and_word_length(tmp_path):
+    """The drift reference keeps each text column as two per-row summaries: held-out texts like the training
+    ones stay quiet; texts three times as long move '<column>.words' alone; rows without the column are one line."""
+    from cotune import drift
+    from cotune.errors import DataError
+    ds = dataset()
+    drift.save_reference(tmp_path, ds, np.arange(400))
+    ref = drift.load_reference(tmp_path)
+    assert ref.text == ["review"] and {"review.words", "review.word_length", "x"} <= set(ref.numeric)
+    held_out = ds.X.iloc[400:]
+    assert not drift.check([tmp_path], held_out).flagged
+    longer = held_out.assign(review=[" ".join([t] * 3) for t in held_out["review"]])
+    report = drift.check([tmp_path], longer)
+    assert report.moved == ["review.words"]
+    with pytest.raises(DataError, match="no column 'review'"):
+        drift.check([tmp_path], held_out.drop(columns="review"))
