@@ -135,6 +135,41 @@ def test_ngrams_are_a_tfidf_weighted_bag_fitted_on_the_training_rows(tmp_path):
         create_model("mlp", pre.in_shape_, 2, layout=pre.layout_, text_encoder="gru")
 
 
+def test_ngrams_fit_and_encode_as_scikit_learns_tfidf_does_and_are_memoized():
+    """The n-gram state is what TfidfVectorizer(sublinear_tf=True, max_features=...) fits (vocabulary, idf) and the
+    weights its transform gives; a second fit of the same texts reads the memoized counts."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from cotune.data import text as T
+    texts = reviews(200)["review"].tolist() + ["", "Hello, World! hello"]
+    state = T.fit_ngrams(texts[:150], 400)
+    for part, size in (("word", 99), ("char", 299)):
+        ref = TfidfVectorizer(sublinear_tf=True, max_features=size, **T.NGRAMS[part]).fit(texts[:150])
+        assert state[part]["vocabulary"] == {k: int(v) for k, v in ref.vocabulary_.items()}
+        np.testing.assert_allclose(state[part]["idf"], ref.idf_, rtol=1e-12)
+    ids, w = T.encode_ngrams(state, texts, 40)
+    words = TfidfVectorizer(sublinear_tf=True, max_features=99, **T.NGRAMS["word"]).fit(texts[:150]).transform(texts)
+    chars = TfidfVectorizer(sublinear_tf=True, max_features=299, **T.NGRAMS["char"]).fit(texts[:150]).transform(texts)
+    import scipy.sparse as sp
+    full = sp.hstack([words, chars]).toarray()
+    for i in (0, 7, 150, 201):  # the weights of the kept ids, before the kept ones' renormalization
+        kept = ids[i][w[i] > 0] - 2
+        np.testing.assert_allclose(full[i, kept] / np.linalg.norm(full[i, kept]), w[i][w[i] > 0], rtol=1e-5)
+        assert np.sort(full[i])[::-1][:len(kept)] == pytest.approx(np.sort(full[i, kept])[::-1], rel=1e-5)
+    assert (ids[200] == 0).all()  # the empty text
+    calls = []
+    import sklearn.feature_extraction.text as skt
+    orig = skt.CountVectorizer.fit_transform
+    try:
+        skt.CountVectorizer.fit_transform = lambda self, *a, **k: calls.append(1) or orig(self, *a, **k)
+        assert T.fit_ngrams(texts[:150], 300)["word"]["vocabulary"]  # another size, the same texts: no new counting
+        assert calls == []
+        T.fit_ngrams(texts[:149], 300)
+        assert len(calls) == 2  # other texts: both parts counted
+    finally:
+        skt.CountVectorizer.fit_transform = orig
+
+
 def test_without_a_layout_texts_are_hashed_word_counts():
     ds = dataset()
     pre = Preprocessor().fit(ds, np.arange(400))

@@ -20,8 +20,11 @@ counts instead (L2-normalized; scikit-learn's HashingVectorizer: stateless, so n
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import threading
+from collections import OrderedDict
 
 import numpy as np
 import pandas as pd
@@ -41,37 +44,76 @@ def text_values(s) -> list[str]:
             for v in s.astype(object).tolist()]
 
 
-def _vectorizers(state: dict | None = None, vocab_size: int = 0) -> dict:
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    sizes = {"word": max(1, vocab_size // 4), "char": max(1, vocab_size - vocab_size // 4)}
-    out = {}
-    for part, kw in NGRAMS.items():
-        if state is None:
-            out[part] = TfidfVectorizer(sublinear_tf=True, dtype=np.float32, max_features=sizes[part], **kw)
-        else:
-            out[part] = TfidfVectorizer(sublinear_tf=True, dtype=np.float32, vocabulary=state[part]["vocabulary"], **kw)
-            out[part].idf_ = np.asarray(state[part]["idf"], dtype=np.float64)
-    return out
+COUNTS_KEPT = 4  # n-gram count matrices memoized per process: a search's trials share them (train, all rows; 2 parts)
+_counts_memo: OrderedDict = OrderedDict()
+_counts_lock = threading.Lock()
+
+
+def _counts(part: str, texts: list[str]):
+    """(every n-gram of `part` in `texts`, sorted; their (N, n-grams) int64 counts, CSR), memoized on the texts'
+    content: the search's trials fit and encode the same texts under many vocabulary sizes."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    digest = hashlib.blake2b(digest_size=16)
+    for t in texts:
+        digest.update(len(t).to_bytes(8, "little") + t.encode("utf-8", "surrogatepass"))
+    key = (part, len(texts), digest.hexdigest())
+    with _counts_lock:
+        if key in _counts_memo:
+            _counts_memo.move_to_end(key)
+            return _counts_memo[key]
+    vec = CountVectorizer(**NGRAMS[part])  # the TfidfVectorizer defaults: lower-cased, the same analyzers
+    try:
+        X = vec.fit_transform(texts).tocsr()
+        terms = vec.get_feature_names_out().tolist()
+    except ValueError:  # no n-gram at all (every text empty)
+        import scipy.sparse as sp
+        X, terms = sp.csr_matrix((len(texts), 0), dtype=np.int64), []
+    with _counts_lock:
+        _counts_memo[key] = (terms, X)
+        while len(_counts_memo) > COUNTS_KEPT:
+            _counts_memo.popitem(last=False)
+    return terms, X
 
 
 def fit_ngrams(texts: list[str], vocab_size: int) -> dict:
-    """The 'ngrams' state: {'word' / 'char': {'vocabulary': {n-gram: index}, 'idf': [...]}} of the training texts."""
+    """The 'ngrams' state: {'word' / 'char': {'vocabulary': {n-gram: index}, 'idf': [...]}} of the training texts:
+    per part its most frequent n-grams (a quarter of vocab_size - 2 word n-grams, the rest character n-grams,
+    ties as scikit-learn's max_features breaks them), indexed in sorted order, with the smoothed idf
+    log((1 + n) / (1 + df)) + 1: what TfidfVectorizer(sublinear_tf=True, max_features=...) fits."""
+    size = vocab_size - 2
+    sizes = {"word": max(1, size // 4), "char": max(1, size - size // 4)}
     state = {}
-    for part, vec in _vectorizers(vocab_size=vocab_size - 2).items():
-        try:
-            vec.fit(texts)
-        except ValueError:  # no n-gram at all (every text empty or stop words only)
-            state[part] = {"vocabulary": {}, "idf": []}
-            continue
-        state[part] = {"vocabulary": {k: int(v) for k, v in vec.vocabulary_.items()}, "idf": vec.idf_.tolist()}
+    for part in NGRAMS:
+        terms, X = _counts(part, texts)
+        tfs = np.asarray(X.sum(axis=0)).ravel()
+        keep = np.arange(len(terms)) if len(terms) <= sizes[part] else np.sort((-tfs).argsort()[:sizes[part]])
+        df = np.bincount(X.indices, minlength=len(terms))[keep]
+        state[part] = {"vocabulary": {terms[j]: i for i, j in enumerate(keep.tolist())},
+                       "idf": (np.log((1 + X.shape[0]) / (1 + df)) + 1).tolist()}
     return state
+
+
+def _tfidf(part: str, state: dict, texts: list[str]):
+    """(N, len(vocabulary)) sublinear TF-IDF of `texts` over a fitted part's vocabulary, each row L2-normalized."""
+    import scipy.sparse as sp
+    terms, X = _counts(part, texts)
+    vocab, idf = state["vocabulary"], np.asarray(state["idf"], dtype=np.float64)
+    to = np.array([vocab.get(t, -1) for t in terms], dtype=np.int64)
+    X = X.tocoo()
+    known = to[X.col] >= 0  # n-grams the training rows did not have count for nothing
+    cols = to[X.col[known]]
+    data = (1 + np.log(X.data[known].astype(np.float64))) * idf[cols]
+    T = sp.csr_matrix((data, (X.row[known], cols)), shape=(len(texts), len(vocab)))
+    norm = np.sqrt(np.asarray(T.multiply(T).sum(axis=1)).ravel())
+    return sp.diags(1 / np.where(norm > 0, norm, 1.0)) @ T
 
 
 def encode_ngrams(state: dict, texts: list[str], length: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids (N, length) int64, weights (N, length) float32) of each text's `length` heaviest n-grams."""
     import scipy.sparse as sp
-    parts = [vec.transform(texts) for part, vec in _vectorizers(state).items() if state[part]["vocabulary"]]
-    X = sp.hstack(parts).tocsr() if parts else sp.csr_matrix((len(texts), 0), dtype=np.float32)
+    parts = [_tfidf(part, state[part], texts) for part in NGRAMS if state[part]["vocabulary"]]
+    X = sp.hstack(parts).tocsr().astype(np.float32) if parts else sp.csr_matrix((len(texts), 0), dtype=np.float32)
+    X.sort_indices()
     ids, weights = np.zeros((len(texts), length), np.int64), np.zeros((len(texts), length), np.float32)
     for i in range(X.shape[0]):
         a, b = X.indptr[i], X.indptr[i + 1]
