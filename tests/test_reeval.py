@@ -147,6 +147,24 @@ def test_the_search_keeps_time_back_only_when_it_is_a_small_share_of_the_budget(
     assert reeval_reserve(study.trials, from_dict({"search": {"trials": 9}})) == 0.0  # no deadline: no reserve
 
 
+def test_the_search_keeps_time_for_the_refit_of_the_trial_that_can_become_final():
+    """Without search.reeval's cross-validation only the best trial can be the final model: the search keeps
+    time for its refit, not the slowest trial's; with the cross-validation, for the slowest of its top trials."""
+    from cotune.search.objective import AFTER_FINAL_S, estimate_final
+    study = optuna.create_study(direction="maximize")
+    for v, secs in ((0.9, 10.0), (0.8, 500.0), (0.85, 20.0), (0.7, 300.0)):
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=v, user_attrs={"seconds": secs}))
+    t = study.trials
+    short = from_dict({"search": {"budget": "10m"}})  # cross-validating these trials: over a quarter of it, so none
+    assert estimate_final(t, short, maximize=True) == pytest.approx(refit_seconds(t[0], 0.15) + AFTER_FINAL_S)
+    assert estimate_final(t, short, maximize=False) == pytest.approx(refit_seconds(t[3], 0.15) + AFTER_FINAL_S)
+    assert estimate_final(t, short) == pytest.approx(refit_seconds(t[1], 0.15) + AFTER_FINAL_S)  # direction unknown
+    long = from_dict({"search": {"budget": "10h", "reeval": 3}})
+    reserve = reeval_reserve(t, long)
+    assert reserve > 0 and estimate_final(t, long, maximize=True) == pytest.approx(
+        reserve + refit_seconds(t[1], 0.15) + AFTER_FINAL_S)  # the top 3 hold the 500 s trial
+
+
 # ------------------------------------------------------------------ folds and pipeline.cross_validate
 
 def test_kfold_parts_are_disjoint_cover_the_rows_and_keep_class_shares():

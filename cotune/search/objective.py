@@ -93,7 +93,7 @@ class Objective:
         now = time.time()
         if now - self._refreshed > CLOCK_REFRESH_S:
             self._refreshed = now
-            self._stop_at = self.deadline - estimate_final(self.study.get_trials(deepcopy=False), self.cfg)
+            self._stop_at = self.deadline - estimate_final(self.study.get_trials(deepcopy=False), self.cfg, self.metric.maximize)
         # this config may win: its refit on train+val (about this trial's time so far) must fit too
         return now > self._stop_at or now + (now - t0) * (1 + self.cfg.data.split.val) * 1.1 > self.deadline
 
@@ -161,12 +161,19 @@ def reeval_reserve(trials, cfg: RunConfig) -> float:
     return need if need <= REEVAL_SHARE * budget else 0.0
 
 
-def estimate_final(trials, cfg: RunConfig) -> float:
+def estimate_final(trials, cfg: RunConfig, maximize: bool | None = None) -> float:
     """Seconds the end of the search is expected to take: the top trials' cross-validation when the budget leaves
-    room for it (reeval_reserve), the slowest completed trial's refit on train+val, then the work after it
-    (AFTER_FINAL_S)."""
-    secs = [refit_seconds(t, cfg.data.split.val) for t in trials if t.state.name == "COMPLETE"]
-    return reeval_reserve(trials, cfg) + (max(secs) if secs else 0.0) + AFTER_FINAL_S
+    room for it (reeval_reserve), the refit on train+val of the trial that can become the final model, then the
+    work after it (AFTER_FINAL_S). Which trial that is: with `maximize` (the study's direction) the best completed
+    one, or with search.reeval's cross-validation any of its top search.reeval; without it, the slowest completed
+    one. (An ensemble's other members are refitted only where the remainder covers them, ensemble.py; a running
+    trial that could win keeps time for its own refit, Objective.out_of_time.)"""
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    reserve = reeval_reserve(trials, cfg)
+    if maximize is not None and done:
+        done = sorted(done, key=lambda t: t.values[0], reverse=maximize)[:max(1, cfg.search.reeval) if reserve else 1]
+    secs = [refit_seconds(t, cfg.data.split.val) for t in done]
+    return reserve + (max(secs) if secs else 0.0) + AFTER_FINAL_S
 
 
 def _finish(trial, tdir: Path, t0: float) -> None:

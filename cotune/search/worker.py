@@ -45,7 +45,7 @@ def work(url: str, name: str, *, deadline: float | None = None, threads: int = 1
             running = sum(t.state.name == "RUNNING" for t in trials)
             if limit is not None and finished + running >= limit:
                 break
-            if deadline is not None and time.time() + _reserve(trials) + estimate_final(trials, cfg) >= deadline:
+            if deadline is not None and time.time() + _reserve(trials) + estimate_final(trials, cfg, objective.metric.maximize) >= deadline:
                 break
             if study.user_attrs.get("stop"):
                 break
