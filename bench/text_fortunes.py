@@ -3,6 +3,7 @@
     bash scripts/install_fortunes.sh                                   # the data (apt-get install fortunes)
     .venv/bin/python bench/text_fortunes.py                            # 3 seeds, cotune 10m each
     .venv/bin/python bench/text_fortunes.py --baseline-only            # the baseline alone (a few minutes a seed)
+    .venv/bin/python bench/text_fortunes.py --baseline-from runs/bench-text/results.json   # reuse earlier baselines
     .venv/bin/python bench/text_fortunes.py --seeds 0 --budget 30s     # a quick look at the cotune side
     make bench-text                                                    # install + the default run
 
@@ -245,6 +246,15 @@ def save(path: Path, obj) -> None:
     tmp.replace(path)
 
 
+def reused_baselines(path: Path, features: str, dataset: dict) -> dict:
+    """{seed: baseline record} from an earlier results.json of the same data (rows, classes) and features."""
+    old = json.loads(path.read_text())
+    if old["args"]["features"] != features or {k: old["dataset"][k] for k in ("rows", "classes")} != \
+            {k: dataset[k] for k in ("rows", "classes")}:
+        sys.exit(f"{path} holds another dataset or --features; its baselines cannot be reused")
+    return {r["seed"]: {**r["baseline"], "reused_from": str(path)} for r in old["runs"] if "baseline" in r}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -255,6 +265,9 @@ def main(argv=None) -> None:
     ap.add_argument("--min-rows", type=int, default=300, help="a category needs this many entries (after de-duplication)")
     ap.add_argument("--features", choices=("word+char", "word"), default="word+char", help="the baseline's TF-IDF features")
     ap.add_argument("--fortunes", type=Path, default=FORTUNES, help="the fortunes data folder")
+    ap.add_argument("--baseline-from", type=Path, metavar="RESULTS_JSON",
+                    help="reuse the baseline of each seed an earlier results.json holds (same data and --features; "
+                         "the baseline is deterministic given the seed), computing only the others")
     ap.add_argument("--cotune-set", action="append", default=[], metavar="KEY=VALUE", help="extra --set for cotune fit")
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -276,6 +289,7 @@ def main(argv=None) -> None:
     results = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "dataset": dataset,
                "runs": []}
     y = data["category"].to_numpy()
+    earlier = reused_baselines(args.baseline_from, args.features, dataset) if args.baseline_from else {}
     for seed in args.seeds:
         part = data.assign(split=split_column(y, seed))
         sdir = out / f"seed-{seed}"
@@ -283,7 +297,7 @@ def main(argv=None) -> None:
         csv = sdir / "data.csv"
         part.to_csv(csv, index=False)
         row = {"seed": seed, "csv": str(csv), "n": {s: int((part["split"] == s).sum()) for s in ("train", "val", "test")}}
-        row["baseline"] = run_baseline(part, seed, args.features)
+        row["baseline"] = earlier.get(seed) or run_baseline(part, seed, args.features)
         print(f"seed {seed} baseline ({args.features}): acc {pct(row['baseline']['accuracy'])}%  C={row['baseline']['C']:g}  "
               f"cv {pct(row['baseline']['cv_accuracy'])}%  fit {row['baseline']['fit_s']:.1f}s "
               f"(refit {row['baseline']['refit_s']:.1f}s)", flush=True)
