@@ -93,9 +93,10 @@ def _ensemble(cfg: RunConfig, choice: dict, out: Path, deadline: float | None):
     elif refitted:
         trained_on = "mixed"
         kept = ", ".join(f"#{t.number}" for t in trials if t.number not in refitted)
+        one, many = ("its",) if len(refitted) == 1 else ("their",), len(trials) - len(refitted) > 1
         summary = (f"a soft-voting ensemble of trials {members}: {', '.join(f'#{n}' for n in refitted)} refitted on "
-                   f"train + validation for their early-stopping epoch counts, {kept} as the search trained "
-                   f"{'it' if len(trials) - len(refitted) == 1 else 'them'} (refitting every member needed about "
+                   f"train + validation for {one[0]} early-stopping epoch count{'s' if len(refitted) > 1 else ''}, "
+                   f"{kept} as the search trained {'them' if many else 'it'} (refitting every member needed about "
                    f"{need:.0f} s, more than the budget had left), then tested once")
     else:
         trained_on = "train"
