@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from cotune.data.preprocess import _category_strings as category_strings
+from cotune.data.text import text_summaries
 from cotune.errors import BundleError, CotuneError, DataError, one_line
 from cotune.track import atomic_write_bytes, write_json
 
@@ -76,18 +77,6 @@ def summaries(X) -> pd.DataFrame:
         std = np.sqrt(np.maximum((out[:, 1] ** 2 + out[:, 0] ** 2).mean(1) - mean ** 2, 0))
         return pd.DataFrame({"all_mean": mean, "all_std": std, "all_step": out[:, 2].mean(1)})
     return pd.DataFrame({f"c{j}_{s}": out[:, k, j] for j in range(c) for k, s in enumerate(("mean", "std", "step"))})
-
-
-TEXT_SUMMARIES = ("words", "word_length")  # a text column's per-row summaries: '<column>.words', ...
-
-
-def text_summaries(column: str, values) -> dict:
-    """{'<column>.words': word counts, '<column>.word_length': mean characters per word (0 without words)}."""
-    from cotune.data.text import text_values
-    words = [t.split() for t in text_values(values)]
-    n = np.array([len(w) for w in words], dtype=np.float64)
-    chars = np.array([sum(map(len, w)) for w in words], dtype=np.float64)
-    return {f"{column}.words": n, f"{column}.word_length": np.divide(chars, n, out=np.zeros_like(n), where=n > 0)}
 
 
 def typed(df: pd.DataFrame, numeric, categorical, text=()) -> pd.DataFrame:

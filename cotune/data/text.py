@@ -229,3 +229,14 @@ def transform_texts(X: pd.DataFrame, states: list, tokenizers: dict) -> tuple[np
             tok = tokenizers.get(c["name"]) or tokenizers.setdefault(c["name"], load_tokenizer(c["tokenizer"]))
             tokens.append(encode(tok, texts, c["length"]))
     return np.concatenate(hashed, 1), np.concatenate(tokens, 1)
+
+
+TEXT_SUMMARIES = ("words", "word_length")  # what drift compares a text column on (cotune.drift)
+
+
+def text_summaries(column: str, values) -> dict:
+    """{'<column>.words': word counts, '<column>.word_length': mean characters per word (0 without words)}."""
+    words = [t.split() for t in text_values(values)]
+    n = np.array([len(w) for w in words], dtype=np.float64)
+    chars = np.array([sum(map(len, w)) for w in words], dtype=np.float64)
+    return {f"{column}.words": n, f"{column}.word_length": np.divide(chars, n, out=np.zeros_like(n), where=n > 0)}
