@@ -82,7 +82,7 @@ def summaries(X) -> pd.DataFrame:
 def typed(df: pd.DataFrame, numeric, categorical, text=()) -> pd.DataFrame:
     """A table's columns as drift compares them: numeric as float64 (unparsable or infinite -> NaN),
     categorical as preprocessing's strings (missing -> '__missing__', 3.0 -> '3'), each text column as its
-    TEXT_SUMMARIES (a text column the rows lack is a DataError)."""
+    text_summaries (a text column the rows lack is a DataError)."""
     cols = {}
     for c in df.columns:
         if c in numeric:

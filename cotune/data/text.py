@@ -100,7 +100,7 @@ def _tfidf(part: str, state: dict, texts: list[str]):
     vocab, idf = state["vocabulary"], np.asarray(state["idf"], dtype=np.float64)
     to = np.array([vocab.get(t, -1) for t in terms], dtype=np.int64)
     X = X.tocoo()
-    known = to[X.col] >= 0  # n-grams the training rows did not have count for nothing
+    known = to[X.col] >= 0  # an n-gram the training rows lacked counts for nothing
     cols = to[X.col[known]]
     data = (1 + np.log(X.data[known].astype(np.float64))) * idf[cols]
     T = sp.csr_matrix((data, (X.row[known], cols)), shape=(len(texts), len(vocab)))
@@ -231,11 +231,9 @@ def transform_texts(X: pd.DataFrame, states: list, tokenizers: dict) -> tuple[np
     return np.concatenate(hashed, 1), np.concatenate(tokens, 1)
 
 
-TEXT_SUMMARIES = ("words", "word_length")  # what drift compares a text column on (cotune.drift)
-
-
 def text_summaries(column: str, values) -> dict:
-    """{'<column>.words': word counts, '<column>.word_length': mean characters per word (0 without words)}."""
+    """What drift compares a text column on (cotune.drift): {'<column>.words': word counts,
+    '<column>.word_length': mean characters per word (0 without words)}."""
     words = [t.split() for t in text_values(values)]
     n = np.array([len(w) for w in words], dtype=np.float64)
     chars = np.array([sum(map(len, w)) for w in words], dtype=np.float64)
