@@ -825,6 +825,23 @@ def test_a_waiting_trial_is_claimed_by_one_worker(tmp_path):
     assert twice == 0 and sorted(t.user_attrs["i"] for t in trials if "i" in t.user_attrs) == list(range(150))
 
 
+def test_a_worker_that_starts_late_still_runs_one_trial(tmp_path):
+    """A worker that opens the study with less time left than the final refit's estimate (a loaded machine, a short
+    budget) runs one trial when none has finished, stopped at its first validated epoch; once one has, none."""
+    from cotune.search.storage import open_study
+    from cotune.search.worker import work
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    cfg = from_dict({"data": {"source": "sklearn:iris"}, "model": {"width": 16}, "train": {"epochs": 200, "patience": 0},
+                     "runtime": {"threads": 1, "progress": False}, "search": {"mlflow": "none", "sampler": "random"}})
+    study, _, _ = open_study(url, "late", cfg, {"train.lr": (1e-4, 0.1)})
+    assert work(url, "late", deadline=time.time() + 3, out=str(tmp_path)) == 1  # the final's estimate alone is 5 s
+    (t,) = study.get_trials(deepcopy=False)
+    assert t.state.name == "COMPLETE" and t.user_attrs["epochs_run"] < 200
+    assert work(url, "late", deadline=time.time() + 3, out=str(tmp_path)) == 0
+    open_study(url, "past", cfg, {"train.lr": (1e-4, 0.1)})
+    assert work(url, "past", deadline=time.time() - 1, out=str(tmp_path / "past")) == 0  # past the deadline: none
+
+
 def test_table_start_cuts_its_ensemble_on_large_tables():
     cfg = from_dict({"data": {"source": "sklearn:breast_cancer"}})
     space = search_space(cfg, set(), "tabular", "binary", cpu=True)

@@ -45,7 +45,8 @@ def work(url: str, name: str, *, deadline: float | None = None, threads: int = 1
             running = sum(t.state.name == "RUNNING" for t in trials)
             if limit is not None and finished + running >= limit:
                 break
-            if deadline is not None and time.time() + _reserve(trials) + estimate_final(trials, cfg, objective.metric.maximize) >= deadline:
+            if deadline is not None and time.time() + _reserve(trials) + estimate_final(trials, cfg, objective.metric.maximize) >= deadline \
+                    and not _first_chance(trials, deadline):
                 break
             if study.user_attrs.get("stop"):
                 break
@@ -61,6 +62,13 @@ def work(url: str, name: str, *, deadline: float | None = None, threads: int = 1
             lock.release()
         done += 1
     return done
+
+
+def _first_chance(trials, deadline: float) -> bool:
+    """True while no trial has completed nor runs and the deadline is still ahead: a worker that started late (a
+    loaded machine, a short budget) still runs one trial, which stops at its first validated epoch, so the search
+    ends with a model rather than none."""
+    return time.time() < deadline and not any(t.state.name in ("COMPLETE", "RUNNING") for t in trials)
 
 
 def _reserve(trials) -> float:
