@@ -52,6 +52,10 @@ SGD_LIKE = ("sgd", "rmsprop")
 ADAM_LIKE = ("adam", "adamw")
 CLASSIFICATION = ("binary", "multiclass")
 # search.metric's choices (cotune.evaluate knows which tasks each fits and its direction)
+# the table preprocessing knobs a model.init_from run takes from its source (its fitted preprocessing comes with its
+# weights): set to the source's or not at all, never searched; the text ones only where the source reads text
+FROM_SOURCE = ("data.numeric", "data.embed_above")
+FROM_SOURCE_TEXT = ("data.tokenizer", "data.vocab_size", "data.max_tokens")
 METRICS = ("auto", "accuracy", "balanced_accuracy", "f1_macro", "f1", "roc_auc", "log_loss", "rmse", "mae", "r2",
            "robust_accuracy")
 
@@ -113,7 +117,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("model.text_encoder", str, "bag", "mlp on tables with text columns: how each text's token embeddings become one vector joined with the other columns' features: bag (their mean, fastText style), cnn1d (a convolution, max over positions), gru / lstm (bidirectional, mean over positions) or transformer (one self-attention layer, mean over positions)", choices=("bag", "cnn1d", "gru", "lstm", "transformer"), search=("bag", "cnn1d", "gru", "lstm", "transformer"), when=(("model.family", ("mlp",)), ("data.tokenizer", ("bpe", "wordpiece", "word"))), modalities=("tabular",), text_only=True),
     _k("model.text_width", int, 64, "mlp on tables with text columns: the token embedding width, and the size of each text's vector", low=1, high=4096, search=(16, 256), log=True, when=(("model.family", ("mlp",)),), modalities=("tabular",), text_only=True),
     _k("model.ensemble", int, 1, "mlp: k members sharing the hidden layers, each with its own input scaling and output head; the prediction averages them (1 = off)", low=1, high=64, search=(1, 8), when=(("model.family", ("mlp",)),)),
-    _k("model.init_from", str, None, "start from this finished run directory (a `cotune train --out`; a search directory, for its final model; one of its trials/NNNNN/): its fitted preprocessing and its weights. Same family, modality, sample shape or table columns (and data.numeric, data.embed_above), and model knobs that give the same layers (width, depth, norm, dropout on or off, ...); its output layer is copied when the classes (or a regression target) are the same, else re-initialized", optional=True),
+    _k("model.init_from", str, None, "start from this finished run directory (a `cotune train --out`; a search directory, for its final model; one of its trials/NNNNN/): its fitted preprocessing and its weights. Same family, modality, sample shape or table columns (and data.numeric, data.embed_above; with text columns data.tokenizer, data.vocab_size, data.max_tokens), and model knobs that give the same layers (width, depth, norm, dropout on or off, ...); its output layer is copied when the classes (or a regression target) are the same, else re-initialized", optional=True),
     # ---- train: optimizer, schedule, loss, regularization, stopping
     _k("train.optimizer", str, "adamw", "optimizer", choices=("sgd", "rmsprop", "adagrad", "adam", "adamw"), search=("sgd", "rmsprop", "adam", "adamw")),
     _k("train.lr", float, 3e-3, "peak learning rate", low=0.0, high=10.0, open_low=True, search=(1e-4, 3e-2), log=True),

@@ -25,7 +25,7 @@ import torch
 from cotune import bundle, evaluate, robust
 from cotune import models as model_registry
 from cotune.config import RunConfig, from_dict
-from cotune.knobs import CLASSIFICATION
+from cotune.knobs import CLASSIFICATION, FROM_SOURCE, FROM_SOURCE_TEXT
 from cotune.data import sources
 from cotune.data.batches import TensorData
 from cotune.data.preprocess import Preprocessor, TargetTransform
@@ -93,7 +93,7 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False, parts: tuple | None = N
     held-out rows are the validation part, which the data knobs never touch, like validation rows)."""
     d = cfg.data
     source = None if cfg.model.init_from is None else load_source(
-        cfg.model.init_from, ds, cfg.model.family, {"data.numeric": d.numeric, "data.embed_above": d.embed_above})
+        cfg.model.init_from, ds, cfg.model.family, {k: cfg.flat()[k] for k in FROM_SOURCE + FROM_SOURCE_TEXT})
     tr, va, te = parts if parts is not None else split_indices(ds, val=d.split.val, test=d.split.test, seed=d.split.seed)
     if merge_val:
         tr, va = np.sort(np.concatenate([tr, va])), va[:0]

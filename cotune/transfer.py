@@ -28,8 +28,8 @@ from cotune.models.registry import KNOBS as MODEL_KNOBS, family_of, head_keys
 
 def load_source(path: str, ds, family: str, preprocessing: dict) -> bundle.Bundle:
     """The finished run at `path`, checked against this run's Dataset `ds`, model.family and table preprocessing
-    knobs ({'data.numeric': ..., 'data.embed_above': ...}), or a one-line error. A search directory stands for
-    its final model."""
+    knobs ({'data.numeric': ..., ...}: FROM_SOURCE, and FROM_SOURCE_TEXT where the source reads text), or a
+    one-line error. A search directory stands for its final model."""
     where = f"model.init_from {path!r}"
     src_dir = Path(path)
     if not src_dir.is_dir():
@@ -59,9 +59,12 @@ def load_source(path: str, ds, family: str, preprocessing: dict) -> bundle.Bundl
     if ds.modality != "tabular" and tuple(spec.raw_shape) != tuple(ds.feature_shape):
         raise ConfigError(f"{where} was trained on samples of shape {tuple(spec.raw_shape)}, this data's are "
                           f"{tuple(ds.feature_shape)}; resize or cut the data to the source's shape.")
-    theirs = {"data.numeric": src.pre.numeric, "data.embed_above": src.pre.embed_above}
+    pre = src.pre
+    theirs = {"data.numeric": pre.numeric, "data.embed_above": pre.embed_above}
+    if ds.modality == "tabular" and pre.text_:
+        theirs.update({"data.tokenizer": pre.tokenizer, "data.vocab_size": pre.vocab_size, "data.max_tokens": pre.max_tokens})
     for key, value in preprocessing.items() if ds.modality == "tabular" else ():
-        if theirs[key] != value:
+        if key in theirs and theirs[key] != value:
             raise ConfigError(f"{where} preprocesses tables with {key}={theirs[key]!r} (its preprocessing comes with "
                               f"its weights) but this run sets {value!r}; set {key}={theirs[key]}.")
     return src

@@ -17,7 +17,7 @@ from cotune.data.dataset import infer_column_types, is_text, make_dataset
 from cotune.data.preprocess import Preprocessor
 from cotune.data.split import split_indices
 from cotune.data.text import TOKENIZERS
-from cotune.errors import ConfigError, DataError
+from cotune.errors import BundleError, ConfigError, DataError
 from cotune.knobs import BY_NAME
 from cotune.models import create_model
 from cotune.models.text import list_text_encoders
@@ -111,6 +111,10 @@ def test_token_ids_round_trip_and_handle_empty_unknown_and_long_texts(tmp_path):
     saved = json.loads((tmp_path / "preprocess.json").read_text())
     assert saved["version"] == 3 and isinstance(saved["text"][0]["tokenizer"], dict)  # the library's own JSON
     np.testing.assert_array_equal(Preprocessor.load(tmp_path).transform(ds.X), X)
+    saved["text"][0]["tokenizer"]["model"] = {"type": "WordLevel", "vocab": 3}  # a damaged tokenizer: one clear line
+    (tmp_path / "preprocess.json").write_text(json.dumps(saved))
+    with pytest.raises(BundleError, match="preprocessing state is invalid.*tokenizer does not load.*re-run training"):
+        Preprocessor.load(tmp_path)
 
 
 def test_ngrams_are_a_tfidf_weighted_bag_fitted_on_the_training_rows(tmp_path):
@@ -288,6 +292,28 @@ def test_bad_text_settings_are_one_line_and_write_nothing(tmp_path, table):
     code, _, err = cli("train", "--set", f"data.source={plain}", "--set", "data.target=label", "--set",
                        "data.augment.token_drop=0.5", "--out", tmp_path / "p")
     assert code == 2 and "acts on text columns" in err and not (tmp_path / "p").exists()
+
+
+def test_a_run_from_a_text_run_takes_its_tokenizer(tmp_path, table):
+    """model.init_from a text run: its fitted tokenizer comes with its weights, so this run's tokenizer knobs must
+    match it (one line, exit 2, nothing written) and a search from it leaves them out."""
+    base = ("--set", f"data.source={table}", "--set", "data.target=label", "--set", "train.epochs=2",
+            "--set", "model.width=16", "--set", "model.depth=1", "--set", "model.text_width=16", "-q")
+    code, _, err = cli("train", *base, "--set", "data.tokenizer=word", "--set", "data.vocab_size=500",
+                       "--out", tmp_path / "src")
+    assert code == 0, err
+    src = ("--set", f"model.init_from={tmp_path / 'src'}")
+    code, _, err = cli("train", *base, *src, "--set", "data.vocab_size=500", "--out", tmp_path / "bpe")
+    assert code == 2 and "data.tokenizer='word'" in err and "set data.tokenizer=word" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "bpe").exists()
+    code, _, err = cli("train", *base, *src, "--set", "data.tokenizer=word", "--out", tmp_path / "vocab")
+    assert code == 2 and "set data.vocab_size=500" in err and not (tmp_path / "vocab").exists()
+    code, _, err = cli("train", *base, *src, "--set", "data.tokenizer=word", "--set", "data.vocab_size=500",
+                       "--out", tmp_path / "ok")
+    assert code == 0, err
+    space = search_space(from_dict({"model": {"init_from": str(tmp_path / "src")}}), set(), "tabular", "binary",
+                         cpu=True, text=True)
+    assert not {"data.tokenizer", "data.vocab_size", "data.max_tokens", "model.text_encoder"} & set(space)
 
 
 def test_cleaning_drops_duplicate_texts_and_training_twins_of_held_out_texts(tmp_path):

@@ -165,8 +165,12 @@ def tokenizer_state(tok) -> dict:
 
 
 def load_tokenizer(state: dict):
+    """The tokenizer back from tokenizer_state(); a damaged state is a ValueError (the library raises a bare Exception)."""
     from tokenizers import Tokenizer
-    return Tokenizer.from_str(json.dumps(state))
+    try:
+        return Tokenizer.from_str(json.dumps(state))
+    except Exception as e:  # noqa: BLE001 - tokenizers' errors are plain Exceptions
+        raise ValueError(f"the tokenizer does not load: {' '.join(str(e).split())}") from None
 
 
 def hashed_words(texts: list[str], n_features: int = HASH_FEATURES) -> np.ndarray:

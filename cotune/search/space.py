@@ -4,8 +4,9 @@ The space comes from knobs.py (every knob with a `search` range that the user di
 conditional where a knob says `when`, for the tasks and modalities it declares, narrowed by
 `search.space` (every value checked against the knob first), with model families from the
 registry: those searched on the data's modality (cotune.models declares them per family). With
-model.init_from neither the model knobs nor data.numeric are searched: the trials start from its weights and
-preprocessing, so they keep its shapes and scaling.
+model.init_from neither the model knobs nor the preprocessing knobs it takes from its source (knobs.FROM_SOURCE,
+FROM_SOURCE_TEXT) are searched: the trials start from its weights and preprocessing, so they keep its shapes,
+scaling and tokenizer.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import re
 
 from cotune.config import RunConfig, expected
 from cotune.errors import ConfigError, fmt_choices, invalid
-from cotune.knobs import BY_NAME, Knob, searchable
+from cotune.knobs import BY_NAME, FROM_SOURCE, FROM_SOURCE_TEXT, Knob, searchable
 from cotune.search.storage import FIDELITY_RUNGS
 
 # search.warm_start: a new study's first trial, per modality, over the knob defaults (as AutoML portfolios
@@ -98,7 +99,7 @@ def search_space(cfg: RunConfig, fixed: set[str], modality: str, task: str, cpu:
         if (k.name in fixed or (k.tasks and task not in k.tasks) or (k.modalities and modality not in k.modalities)
                 or ranked_by in k.unless_metric or (k.text_only and not text)):
             continue
-        if cfg.model.init_from is not None and (k.stage == "model" or k.name == "data.numeric"):
+        if cfg.model.init_from is not None and (k.stage == "model" or k.name in FROM_SOURCE + FROM_SOURCE_TEXT):
             continue  # the model and its preprocessing are model.init_from's (cotune.transfer)
         named = k.name in cfg.search.space
         spec = tuple(cfg.search.space[k.name]) if named else k.search
