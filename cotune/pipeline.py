@@ -34,6 +34,7 @@ from cotune.data.augment import make_augment
 from cotune.data.balance import balance_train
 from cotune.data.clean import clean_train, clean_val, needed_checks
 from cotune.data.split import kfold, split_indices, subsample
+from cotune.data.text import whole_mask
 from cotune.data.trainingset import TrainingSet
 from cotune.distributed import is_main, world
 from cotune.errors import ConfigError, CotuneError
@@ -110,14 +111,12 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False, parts: tuple | None = N
     target = TargetTransform(d.target_transform).fit(cleaned.y_train) if ds.task == "regression" else None
     y_mean, y_std = (target.mean, target.std) if target is not None else (0.0, 1.0)
     scale = target.transform if target is not None else (lambda v: v)  # noqa: E731
-    bal = balance_train(cleaned.idx, cleaned.y_train, d.balance, n_classes=ds.n_classes, seed=d.split.seed,
-                        X_train=X[cleaned.idx], is_tabular=ds.modality == "tabular")
+    bal = balance_train(cleaned.idx, cleaned.y_train, d.balance, n_classes=ds.n_classes, seed=d.split.seed, X_train=X[cleaned.idx],
+                        is_tabular=ds.modality == "tabular", whole=whole_mask(pre) if ds.modality == "tabular" else None)
     train_X, train_y = X[cleaned.idx][bal.pos], bal.y
     train_rows = cleaned.idx[bal.pos]
     if bal.X_extra is not None and len(bal.X_extra):
         extra = bal.X_extra.astype(np.float32)
-        if getattr(pre, "integer_mask_", None) is not None:  # SMOTE interpolated the codes and token ids too
-            extra[:, pre.integer_mask_] = np.round(extra[:, pre.integer_mask_])
         train_X = np.concatenate([train_X, extra])
         train_y = np.concatenate([train_y, bal.y_extra.astype(train_y.dtype)])
         train_rows = np.concatenate([train_rows, np.full(len(extra), -1, dtype=train_rows.dtype)])

@@ -121,6 +121,22 @@ def test_mixing_ops_and_choice():
     assert outs == {True, False}, "both mixing ops should be picked across batches"
 
 
+def test_tabular_mixup_takes_codes_and_token_ids_whole_from_the_heavier_row():
+    x = torch.cat([torch.randn(32, 3), torch.randint(2, 500, (32, 5)).float()], 1)
+    y = torch.arange(32)
+    whole = np.array([False] * 3 + [True] * 5)
+    aug = Augment("tabular", {"mixup": 1.0}, whole=whole)
+    for seed in range(10):
+        torch.manual_seed(seed)
+        out, y_b, lam = aug(x, y)
+        heavy = x if lam >= 0.5 else x[y_b]
+        assert torch.equal(out[:, 3:], heavy[:, 3:])  # whole: ids of one row, never a blend
+        assert torch.allclose(out[:, :3], lam * x[:, :3] + (1 - lam) * x[y_b, :3], atol=1e-6)
+    torch.manual_seed(0)
+    blended, _, lam = Augment("tabular", {"mixup": 1.0})(x, y)
+    assert 0 < lam < 1 and (blended[:, 3:] % 1 != 0).any()  # without the mask the ids blend
+
+
 def test_make_augment_policies_and_errors():
     assert make_augment("image") is None
     assert make_augment("tabular", policy="none", ops={}) is None

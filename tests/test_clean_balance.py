@@ -156,6 +156,26 @@ def test_smote_makes_synthetic_rows():
     assert balanced.X_extra.shape == (0, 5) and balanced.counts_after == [7, 7]
 
 
+def test_smote_copies_codes_and_token_ids_from_a_real_row_of_the_class():
+    """The `whole` columns (categorical codes, token ids) of a synthetic row are those of one training row of its
+    class, never a blend; the other columns are interpolated between rows of the class, as before."""
+    rng = np.random.default_rng(1)
+    X = np.concatenate([rng.normal(size=(30, 2)), rng.integers(2, 400, size=(30, 4))], 1).astype(np.float32)
+    X[YB == 2, :2] += 10
+    whole = np.array([False, False, True, True, True, True])
+    res = balance_train(IDX, YB, "smote", n_classes=3, seed=0, X_train=X, is_tabular=True, whole=whole)
+    assert res.X_extra.shape == (30, 6) and res.counts_after == [20, 20, 20]
+    for row, c in zip(res.X_extra, res.y_extra):
+        same = X[YB == c]
+        assert (same[:, 2:] == row[2:]).all(1).any()  # one real row's ids, whole
+        assert (same[:, :2].min(0) <= row[:2]).all() and (row[:2] <= same[:, :2].max(0)).all()
+    assert len(np.unique(res.X_extra[:, :2], axis=0)) > 20  # interpolated, not copied
+    blended = balance_train(IDX, YB, "smote", n_classes=3, seed=0, X_train=X, is_tabular=True)
+    assert (blended.X_extra[:, 2:] % 1 != 0).any()  # without the mask SMOTE blends the ids: what the mask is for
+    copies = balance_train(IDX, YB, "smote", n_classes=3, seed=0, X_train=X, is_tabular=True, whole=np.ones(6, bool))
+    assert all((X[YB == c] == row).all(1).any() for row, c in zip(copies.X_extra, copies.y_extra))  # all whole: copies
+
+
 def test_balance_errors():
     for kw in [dict(method="smote", is_tabular=False), dict(method="oversample", y=np.linspace(0, 1, 30).astype(np.float32)),
                dict(method="smote", y=np.array([0] * 29 + [1]), is_tabular=True), dict(method="shuffle")]:

@@ -35,7 +35,8 @@ tabular     token_    each real token of a text column becomes padding (is dropp
             drop      with probability 0.25*s                                          text
 tabular     span_     one span of max(1, round(s*L/4)) of each text's tokens, at a    no
             mask      random start inside its real tokens, becomes the unknown token
-tabular     mixup     as for images, lam ~ Beta(s, s)                                 no
+tabular     mixup     as for images, lam ~ Beta(s, s); the `whole` columns (codes,    no
+                      token ids, n-gram weights) come from the heavier row unblended
 ==========  ========  ==============================================================  =======
 
 The text ops act on the token-id columns of a table's text columns (`text_spans`: (start, length) per
@@ -44,8 +45,7 @@ on only for a table that has text columns.
 
 Plain ops run in the order of the table (cutout after the geometric ops, mask last), then at
 most one mixing op: when both mixup and cutmix are on, each batch picks one at random (50/50).
-A mixing op returns the permuted labels y_b and lam as a Python float; otherwise y_b is None
-and lam is 1.0.
+A mixing op returns the permuted labels y_b and lam as a Python float; otherwise y_b is None, lam 1.0.
 
 Randomness comes only from torch's global generators, which `torch.manual_seed` resets (the
 training loop reseeds them every epoch, so augmented batches replay exactly on resume):
@@ -63,6 +63,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cotune.data.text import token_spans, whole_mask
 from cotune.errors import ConfigError, fmt_choices, invalid
 
 POLICIES = ("none", "auto")
@@ -281,19 +282,13 @@ def _modality(modality: str) -> str:
 
 
 def numeric_mask(pre) -> np.ndarray:
-    """Bool mask over a fitted tabular Preprocessor's features: True for the standardized numeric
-    columns (they come first), False for one-hot columns."""
-    n_num = len(getattr(pre, "numeric_", ()))
-    return np.arange(pre.in_shape_[0]) < n_num
+    """Bool mask over a fitted tabular Preprocessor's features: True for the numeric columns (they come first)."""
+    return np.arange(pre.in_shape_[0]) < len(getattr(pre, "numeric_", ()))
 
 
 def text_spans(pre) -> list[tuple[int, int]]:
-    """(start, length) of each text column's token ids in a fitted tabular Preprocessor's features (the last
-    columns; an 'ngrams' text's weights follow its ids)."""
-    texts = (getattr(pre, "layout_", None) or {}).get("text") or []
-    widths = [t["length"] * (2 if t.get("weighted") else 1) for t in texts]
-    starts = pre.in_shape_[0] - sum(widths) + np.cumsum([0] + widths[:-1])
-    return [(int(a), t["length"]) for a, t in zip(starts, texts)]
+    """(start, length) of each text column's token ids in a fitted tabular Preprocessor's features (text.token_spans)."""
+    return [(a, n) for a, n, _ in token_spans(pre)]
 
 
 _numeric_mask, _text_spans = numeric_mask, text_spans  # make_augment's arguments shadow the names
@@ -302,11 +297,11 @@ _numeric_mask, _text_spans = numeric_mask, text_spans  # make_augment's argument
 class Augment:
     """Callable `aug(x, y) -> (x_aug, y_b, lam)`; holds only its configuration (no RNG, no learned state).
 
-    ops: op name -> strength in (0, 1]; zero strengths are dropped. numeric_mask (tabular only):
-    bool per feature, True = numeric (gets noise); None = every feature is numeric.
+    ops: op name -> strength in (0, 1]; zero strengths are dropped. numeric_mask (tabular only): bool per feature,
+    True = numeric (gets noise), None = all; whole: bool per feature, the columns mixup does not blend.
     """
 
-    def __init__(self, modality: str, ops: dict[str, float], numeric_mask=None, text_spans=()):
+    def __init__(self, modality: str, ops: dict[str, float], numeric_mask=None, text_spans=(), whole=None):
         self.modality = _modality(modality)
         table = OPS[self.modality]
         unknown = [k for k in ops if k not in table]
@@ -324,6 +319,7 @@ class Augment:
             self._numeric = torch.from_numpy(m.copy())
         self._numeric_on: dict = {}  # cache of the (constant) mask per device
         self.text_spans = [(int(a), int(n)) for a, n in text_spans]
+        self._whole = None if whole is None or not np.any(whole) else torch.from_numpy(np.flatnonzero(whole))
 
     def _mask_for(self, x: torch.Tensor):
         if self._numeric is None:
@@ -348,8 +344,11 @@ class Augment:
                 return x, None, 1.0
             k = int(torch.randint(0, len(self._mixing), (1,))) if len(self._mixing) > 1 else 0
             fn, s = self._mixing[k]
-            x, perm, lam = fn(x, s)
-            y_b = None if y is None else y[perm.to(y.device)]
+            mixed, perm, lam = fn(x, s)
+            if self._whole is not None:  # codes and token ids are not blended: the heavier row's, whole
+                cols = self._whole.to(x.device)
+                mixed[:, cols] = (x if lam >= 0.5 else x[perm])[:, cols]
+            x, y_b = mixed, None if y is None else y[perm.to(y.device)]
             return x, y_b, float(lam)
 
     def describe(self) -> str:
@@ -373,8 +372,9 @@ def make_augment(modality: str, *, policy: str = "none", strength: float = 0.5, 
     Naming an op of another modality is a ConfigError unless its value is None, and so is a text op on a
     table without text columns. pre: a fitted Preprocessor, for numeric_mask and text_spans (tables).
     """
+    whole = None
     if pre is not None and getattr(pre, "modality_", None) == "tabular":
-        numeric_mask, text_spans = _numeric_mask(pre), _text_spans(pre)
+        numeric_mask, text_spans, whole = _numeric_mask(pre), _text_spans(pre), whole_mask(pre)
     mod = _modality(modality)
     if policy not in POLICIES:
         raise ConfigError(invalid("'data.augment.policy'", f"one of {fmt_choices(POLICIES)}", policy))
@@ -396,4 +396,4 @@ def make_augment(modality: str, *, policy: str = "none", strength: float = 0.5, 
     active = {k: s for k, s in active.items() if s > 0}
     if not active:
         return None
-    return Augment(mod, active, numeric_mask=numeric_mask if mod == "tabular" else None, text_spans=text_spans)
+    return Augment(mod, active, numeric_mask=numeric_mask if mod == "tabular" else None, text_spans=text_spans, whole=whole)

@@ -16,7 +16,10 @@ undersample       every class randomly subsampled (without replacement) to the m
 smote             tables only: SMOTE (imblearn, k_neighbors = min(5, smallest class - 1)) on
                   X_train (the preprocessed float features of idx); synthetic rows come back as
                   X_extra / y_extra, idx is unchanged. One-hot columns of synthetic rows are
-                  interpolated like any other feature.
+                  interpolated like any other feature; the `whole` columns (categorical codes,
+                  token ids and their n-gram weights) are left out of the distances and copied
+                  from the training row of the class nearest to the synthetic one: one of the
+                  two it lies between, as a rule.
 balanced_batches  sampling_weights: per-row probability weight (1 / class count, mean 1) so the
                   training loop draws class-balanced batches with replacement; idx unchanged
 focal             loss='focal' for the caller to apply; idx unchanged
@@ -61,7 +64,7 @@ def _inverse_frequency(y: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def balance_train(idx, y_train, method: str, *, n_classes: int, seed: int = 0, X_train=None,
-                  is_tabular: bool = False) -> BalanceResult:
+                  is_tabular: bool = False, whole=None) -> BalanceResult:
     """Balance the training rows as `method` asks; see the module docstring."""
     if method not in METHODS:
         raise ConfigError(invalid("'data.balance'", f"one of {fmt_choices(METHODS)}", method))
@@ -119,9 +122,25 @@ def balance_train(idx, y_train, method: str, *, n_classes: int, seed: int = 0, X
                 raise ConfigError(f"data.balance='smote' needs at least 2 training rows in every class, but one class has "
                                   f"{smallest}; use data.balance=oversample.")
             from imblearn.over_sampling import SMOTE
-            X_res, y_res = SMOTE(k_neighbors=min(5, smallest - 1), random_state=int(seed) % (2 ** 32)).fit_resample(X, y)
-            n = len(X)
-            res.X_extra = np.asarray(X_res[n:], dtype=np.float32)
-            res.y_extra = np.asarray(y_res[n:], dtype=np.int64)
+            keep = np.zeros(X.shape[1], dtype=bool) if whole is None else np.asarray(whole, dtype=bool)
+            space = X[:, ~keep] if (~keep).any() else X  # all whole: the synthetic rows are copies of near rows
+            X_res, y_res = SMOTE(k_neighbors=min(5, smallest - 1), random_state=int(seed) % (2 ** 32)).fit_resample(space, y)
+            made, res.y_extra = np.asarray(X_res[len(X):], dtype=np.float32), np.asarray(y_res[len(X):], dtype=np.int64)
+            res.X_extra = _with_whole_columns(X, y, space, made, res.y_extra, keep)
             res.counts_after = [int(c) for c in counts + np.bincount(res.y_extra, minlength=n_classes)]
     return res
+
+
+def _with_whole_columns(X, y, space, made, y_made, keep) -> np.ndarray:
+    """SMOTE's rows `made` (in `space`, X's columns outside `keep`, or all of them) as full rows of X: the `keep`
+    columns copied from the nearest row of the same class in `space`."""
+    out = np.zeros((len(made), X.shape[1]), dtype=np.float32)
+    if (~keep).any():  # then `space` is X[:, ~keep]
+        out[:, ~keep] = made
+    if keep.any():
+        from sklearn.neighbors import NearestNeighbors
+        for c in np.unique(y_made):
+            rows, at = np.flatnonzero(y == c), np.flatnonzero(y_made == c)
+            near = NearestNeighbors(n_neighbors=1).fit(space[rows]).kneighbors(made[at], return_distance=False)[:, 0]
+            out[np.ix_(at, np.flatnonzero(keep))] = X[np.ix_(rows[near], np.flatnonzero(keep))]
+    return out

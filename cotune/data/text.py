@@ -214,13 +214,26 @@ def text_state(c: dict) -> dict:
     return {"name": str(c["name"]), "length": int(c["length"]), "vocab": int(c["vocab"]), "tokenizer": c["tokenizer"]}
 
 
-def columns(c: dict) -> int:
-    """Feature columns of one tokenized text: its ids, and for 'ngrams' their weights after them."""
-    return c["length"] * (2 if "ngrams" in c else 1)
+def token_spans(pre) -> list[tuple[int, int, int]]:
+    """(start, ids, width) of each text column's tokens in a fitted tabular Preprocessor's features: the last columns,
+    an 'ngrams' text's weights after its ids (width 2 * ids)."""
+    texts = (getattr(pre, "layout_", None) or {}).get("text") or []
+    widths = [t["length"] * (2 if t.get("weighted") else 1) for t in texts]
+    starts = pre.in_shape_[0] - sum(widths) + np.cumsum([0] + widths[:-1])
+    return [(int(a), t["length"], w) for a, t, w in zip(starts, texts, widths)]
+
+
+def whole_mask(pre) -> np.ndarray:
+    """Bool per feature of a fitted tabular Preprocessor: the columns a synthetic row (SMOTE, mixup) takes whole
+    from one real row instead of blending two: categorical codes, token ids and their n-gram weights."""
+    mask = np.array(pre.integer_mask_, dtype=bool)
+    for a, _, width in token_spans(pre):
+        mask[a:a + width] = True
+    return mask
 
 
 def transform_texts(X: pd.DataFrame, states: list, tokenizers: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(hashed word counts (N, sum of 'hash'), token ids [+ n-gram weights] (N, sum of columns(c))) of the table
+    """(hashed word counts (N, sum of 'hash'), token ids [+ n-gram weights]) of the table
     X's text columns."""
     hashed, tokens = [np.zeros((len(X), 0), np.float32)], [np.zeros((len(X), 0), np.float32)]
     for c in states:
