@@ -38,7 +38,7 @@ import pandas as pd
 
 from cotune.config import RunConfig
 from cotune.data.preprocess import _category_strings
-from cotune.data.text import hashed_words, text_values
+from cotune.data.text import NGRAMS, hashed_words, text_values
 from cotune.errors import one_line
 from cotune.evaluate import evaluate
 from cotune.pipeline import TrainingSet, prepare
@@ -143,9 +143,9 @@ def _text_features(ds, train_idx, pre):
     import scipy.sparse as sp
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import FeatureUnion
-    keep = np.array(["#" not in n or n.split("#")[0] not in ds.text for n in pre.feature_names_])
-    vecs = {c: FeatureUnion([("word", TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2))),
-                             ("char", TfidfVectorizer(sublinear_tf=True, analyzer="char_wb", ngram_range=(2, 5)))])
+    hashed = {f"{c['name']}#{i}" for c in pre.text_ if "hash" in c for i in range(c["hash"])}
+    keep = np.array([n not in hashed for n in pre.feature_names_])
+    vecs = {c: FeatureUnion([(part, TfidfVectorizer(sublinear_tf=True, **kw)) for part, kw in NGRAMS.items()])
             .fit(text_values(ds.X[c].iloc[train_idx])) for c in ds.text}
     return lambda rows: sp.hstack([sp.csr_matrix(pre.transform_rows(ds, rows)[:, keep])] +
                                   [v.transform(text_values(ds.X[c].iloc[rows])) for c, v in vecs.items()]).tocsr()
@@ -171,6 +171,6 @@ def _raw(df: pd.DataFrame, ds, categories: dict) -> pd.DataFrame:
         cols[c] = np.where(np.isfinite(v), v, np.nan)
     for c in ds.categorical:
         cols[c] = pd.Categorical(_category_strings(df[c]), categories=categories[c])
-    for c in ds.text:  # hashed word counts, as the linear model gets them (cotune.data.text)
+    for c in ds.text:  # hashed word 1-2-gram counts, as models without a table layout get them (cotune.data.text)
         cols.update({(c, j): v for j, v in enumerate(hashed_words(text_values(df[c])).T)})
     return pd.DataFrame({f"f{i}": v for i, v in enumerate(cols.values())})

@@ -67,7 +67,7 @@ KNOBS: tuple[Knob, ...] = (
     _k("data.modality", str, "auto", "override the inferred modality", choices=("auto", "tabular", "image", "sequence")),
     _k("data.categorical", list, [], "table columns to treat as categorical whatever their dtype"),
     _k("data.text", list, None, "table columns of free text (tokenized on the training rows; the mlp reads them through model.text_encoder): null = detect them (string columns whose values average at least 3 words and are mostly distinct), [] = none (such columns are then categorical)", optional=True),
-    _k("data.drop", list, [], "table columns to ignore (IDs, free text, ...)"),
+    _k("data.drop", list, [], "table columns to ignore (IDs, leaky or unwanted columns, ...; free text is read, see data.text)"),
     _k("data.image_size", int, 32, "image folder: images are resized to this many pixels per side", low=4, high=1024),
     _k("data.image_mode", str, "rgb", "image folder: colour channels", choices=("rgb", "grayscale")),
     _k("data.n_samples", int, 5000, "mnist1d: samples generated (80% train / 20% test, the paper's split)", low=100, high=10_000_000),

@@ -258,6 +258,19 @@ def test_the_baselines_read_the_text(table):
     assert models["linear"]["test"]["accuracy"] >= 0.95 and models["lightgbm"]["test"]["accuracy"] >= 0.9
 
 
+def test_the_linear_baseline_swaps_only_the_hashed_text_counts_for_tfidf():
+    """A categorical column whose name starts like a text column's, then '#', keeps its one-hot columns."""
+    from cotune.baselines import _text_features
+    df = reviews(200).rename(columns={"kind": "review#kind"})
+    ds = dataset(df)
+    pre = Preprocessor().fit(ds, np.arange(150))
+    X = _text_features(ds, np.arange(150), pre)(np.arange(150))
+    kept = [n for n in pre.feature_names_ if not n.startswith("review#") or n.startswith("review#kind=")]
+    assert len(kept) == len(pre.feature_names_) - pre.text_[0]["hash"] == 4  # x and the three kinds
+    np.testing.assert_allclose(X[:, :4].toarray(), pre.transform_rows(ds, np.arange(150))[:, [pre.feature_names_.index(n) for n in kept]])
+    assert X.shape[1] > 4 + 1000  # then the word and character n-grams' TF-IDF
+
+
 # ---- end to end -------------------------------------------------------------------------------
 
 def test_a_mixed_table_trains_predicts_and_round_trips(tmp_path, table):

@@ -8,7 +8,7 @@ Each check is ``fn(ctx: AuditContext) -> Issues``. They apply to every table (th
 and modality only) and report nothing ("No text columns.", severity 'none') on one without text columns.
 A row's text is its text columns together. Texts are compared normalized: NFKC, lower case, apostrophes
 dropped, any other run of punctuation, symbols or whitespace one space. A text of fewer than
-TEXT_MIN_WORDS words is the `text_empty` check's and is left out of the others. `text_empty` flags rows of
+READABLE_WORDS words is the `text_empty` check's and is left out of the others. `text_empty` flags rows of
 every part, `text_duplicates` training rows (like `duplicates`; extra['first'] is each one's kept copy),
 `text_overlap` validation and test rows (their training twins in extra['train_rows']). data.clean acts on the
 last two: duplicates=drop_near drops the flagged training rows, leakage=drop the training twins.
@@ -29,7 +29,7 @@ from cotune.data import audit_checks_rows  # noqa: F401  (the column and row che
 from cotune.data.audit_registry import (CLASSIFICATION, Issues, make_issues, name_list, plural, register_check,
                                         severity, worst)
 
-TEXT_MIN_WORDS = 2      # a text of fewer words (after normalization) is too short to read
+READABLE_WORDS = 2      # a text of fewer words (after normalization) is too short to read
 NEAR_JACCARD = 0.8      # two texts whose word shingles have this estimated Jaccard similarity are near duplicates
 SHINGLE = 3             # words per shingle ...
 SHINGLE_ABOVE = 50      # ... when the median text has at least this many words; else a text's set of words
@@ -65,7 +65,7 @@ def _words(t: pd.Series) -> np.ndarray:
 
 def _texts(ctx) -> dict:
     """{'cols': {col: normalized Series}, 'words': {col: (N,) word counts}, 'text': (N,) the row's text,
-    'ok': (N,) bool, at least TEXT_MIN_WORDS words, 'uid': (N,) int64 id of the distinct text (-1 if not ok),
+    'ok': (N,) bool, at least READABLE_WORDS words, 'uid': (N,) int64 id of the distinct text (-1 if not ok),
     'n_unique': how many distinct texts}."""
     if "text" not in ctx.memo:
         X = ctx.ds.X
@@ -77,7 +77,7 @@ def _texts(ctx) -> dict:
             text = text + f" {_SEP} " + t
         if len(parts) > 1:
             text = text.str.replace(r" +", " ", regex=True).str.strip()
-        ok = sum(words.values()) >= TEXT_MIN_WORDS
+        ok = sum(words.values()) >= READABLE_WORDS
         uid = np.full(len(ctx), -1, dtype=np.int64)
         uid[ok], _ = pd.factorize(text.to_numpy(dtype=object)[ok])
         ctx.memo["text"] = {"cols": cols, "words": words, "text": text.to_numpy(dtype=object), "ok": ok, "uid": uid,
@@ -138,7 +138,8 @@ def _near_pairs(ctx) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         info = _texts(ctx)
         ok, uid, n_unique = info["ok"], info["uid"], info["n_unique"]
         first = np.zeros(n_unique, dtype=np.int64)
-        first[uid[ok][::-1]] = np.flatnonzero(ok)[::-1]    # the last write wins: each text's first row
+        ids, at = np.unique(uid[ok], return_index=True)    # each distinct text's first row
+        first[ids] = np.flatnonzero(ok)[at]
         texts = info["text"][first]
         k = SHINGLE if n_unique and np.median(sum(info["words"].values())[ok]) >= SHINGLE_ABOVE else 1
         sig = _signatures(texts, k) if n_unique > 1 else np.zeros((n_unique, MINHASH_PERMS), dtype=np.uint32)
@@ -184,7 +185,7 @@ def text_empty(ctx) -> Issues:
     for j, c in enumerate(ds.text):
         missing = ds.X[c].isna().to_numpy(dtype=bool)
         words = info["words"][c]
-        empty, short = ~missing & (words == 0), ~missing & (words > 0) & (words < TEXT_MIN_WORDS)
+        empty, short = ~missing & (words == 0), ~missing & (words > 0) & (words < READABLE_WORDS)
         bad[:, j] = np.where(missing | empty, 1.0, np.where(short, 0.5, 0.0))
         for kind, m in (("missing", missing), ("empty", empty), ("short", short)):
             kinds[kind] += int(m.sum())
@@ -196,7 +197,7 @@ def text_empty(ctx) -> Issues:
            f"({kinds['missing']} missing, {kinds['empty']} empty or punctuation only, {kinds['short']} of one word): "
            "the model reads little or nothing of them." if n else "No missing, empty or one-word texts.")
     return make_issues(ctx, "text_empty", mask, bad.mean(axis=1), examined=len(ctx), message=msg,
-                       fix="fill those texts in, or drop the rows", columns=columns, min_words=TEXT_MIN_WORDS, **kinds)
+                       fix="fill those texts in, or drop the rows", columns=columns, min_words=READABLE_WORDS, **kinds)
 
 
 @register_check("text_duplicates", modalities=("tabular",))

@@ -58,8 +58,8 @@ MAX_CATEGORIES = 50
 MISSING = "__missing__"
 OTHER = "__other__"
 FILENAME = "preprocess.json"
-FORMAT_VERSION = 2
-VERSIONS = (1, 2, 3)  # readable; 1 is written when the state needs nothing of 2, 3 when it has text columns
+FORMAT_VERSION = 3  # written with text columns; 2 when the state needs its numeric method or embeddings, else 1
+VERSIONS = (1, 2, 3)  # readable
 EMBED_ABOVE = 8
 __all__ = ["Preprocessor", "TargetTransform", "NUMERIC_METHODS"]
 _CHUNK = 4096  # samples per chunk when computing array statistics
@@ -316,7 +316,7 @@ class Preprocessor:
              "feature_names": list(self.feature_names_)}
         if self.modality_ == "tabular":
             needs_v2 = self.numeric != "standard" or any(c["embed"] for c in self.categorical_)
-            d.update(version=3 if self.text_ else FORMAT_VERSION if needs_v2 else 1, numeric_method=self.numeric,
+            d.update(version=FORMAT_VERSION if self.text_ else 2 if needs_v2 else 1, numeric_method=self.numeric,
                      embed_above=self.embed_above, embed=self.embed, columns=list(self.columns_),
                      numeric=[dict(c) for c in self.numeric_],
                      categorical=[{"name": c["name"], "categories": list(c["categories"]), "other": c["other"],

@@ -10,8 +10,9 @@ Tokenizers (the `tokenizers` library): 'bpe' (byte-pair encoding), 'wordpiece' (
 input with the classic TF-IDF weights: the word 1-2-grams (a quarter of vocab_size, the most frequent) and
 character 2-5-grams within word boundaries (the rest) of the training texts, each weighted by its sublinear
 TF-IDF (scikit-learn's TfidfVectorizer, fitted on the training rows; vocabulary and idf saved), a text's
-`length` heaviest n-grams kept as ids (2 + the n-gram's index), their weights L2-normalized beside them. Every one lower-cases and NFKC-normalizes, then
-splits on whitespace and punctuation; the special tokens '[PAD]' and '[UNK]' are ids 0 and 1, so a text
+`length` heaviest n-grams kept as ids (2 + the n-gram's index), their weights L2-normalized beside them. The
+tokenizers NFKC-normalize and lower-case, then split on whitespace and punctuation ('ngrams' lower-cases and
+splits as scikit-learn does, without NFKC); the special tokens '[PAD]' and '[UNK]' are ids 0 and 1, so a text
 with nothing the vocabulary knows (a word only validation or test rows hold, for 'word') encodes to 1s
 and an empty or missing text to all 0s. Texts longer than `length` tokens are cut at the end.
 
@@ -33,7 +34,8 @@ TOKENIZERS = ("bpe", "wordpiece", "word", "ngrams")
 NGRAMS = {"word": {"ngram_range": (1, 2)}, "char": {"analyzer": "char_wb", "ngram_range": (2, 5)}}
 PAD, UNK = "[PAD]", "[UNK]"  # ids 0 and 1
 HASH_FEATURES = 512
-# the library's Rust thread pool would take every core; cotune sets its threads itself (runtime.threads)
+# the library's Rust thread pool would take every core, and it warns after a fork (search workers); a user's
+# own setting stands
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
