@@ -51,11 +51,11 @@ def _k(name, type, default, help, **kw) -> Knob:
 SGD_LIKE = ("sgd", "rmsprop")
 ADAM_LIKE = ("adam", "adamw")
 CLASSIFICATION = ("binary", "multiclass")
-# search.metric's choices (cotune.evaluate knows which tasks each fits and its direction)
 # the table preprocessing knobs a model.init_from run takes from its source (its fitted preprocessing comes with its
 # weights): set to the source's or not at all, never searched; the text ones only where the source reads text
 FROM_SOURCE = ("data.numeric", "data.embed_above")
 FROM_SOURCE_TEXT = ("data.tokenizer", "data.vocab_size", "data.max_tokens")
+# search.metric's choices (cotune.evaluate knows which tasks each fits and its direction)
 METRICS = ("auto", "accuracy", "balanced_accuracy", "f1_macro", "f1", "roc_auc", "log_loss", "rmse", "mae", "r2",
            "robust_accuracy")
 

@@ -94,7 +94,7 @@ def prepare(cfg: RunConfig, ds, merge_val: bool = False, parts: tuple | None = N
     held-out rows are the validation part, which the data knobs never touch, like validation rows)."""
     d = cfg.data
     source = None if cfg.model.init_from is None else load_source(
-        cfg.model.init_from, ds, cfg.model.family, {k: cfg.flat()[k] for k in FROM_SOURCE + FROM_SOURCE_TEXT})
+        cfg.model.init_from, ds, cfg.model.family, {k: v for k, v in cfg.flat().items() if k in FROM_SOURCE + FROM_SOURCE_TEXT})
     tr, va, te = parts if parts is not None else split_indices(ds, val=d.split.val, test=d.split.test, seed=d.split.seed)
     if merge_val:
         tr, va = np.sort(np.concatenate([tr, va])), va[:0]

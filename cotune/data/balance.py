@@ -139,8 +139,9 @@ def _with_whole_columns(X, y, space, made, y_made, keep) -> np.ndarray:
         out[:, ~keep] = made
     if keep.any():
         from sklearn.neighbors import NearestNeighbors
+        cols = np.flatnonzero(keep)
         for c in np.unique(y_made):
             rows, at = np.flatnonzero(y == c), np.flatnonzero(y_made == c)
             near = NearestNeighbors(n_neighbors=1).fit(space[rows]).kneighbors(made[at], return_distance=False)[:, 0]
-            out[np.ix_(at, np.flatnonzero(keep))] = X[np.ix_(rows[near], np.flatnonzero(keep))]
+            out[np.ix_(at, cols)] = X[np.ix_(rows[near], cols)]
     return out
