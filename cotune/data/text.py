@@ -216,11 +216,17 @@ def text_state(c: dict) -> dict:
     return {"name": str(c["name"]), "length": int(c["length"]), "vocab": int(c["vocab"]), "tokenizer": c["tokenizer"]}
 
 
+def token_columns(text: dict) -> int:
+    """How many feature columns a text column of a table layout takes: its `length` ids, and as many n-gram
+    weights after them for a weighted one ('ngrams')."""
+    return text["length"] * (2 if text.get("weighted") else 1)
+
+
 def token_spans(pre) -> list[tuple[int, int, int]]:
     """(start, ids, width) of each text column's tokens in a fitted tabular Preprocessor's features: the last columns,
     an 'ngrams' text's weights after its ids (width 2 * ids)."""
     texts = (getattr(pre, "layout_", None) or {}).get("text") or []
-    widths = [t["length"] * (2 if t.get("weighted") else 1) for t in texts]
+    widths = [token_columns(t) for t in texts]
     starts = pre.in_shape_[0] - sum(widths) + np.cumsum([0] + widths[:-1])
     return [(int(a), t["length"], w) for a, t, w in zip(starts, texts, widths)]
 

@@ -10,6 +10,7 @@ import math
 import torch
 import torch.nn as nn
 
+from cotune.data.text import token_columns
 from cotune.errors import ModelError
 from cotune.models.text import text_encoder as text_encoder_for
 
@@ -116,8 +117,9 @@ class TableInput(nn.Module):
         n, self.n_num, self.n_hot = layout["numeric"], layout["numeric"], layout["onehot"]
         cards = layout["cardinalities"]
         texts = layout.get("text") or []
-        self.n_cat, self.lengths, self.weighted = len(cards), [t["length"] for t in texts], [t.get("weighted") for t in texts]
-        if any(self.weighted) and text_encoder != "bag":
+        self.n_cat, self.texts = len(cards), texts
+        weighted = [t.get("weighted") for t in texts]
+        if any(weighted) and text_encoder != "bag":
             raise ModelError(f"data.tokenizer=ngrams gives each text as a bag of weighted n-grams, which only "
                              f"model.text_encoder=bag reads (not {text_encoder!r}); set it to bag, or use another tokenizer.")
         self.num = (PeriodicEmbedding(n, d) if num_embedding == "periodic" else
@@ -135,10 +137,11 @@ class TableInput(nn.Module):
         if self.cat is not None:
             parts.append(self.cat(x[:, split:split + self.n_cat]).flatten(1))
         start = split + self.n_cat
-        for encoder, length, weighted in zip(self.text, self.lengths, self.weighted):
+        for encoder, t in zip(self.text, self.texts):
+            length = t["length"]
             ids = x[:, start:start + length]
-            parts.append(encoder(ids, x[:, start + length:start + 2 * length]) if weighted else encoder(ids))
-            start += length * (2 if weighted else 1)
+            parts.append(encoder(ids, x[:, start + length:start + 2 * length]) if t.get("weighted") else encoder(ids))
+            start += token_columns(t)
         return torch.cat(parts, 1)
 
 

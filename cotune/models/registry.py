@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cotune.data.text import token_columns
 from cotune.errors import ModelError, fmt_choices, invalid
 from cotune.knobs import BY_NAME, KNOBS as KNOB_TABLE
 
@@ -254,7 +255,7 @@ def check_layout(layout, in_shape) -> dict | None:
     texts = [{"name": str(t.get("name", i)), "length": _count(f"{what} 'text'[{i}] length", t.get("length"), 1),
               "vocab": _count(f"{what} 'text'[{i}] vocab", t.get("vocab"), 2), "weighted": t.get("weighted") is True}
              for i, t in enumerate(texts)]
-    width = n_num + n_hot + len(cards) + sum(t["length"] * (2 if t["weighted"] else 1) for t in texts)
+    width = n_num + n_hot + len(cards) + sum(token_columns(t) for t in texts)
     if len(in_shape) != 1 or in_shape[0] != width:
         raise ModelError(invalid("the model input shape with a table layout", f"({width},): {n_num} numeric + "
                                  f"{n_hot} one-hot + {len(cards)} embedded categorical + "
