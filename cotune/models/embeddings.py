@@ -118,8 +118,7 @@ class TableInput(nn.Module):
         cards = layout["cardinalities"]
         texts = layout.get("text") or []
         self.n_cat, self.texts = len(cards), texts
-        weighted = [t.get("weighted") for t in texts]
-        if any(weighted) and text_encoder != "bag":
+        if any(t.get("weighted") for t in texts) and text_encoder != "bag":
             raise ModelError(f"data.tokenizer=ngrams gives each text as a bag of weighted n-grams, which only "
                              f"model.text_encoder=bag reads (not {text_encoder!r}); set it to bag, or use another tokenizer.")
         self.num = (PeriodicEmbedding(n, d) if num_embedding == "periodic" else
