@@ -156,11 +156,12 @@ def test_the_final_refit_trains_in_search_final_nproc_processes(tmp_path, monkey
     from cotune.config import from_dict
     from cotune.search.ensemble import final_model
     calls = []
-    monkeypatch.setattr(cotune.launch, "run", lambda cfg, **kw: calls.append((cfg, kw)) or "result")
+    result = SimpleNamespace(train=SimpleNamespace(stopped_early=False, epochs_run=3))
+    monkeypatch.setattr(cotune.launch, "run", lambda cfg, **kw: calls.append((cfg, kw)) or result)
     best = SimpleNamespace(number=4, params={"train.lr": 0.01}, user_attrs={"best_epoch": 3})
     final, how = final_model(from_dict({}, ["search.final_nproc=2"]), best, None, tmp_path, None)
     (cfg, kw), = calls
-    assert final == "result" and kw == {"refit_epochs": 3, "nproc": 2} and how["processes"] == 2
+    assert final is result and kw == {"refit_epochs": 3, "nproc": 2, "on_eval": None} and how["processes"] == 2
     assert cfg.train.lr == 0.01 and cfg.out == str(tmp_path / "final")
 
 

@@ -155,6 +155,22 @@ def test_an_ensemble_refits_the_members_the_budget_covers_best_first(tmp_path, m
     assert final.test == {"accuracy": 0.93} and "val" not in final.metrics  # the refitted member trained on val
 
 
+def test_the_final_refit_ends_when_the_budget_does(tmp_path):
+    """A refit slower than its estimate (a loaded machine) stops after the epoch that ends past the deadline, less
+    the work after it; fit.json's 'final' says so. Without a deadline it trains its full epoch count."""
+    import time
+    from types import SimpleNamespace
+
+    from cotune.search import ensemble
+    best = SimpleNamespace(number=0, params={}, user_attrs={"best_epoch": 40})
+    cfg = from_dict({}, ["data.source=sklearn:iris", "runtime.threads=1"])
+    final, how = ensemble.final_model(cfg, best, None, tmp_path / "late", deadline=time.time())
+    assert final.train.epochs_run == 1 and how["budget_ended_at"] == 1 and "the budget ended it after epoch 1" in how["summary"]
+    assert how["epochs"] == [40] and (tmp_path / "late" / "final" / "model.safetensors").is_file()
+    final, how = ensemble.final_model(cfg, best, None, tmp_path / "free", deadline=None)
+    assert final.train.epochs_run == 40 and "budget_ended_at" not in how and "budget" not in how["summary"]
+
+
 def test_two_objectives_search_the_pareto_front(tmp_path):
     """quality,size: NSGA-II over (val accuracy, parameters); the final model is the front's best accuracy;
     no ensemble. quality,latency: the second objective is measured CPU milliseconds per sample."""

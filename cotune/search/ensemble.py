@@ -49,12 +49,24 @@ def final_model(cfg: RunConfig, best, choice: dict | None, out: Path, deadline: 
     if choice is None or not choice["kept"]:
         epochs = trial_epochs(best, cfg)
         final = run(cfg.replace(**best.params, **{"out": str(out / "final"), "runtime.progress": False}),
-                    refit_epochs=epochs, nproc=cfg.search.final_nproc)
+                    refit_epochs=epochs, nproc=cfg.search.final_nproc, on_eval=until(deadline, cfg))
+        ran = final.train.epochs_run if final.train.stopped_early else epochs
+        cut = f"; the budget ended it after epoch {ran}" if ran < epochs else ""
         return final, {"kind": "single", "trials": [best.number], "epochs": [epochs], "trained_on": "train+val",
-                       "processes": cfg.search.final_nproc,
+                       "processes": cfg.search.final_nproc, **({"budget_ended_at": ran} if cut else {}),
                        "summary": f"trial #{best.number}'s knobs, refitted on train + validation for its "
-                                  f"early-stopping epoch count ({epochs}), then tested once"}
+                                  f"early-stopping epoch count ({epochs}{cut}), then tested once"}
     return _ensemble(cfg, choice, out, deadline)
+
+
+def until(deadline: float | None, cfg: RunConfig):
+    """train()'s hook for a refit the budget covers: stop after the epoch that ends past the deadline less the work
+    after the final model (AFTER_FINAL_S). The refit's time is estimated from its trial (refit_seconds); this holds
+    the budget when a loaded machine makes it slower. None without a deadline, or with search.final_nproc > 1 (the
+    training runs in other processes, which no hook reaches)."""
+    if deadline is None or cfg.search.final_nproc > 1:
+        return None
+    return lambda epoch, row: time.time() > deadline - AFTER_FINAL_S
 
 
 def trial_epochs(trial, cfg: RunConfig) -> int:
@@ -76,7 +88,7 @@ def _ensemble(cfg: RunConfig, choice: dict, out: Path, deadline: float | None):
         if deadline is None or time.time() + refit_seconds(t, cfg.data.split.val) + AFTER_FINAL_S <= deadline:
             d = final / "members" / str(i)
             run(cfg.replace(**t.params, **{"out": str(d), "runtime.progress": False}), refit_epochs=n,
-                nproc=cfg.search.final_nproc)
+                nproc=cfg.search.final_nproc, on_eval=until(deadline, cfg))
             dirs.append(d)
             refitted.append(t.number)
         else:

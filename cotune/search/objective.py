@@ -94,8 +94,9 @@ class Objective:
         if now - self._refreshed > CLOCK_REFRESH_S:
             self._refreshed = now
             self._stop_at = self.deadline - estimate_final(self.study.get_trials(deepcopy=False), self.cfg, self.metric.maximize)
-        # this config may win: its refit on train+val (about this trial's time so far) must fit too
-        return now > self._stop_at or now + (now - t0) * (1 + self.cfg.data.split.val) * 1.1 > self.deadline
+        # this config may win: its refit on train+val (about this trial's time so far) and the work after it must fit too
+        own = (now - t0) * (1 + self.cfg.data.split.val) * REFIT_MARGIN + AFTER_FINAL_S
+        return now > self._stop_at or now + own > self.deadline
 
     def record(self, trial, res, tdir: Path, t0: float):
         """A finished trial's attrs; returns its objective value(s)."""
