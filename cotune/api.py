@@ -37,7 +37,7 @@ def train(config=None, *, overrides=(), out=None, resume: bool = False, progress
     model that `mlflow.pyfunc.load_model(result.mlflow['model_uri'])` loads (cotune.mlflow_model). A resumed run
     is logged as a new MLflow run, from the epoch it resumes at."""
     from cotune.launch import run
-    from cotune.pipeline import default_out
+    from cotune.track import default_out
     if resume:
         if out is None:
             from cotune.errors import ConfigError

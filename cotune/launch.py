@@ -26,8 +26,8 @@ from pathlib import Path
 from cotune import distributed
 from cotune.config import RunConfig, from_dict
 from cotune.errors import ConfigError, CotuneError, one_line
-from cotune.pipeline import RunResult, default_out, prepare_out, run as run_here
-from cotune.track import read_json, write_json
+from cotune.pipeline import RunResult, prepare_out, run as run_here
+from cotune.track import default_out, read_json, write_json
 from cotune.train import TrainResult
 
 LOG_TAIL = 4000  # characters of torchrun's output shown when it fails without a rank's own report

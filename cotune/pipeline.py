@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -40,7 +39,7 @@ from cotune.distributed import is_main, world
 from cotune.errors import ConfigError, CotuneError
 from cotune.models import create_model
 from cotune.runtime import Runtime, seed_everything, versions
-from cotune.track import FileTracker, NullTracker, Tee, read_json, write_csv, write_json
+from cotune.track import FileTracker, NullTracker, Tee, default_out, read_json, write_csv, write_json
 from cotune.train import CHECKPOINT, CHECKPOINT_STATE, TrainResult, check_config, infer, train
 from cotune.transfer import init_from, load_source
 
@@ -57,11 +56,6 @@ class RunResult:
     @property
     def test(self) -> dict:
         return self.metrics.get("test") or {}
-
-
-def default_out(cfg: RunConfig) -> Path:
-    name = cfg.data.source.replace("sklearn:", "").rstrip("/").split("/")[-1].split(".")[0] or "data"
-    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def prepare_out(out: Path, resume: bool) -> None:

@@ -58,6 +58,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def default_out(cfg) -> Path:
+    """A run's directory when the config names none: runs/<data name>-<date-time>."""
+    name = cfg.data.source.replace("sklearn:", "").rstrip("/").split("/")[-1].split(".")[0] or "data"
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def check_writable(path: str | Path, what: str) -> None:
     """A one-line ConfigError, before any work is done, when no file can be written at `path` (a folder, a file
     where a folder must be, no permission); missing folders are fine: atomic_write_bytes creates them."""

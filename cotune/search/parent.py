@@ -35,7 +35,8 @@ from cotune.search.reeval import reevaluate
 from cotune.search.space import modality_base, parse_budget, parse_population, search_space, start_params
 from cotune.search.storage import import_optuna, open_study, storage_url
 from cotune.search.tracking import track_study
-from cotune.track import read_json, write_csv, write_json
+from cotune.search.worker import alive
+from cotune.track import default_out, read_json, write_csv, write_json
 
 GRACE_S = 30.0  # workers still running this long past the deadline are ended
 READY = ".workers-go"  # `cotune fit` creates it when the study is ready for the workers it started early
@@ -60,8 +61,6 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
     """Search, then refit the best config on train+val and evaluate it once on test.
 
     started_at: the Unix time the budget counts from (default: now; `cotune fit` passes its process's start)."""
-    from cotune.distributed import check_nproc
-    from cotune.pipeline import default_out, load_data
     t0 = min(time.time(), started_at) if started_at is not None else time.time()
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     if resume:
@@ -81,28 +80,19 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
         raise ConfigError("A search needs a limit: pass --budget (e.g. 10m) and/or --trials (e.g. 50).")
     if cfg.data.split.val <= 0:
         raise ConfigError("A search ranks trials on the validation part: set data.split.val > 0 (e.g. 0.15).")
-    check_nproc(cfg.search.final_nproc, cfg.runtime.device, "search.final_nproc")  # now, not after the search
-    ds = load_data(cfg)  # validates the source before anything is written
-    metric = primary_metric(ds.task, cfg.search.metric)  # what ranks the trials: the one source, recorded for the report
-    fixed = fixed or explicit(cfg)
-    if not resume:
-        cfg = modality_base(cfg, fixed, ds.modality)
-    space = search_space(cfg, fixed, ds.modality, ds.task, text=bool(ds.text))
-    if resume and "space" in state:  # the study's own space: other defaults (a new version, no GPU here) would clash
-        space = {k: tuple(v) for k, v in state["space"].items()}
-    if not space:
-        raise ConfigError("Every searchable knob is fixed by the config; unset some or widen search.space.")
     deadline = None if budget is None else t0 + budget - elapsed
     new_root = None if resume else _new_root(out)  # what a search that fails before its first trial removes
     out.mkdir(parents=True, exist_ok=True)
     url = storage_url(out, storage)
     name = study_name or out.name
-    # the workers start now and import torch & co. while this process sets the study up (seconds of the budget)
+    # the workers start first: they import torch & co. while this process does (seconds of the budget on a loaded
+    # machine), then wait for the study; a config or source that turns out invalid below ends them
     go = out / READY
     go.unlink(missing_ok=True)
     procs: list = []
     try:
         procs = spawn_workers(url, name, cfg.search.workers, deadline, out, cfg.runtime.threads, wait_for=go)
+        cfg, fixed, space, ds, metric = _check(cfg, fixed, resume, state if resume else None)
         return _search(cfg, fixed, space, ds, metric, out, url, name, state_args=(budget, elapsed, t0, deadline, resume),
                        procs=procs, go=go, live=live, console=console)
     except BaseException:
@@ -113,6 +103,24 @@ def fit(cfg: RunConfig, fixed: set[str] | None = None, *, resume: bool = False, 
         raise
     finally:
         go.unlink(missing_ok=True)
+
+
+def _check(cfg: RunConfig, fixed: set[str] | None, resume: bool, state: dict | None):
+    """The search's data, metric and space, checked before the study opens: (cfg, fixed, space, ds, metric)."""
+    from cotune.distributed import check_nproc
+    from cotune.pipeline import load_data
+    check_nproc(cfg.search.final_nproc, cfg.runtime.device, "search.final_nproc")  # now, not after the search
+    ds = load_data(cfg)  # validates the source before the study is written
+    metric = primary_metric(ds.task, cfg.search.metric)  # what ranks the trials: the one source, recorded for the report
+    fixed = fixed or explicit(cfg)
+    if not resume:
+        cfg = modality_base(cfg, fixed, ds.modality)
+    space = search_space(cfg, fixed, ds.modality, ds.task, text=bool(ds.text))
+    if resume and "space" in state:  # the study's own space: other defaults (a new version, no GPU here) would clash
+        space = {k: tuple(v) for k, v in state["space"].items()}
+    if not space:
+        raise ConfigError("Every searchable knob is fixed by the config; unset some or widen search.space.")
+    return cfg, fixed, space, ds, metric
 
 
 def _new_root(out: Path) -> Path | None:
@@ -320,7 +328,7 @@ def requeue_interrupted(study) -> list[int]:
     storage, host, done = study._storage, socket.gethostname(), []
     for t in study.get_trials(deepcopy=True, states=(TrialState.RUNNING,)):
         where, _, pid = t.user_attrs.get("worker", "").rpartition(":")
-        if where and (where != host or _alive(int(pid))):
+        if where and (where != host or alive(int(pid))):
             continue  # a live worker (here, or on another machine) is still on it
         try:
             storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted: its worker died; queued again")
@@ -334,19 +342,6 @@ def requeue_interrupted(study) -> list[int]:
                 system_attrs={"failed_trial": t.system_attrs.get("failed_trial", t.number), "retry_history": history}))
         done.append(t.number)
     return done
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed worker nobody has reaped yet is a zombie: dead
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _warm_up() -> None:

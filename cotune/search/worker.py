@@ -76,3 +76,17 @@ def _reserve(trials) -> float:
     trial that runs out of time stops at its best epoch so far and still counts, so it need not fit whole."""
     secs = sorted(t.user_attrs["seconds"] for t in trials if "seconds" in t.user_attrs)
     return 0.5 * secs[len(secs) // 2] if secs else 0.0
+
+
+def alive(pid: int) -> bool:
+    """Whether the worker process `pid` on this machine still runs (`fit --resume` requeues the trials of dead ones)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed worker nobody has reaped yet is a zombie: dead
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
