@@ -134,6 +134,7 @@ def test_an_ensemble_refits_the_members_the_budget_covers_best_first(tmp_path, m
     """With time for one member's refit of two, the best member is refitted on train + validation and the other
     stays as the search trained it; the test score is the mixed ensemble's."""
     import time
+    from types import SimpleNamespace
 
     from cotune import launch, pipeline
     from cotune.search import ensemble
@@ -143,7 +144,8 @@ def test_an_ensemble_refits_the_members_the_budget_covers_best_first(tmp_path, m
     choice = {"members": [0, 1], "val": 0.95, "best_single_val": 0.9, "metric": "accuracy", "kept": True,
               "trials": trials, "metrics": {"val": {"accuracy": 0.95}, "test": {"accuracy": 0.9}}}
     trained, saved = [], []
-    monkeypatch.setattr(launch, "run", lambda cfg, **kw: trained.append(cfg.out))
+    done = SimpleNamespace(train=SimpleNamespace(stopped_early=True, epochs_run=2))  # its refit ended by the budget
+    monkeypatch.setattr(launch, "run", lambda cfg, **kw: trained.append(cfg.out) or done)
     monkeypatch.setattr("cotune.bundle.save_ensemble", lambda out, dirs: saved.extend(map(str, dirs)))
     monkeypatch.setattr(pipeline, "evaluate_ensemble", lambda cfg, dirs: {"val": {"accuracy": 1.0}, "test": {"accuracy": 0.93}})
     monkeypatch.setattr(ensemble, "read_json", lambda p: {"n_params": 5})
@@ -152,6 +154,7 @@ def test_an_ensemble_refits_the_members_the_budget_covers_best_first(tmp_path, m
     member0 = str(tmp_path / "out" / "final" / "members" / "0")
     assert trained == [member0] and saved == [member0, trials[1].user_attrs["run_dir"]]
     assert how["trained_on"] == "mixed" and how["refitted"] == [0] and "#1 as the search trained it" in how["summary"]
+    assert how["budget_ended_at"] == {"0": 2} and "the budget ended the refit of #0 after epoch 2" in how["summary"]
     assert final.test == {"accuracy": 0.93} and "val" not in final.metrics  # the refitted member trained on val
 
 
@@ -165,7 +168,7 @@ def test_the_final_refit_ends_when_the_budget_does(tmp_path):
     best = SimpleNamespace(number=0, params={}, user_attrs={"best_epoch": 40})
     cfg = from_dict({}, ["data.source=sklearn:iris", "runtime.threads=1"])
     final, how = ensemble.final_model(cfg, best, None, tmp_path / "late", deadline=time.time())
-    assert final.train.epochs_run == 1 and how["budget_ended_at"] == 1 and "the budget ended it after epoch 1" in how["summary"]
+    assert final.train.epochs_run == 1 and how["budget_ended_at"] == {"0": 1} and "the budget ended it after epoch 1" in how["summary"]
     assert how["epochs"] == [40] and (tmp_path / "late" / "final" / "model.safetensors").is_file()
     final, how = ensemble.final_model(cfg, best, None, tmp_path / "free", deadline=None)
     assert final.train.epochs_run == 40 and "budget_ended_at" not in how and "budget" not in how["summary"]

@@ -53,7 +53,7 @@ def final_model(cfg: RunConfig, best, choice: dict | None, out: Path, deadline: 
         ran = final.train.epochs_run if final.train.stopped_early else epochs
         cut = f"; the budget ended it after epoch {ran}" if ran < epochs else ""
         return final, {"kind": "single", "trials": [best.number], "epochs": [epochs], "trained_on": "train+val",
-                       "processes": cfg.search.final_nproc, **({"budget_ended_at": ran} if cut else {}),
+                       "processes": cfg.search.final_nproc, **({"budget_ended_at": {str(best.number): ran}} if cut else {}),
                        "summary": f"trial #{best.number}'s knobs, refitted on train + validation for its "
                                   f"early-stopping epoch count ({epochs}{cut}), then tested once"}
     return _ensemble(cfg, choice, out, deadline)
@@ -83,12 +83,14 @@ def _ensemble(cfg: RunConfig, choice: dict, out: Path, deadline: float | None):
     need = sum(refit_seconds(t, cfg.data.split.val) for t in trials)
     epochs = [trial_epochs(t, cfg) for t in trials]
     members = ", ".join(f"#{t.number}" for t in trials)
-    dirs, refitted = [], []
+    dirs, refitted, ended = [], [], {}
     for i, (t, n) in enumerate(zip(trials, epochs)):  # best first: the budget's remainder goes to the top members
         if deadline is None or time.time() + refit_seconds(t, cfg.data.split.val) + AFTER_FINAL_S <= deadline:
             d = final / "members" / str(i)
-            run(cfg.replace(**t.params, **{"out": str(d), "runtime.progress": False}), refit_epochs=n,
-                nproc=cfg.search.final_nproc, on_eval=until(deadline, cfg))
+            res = run(cfg.replace(**t.params, **{"out": str(d), "runtime.progress": False}), refit_epochs=n,
+                      nproc=cfg.search.final_nproc, on_eval=until(deadline, cfg))
+            if res.train.stopped_early:  # the budget ended its refit (until)
+                ended[str(t.number)] = res.train.epochs_run
             dirs.append(d)
             refitted.append(t.number)
         else:
@@ -115,6 +117,8 @@ def _ensemble(cfg: RunConfig, choice: dict, out: Path, deadline: float | None):
         summary = (f"a soft-voting ensemble of trials {members} as the search trained them, on the training part "
                    f"only: refitting them on train + validation needed about {need:.0f} s, more than the budget had "
                    "left")
+    if ended:
+        summary += f" (the budget ended the refit of {', '.join(f'#{k} after epoch {v}' for k, v in ended.items())})"
     info = {k: v for k, v in choice.items() if k not in ("trials", "metrics")}
     write_json(final / "metrics.json", {**metrics, "ensemble": info})
     write_json(final / "config.json", cfg.to_dict())
@@ -123,7 +127,7 @@ def _ensemble(cfg: RunConfig, choice: dict, out: Path, deadline: float | None):
                        config=cfg.replace(**trials[0].params))
     how = {"kind": "ensemble", "trials": [t.number for t in trials], "epochs": epochs,
            "trained_on": trained_on, "refitted": refitted, "refit_seconds_needed": need, "summary": summary,
-           "processes": cfg.search.final_nproc if refitted else None}
+           "processes": cfg.search.final_nproc if refitted else None, **({"budget_ended_at": ended} if ended else {})}
     return result, how
 
 
