@@ -17,6 +17,9 @@ max_tokens 256 (the search's start on a text table) and 1024.
              width 256, depth 1, dropout 0.1, bag encoder width 64, adamw lr 2e-3, weight decay 3e-4
              (decoupled), 200 epochs, patience 16; and the same with adam and a coupled L2 of 1 / (C N)
              (weight_decay added to the gradient), LR's penalty.
+  residual   (256 only) lr's model fitted first and frozen, plus a network (bag of n-gram embeddings, one hidden
+             layer of 256, its output layer zero at the start, AdamW as cotune's start) trained on its logits:
+             what a network adds to the convex solution on these features.
 One thread everywhere. Prints a markdown table per seed and mean +/- sd over seeds; --out/gap.json holds it all.
 """
 from __future__ import annotations
@@ -94,8 +97,48 @@ def fit_softmax(X, y, l2: float, seed: int, epochs: int = 60) -> tuple[float, fl
     return best
 
 
+def fit_residual(X, y, ids, C: float, seed: int, epochs: int = 40) -> tuple[float, float, int]:
+    """LR (C) fitted first and frozen, its logits plus a network's: a bag of n-gram embeddings (sum, width 64)
+    -> Linear(256) -> ReLU -> dropout 0.1 -> Linear(classes), that last layer zero at the start (so epoch 0 is
+    LR), AdamW lr 2e-3, weight decay 3e-4, batch 256: (val, test, epoch) at the best val epoch. What a network
+    can add to the convex solution on these features."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    from sklearn.linear_model import LogisticRegression
+    lr = LogisticRegression(C=C, max_iter=2000).fit(X["train"], y["train"])
+    base = {s: torch.tensor(lr.decision_function(m), dtype=torch.float32) for s, m in X.items()}
+    Y = {s: torch.from_numpy(v).long() for s, v in y.items()}
+    torch.manual_seed(seed)
+    emb = nn.EmbeddingBag(X["train"].shape[1], 64, mode="sum", padding_idx=0)
+    net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Dropout(0.1), nn.Linear(256, base["train"].shape[1]))
+    nn.init.zeros_(net[3].weight)
+    nn.init.zeros_(net[3].bias)
+    opt = torch.optim.AdamW([*emb.parameters(), *net.parameters()], lr=2e-3, weight_decay=3e-4)
+
+    def logits(s, j=slice(None)):
+        return net(emb(ids[s][0][j], per_sample_weights=ids[s][1][j])) + base[s][j]
+    best = (-1.0, 0.0, 0)
+    for epoch in range(epochs):
+        emb.train(), net.train()
+        for j in torch.randperm(len(Y["train"]), generator=torch.Generator().manual_seed(seed + epoch)).split(256):
+            loss = F.cross_entropy(logits("train", j), Y["train"][j])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        emb.eval(), net.eval()
+        with torch.no_grad():
+            acc = {s: (logits(s).argmax(1) == Y[s]).float().mean().item() for s in ("val", "test")}
+        if acc["val"] > best[0]:
+            best = (acc["val"], acc["test"], epoch + 1)
+    return best
+
+
 def fit_cotune(csv: Path, out: Path, seed: int, extra: list[str]) -> tuple[float, float, int]:
+    import shutil
+
     import cotune
+    shutil.rmtree(out, ignore_errors=True)  # this script's own run directory, from an earlier run of it
     r = cotune.train(overrides=[f"data.source={csv}", "data.target=category", "data.split.column=split",
                                 "runtime.threads=1", f"runtime.seed={seed}", "runtime.progress=false", *START, *extra],
                      out=str(out), checkpoint=False)
@@ -128,7 +171,15 @@ def one_seed(seed: int, args) -> list[dict]:
             rows.append({"seed": seed, "max_tokens": length, "side": name, "C": C, "val": v, "test": te,
                          "epoch": ep, "seconds": time.time() - t})
         if length == 256:
+            import torch
+
+            from cotune.data.text import encode_ngrams
             C256 = C
+            ids = {s: [torch.from_numpy(a) for a in encode_ngrams(state, t, length)] for s, t in texts.items()}
+            t = time.time()
+            v, te, ep = fit_residual(X, y, ids, C, seed)
+            rows.append({"seed": seed, "max_tokens": length, "side": "lr frozen + residual network", "C": C, "val": v,
+                         "test": te, "epoch": ep, "seconds": time.time() - t})
     for extra, name in (([f"data.vocab_size={args.vocab}", "data.max_tokens=256"], "cotune start (adamw, decoupled 3e-4)"),
                         ([f"data.vocab_size={args.vocab}", "data.max_tokens=256", "train.optimizer=adam",
                           f"train.weight_decay={1.0 / (C256 * n):.3g}"], "cotune start, adam + coupled L2 1/(C N)")):
