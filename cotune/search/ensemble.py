@@ -50,10 +50,10 @@ def final_model(cfg: RunConfig, best, choice: dict | None, out: Path, deadline: 
         epochs = trial_epochs(best, cfg)
         final = run(cfg.replace(**best.params, **{"out": str(out / "final"), "runtime.progress": False}),
                     refit_epochs=epochs, nproc=cfg.search.final_nproc, on_eval=until(deadline, cfg))
-        ran = final.train.epochs_run if final.train.stopped_early else epochs
-        cut = f"; the budget ended it after epoch {ran}" if ran < epochs else ""
+        ended = final.train.epochs_run if final.train.stopped_early else None  # a refit stops early only by `until`
+        cut = f"; the budget ended it after epoch {ended}" if ended else ""
         return final, {"kind": "single", "trials": [best.number], "epochs": [epochs], "trained_on": "train+val",
-                       "processes": cfg.search.final_nproc, **({"budget_ended_at": {str(best.number): ran}} if cut else {}),
+                       "processes": cfg.search.final_nproc, **({"budget_ended_at": {str(best.number): ended}} if ended else {}),
                        "summary": f"trial #{best.number}'s knobs, refitted on train + validation for its "
                                   f"early-stopping epoch count ({epochs}{cut}), then tested once"}
     return _ensemble(cfg, choice, out, deadline)
