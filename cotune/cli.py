@@ -154,8 +154,8 @@ def worker(storage: str = typer.Option(..., "--storage", help="Study storage URL
     from cotune.search.worker import work
     import torch
     torch.set_num_threads(threads)
-    if wait_for is not None:  # spawned before the study is ready: import the training stack meanwhile, then wait
-        import cotune.pipeline  # noqa: F401
+    import cotune.pipeline  # noqa: F401  the training stack now, not in the first trial (its heartbeat running)
+    if wait_for is not None:  # spawned before the study is ready: it imported the stack meanwhile; now wait
         parent = os.getppid()
         while not wait_for.exists():
             if os.getppid() != parent or (deadline is not None and time.time() > deadline):

@@ -842,6 +842,55 @@ def test_a_worker_that_starts_late_still_runs_one_trial(tmp_path):
     assert work(url, "past", deadline=time.time() - 1, out=str(tmp_path / "past")) == 0  # past the deadline: none
 
 
+def test_a_trial_ended_by_another_worker_is_run_again_and_the_worker_goes_on(tmp_path, monkeypatch, capsys):
+    """Another worker's heartbeat check can end a live trial whose beats were late (a starved worker): optuna then
+    fails to tell it and its worker died with it. Here it is ended at its second epoch, as that check does."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from cotune.search import objective as obj
+    from cotune.search.storage import open_study, rdb_storage
+    from cotune.search.worker import work
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    cfg = from_dict({"data": {"source": "sklearn:iris"}, "model": {"width": 8}, "train": {"epochs": 6, "patience": 0},
+                     "runtime": {"threads": 1, "progress": False},
+                     "search": {"mlflow": "none", "sampler": "random", "trials": 1, "pruner": "none"}})
+    study, _, _ = open_study(url, "taken", cfg, {"train.lr": (1e-3, 0.1)})
+    other = optuna.load_study(study_name="taken", storage=rdb_storage(url))
+    hook = obj.Objective.on_eval_for
+
+    def on_eval_for(self, trial, t0):
+        inner = hook(self, trial, t0)
+
+        def on_eval(epoch, row):
+            if trial.number == 0 and epoch == 2:  # what optuna.storages.fail_stale_trials does to a stale trial
+                assert other._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+                other._storage.get_heartbeat_stale_trial_callback()(other, other._storage.get_trial(trial._trial_id))
+            return inner(epoch, row)
+        return on_eval
+    monkeypatch.setattr(obj.Objective, "on_eval_for", on_eval_for)
+    assert work(url, "taken", out=str(tmp_path)) == 2
+    first, again = study.get_trials(deepcopy=False)
+    assert first.state == TrialState.FAIL and again.state == TrialState.COMPLETE
+    assert again.params == first.params and again.system_attrs["retry_history"] == [0]
+    assert "trial 0 ended by another worker" in capsys.readouterr().err
+
+
+def test_a_failed_heartbeat_is_reported_and_the_next_one_tried(monkeypatch, capsys):
+    """Optuna's heartbeat thread ends at its first error; then the live trial is soon taken for a dead one's."""
+    from cotune.search import storage as st
+    calls = []
+
+    def record(trial_id):
+        calls.append(trial_id)
+        if len(calls) == 1:
+            raise OSError("server closed the connection unexpectedly")
+    st._beat(record, 7)
+    st._beat(record, 7)
+    assert calls == [7, 7] and "heartbeat of a running trial was not recorded (server closed" in capsys.readouterr().err
+    assert st.rdb_storage("sqlite:///:memory:").record_heartbeat.func is st._beat
+
+
 def test_table_start_cuts_its_ensemble_on_large_tables():
     cfg = from_dict({"data": {"source": "sklearn:breast_cancer"}})
     space = search_space(cfg, set(), "tabular", "binary", cpu=True)

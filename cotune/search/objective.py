@@ -49,6 +49,10 @@ class Objective:
             tracker.close("KILLED")
             _finish(trial, tdir, t0)
             raise
+        except optuna.exceptions.UpdateFinishedTrialError:  # ended elsewhere (its heartbeat was late): nothing to record
+            tracker.set_tags({"fail_reason": TAKEN})
+            tracker.close("KILLED")
+            raise
         except Exception as err:
             self.record_failure(trial, tcfg, tdir, tracker, err, t0)
             raise
@@ -126,6 +130,7 @@ class Objective:
         _finish(trial, tdir, t0)
 
 
+TAKEN = "ended by another worker while it ran (its heartbeat was late); it runs again as a new trial"
 REFIT_MARGIN = 1.1  # a refit's estimate, with this margin
 AFTER_FINAL_S = 5.0  # after the final model: calibration, the baselines' check, fit.json, MLflow's artifacts, report.html (~0.5 s)
 REEVAL_SHARE = 0.25  # the search leaves time for search.reeval's cross-validation while it costs at most this share of the budget

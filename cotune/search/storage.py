@@ -7,7 +7,9 @@ IMMEDIATE, and a lock file around the limit check and the ask).
 """
 from __future__ import annotations
 
+import functools
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -57,16 +59,31 @@ def rdb_storage(url: str):
     # SQLite: the driver's own transaction handling off (isolation_level None), so _serialize's BEGIN IMMEDIATE rules
     kw = {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {"pool_pre_ping": True}
     try:
-        storage = RDBStorage(driver_url(url), engine_kwargs=kw, heartbeat_interval=10, grace_period=30,
+        storage = RDBStorage(driver_url(url), engine_kwargs=kw, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
     except Exception as err:
         raise ConfigError(f"Cannot open the study storage {url!r} ({one_line(err)[:200]}); check the URL and that "
                           "the database server is running.") from None
+    storage.record_heartbeat = functools.partial(_beat, storage.record_heartbeat)
     if sqlite:
         _serialize(storage.engine)
     if sqlite_file(url):
         sqlite_wal(sqlite_file(url))  # a commit costs ~5 ms instead of ~20: a trial makes a dozen
     return storage
+
+
+HEARTBEAT_S = 10  # a running trial's heartbeat; one older than GRACE_S is a dead worker's: another worker retries it
+GRACE_S = 60  # six missed beats: a worker starved by a loaded machine is not taken for a dead one
+
+
+def _beat(record, trial_id: int) -> None:
+    """Optuna's heartbeat thread ends at its first error, and the live trial is then retried as a dead one's: a
+    beat that fails (the database restarting, a dropped connection) is reported and the next one tried."""
+    try:
+        record(trial_id)
+    except Exception as err:
+        print(f"cotune worker: the heartbeat of a running trial was not recorded ({one_line(err)[:200]}); "
+              f"next try in {HEARTBEAT_S} s", file=sys.stderr)
 
 
 def _serialize(engine) -> None:

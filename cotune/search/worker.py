@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
-from cotune.search.objective import Objective, estimate_final
+from cotune.search.objective import TAKEN, Objective, estimate_final
 from cotune.search.space import parse_population
 from cotune.search.storage import AskLock, open_study
 
@@ -29,9 +30,11 @@ def work(url: str, name: str, *, deadline: float | None = None, threads: int = 1
     me = f"{socket.gethostname()}:{os.getpid()}"
 
     lock = AskLock(url)
+    mine: list[int] = []
 
     def run_trial(trial):
         lock.release()  # the trial is claimed: the other workers may ask
+        mine.append(trial._trial_id)
         trial.set_user_attr("worker", me)  # lets `fit --resume` tell a dead worker's trial from a live one
         return objective(trial)
 
@@ -57,7 +60,12 @@ def work(url: str, name: str, *, deadline: float | None = None, threads: int = 1
                 if room > 1:
                     done += population.run_population(study, objective, lock, room, size, me)
                     continue
-            study.optimize(run_trial, n_trials=1, catch=(Exception,))
+            try:
+                study.optimize(run_trial, n_trials=1, catch=(Exception,))
+            except Exception:  # optuna cannot tell a trial that another worker's heartbeat check has ended
+                if not mine or study._storage.get_trial(mine[-1]).state.name == "RUNNING":
+                    raise
+                print(f"cotune worker: trial {study._storage.get_trial(mine[-1]).number} {TAKEN}", file=sys.stderr)
         finally:
             lock.release()
         done += 1
