@@ -160,6 +160,9 @@ def setup(cfg: RunConfig, ds, data: TrainingSet, refit_epochs: int | None = None
     transfer = None
     if data.source is not None:
         transfer = init_from(cfg.model.init_from, data.source, model, ds, kwargs)
+    fit_convex = getattr(model, "fit_convex", None)  # a linear path fitted before training: the mlp's model.text_linear
+    if fit_convex is not None and data.source is None and (fitted := fit_convex(data.train_X, data.train_y, ds.task, data.weights)):
+        data.summary["text_linear"] = fitted
     augment = robust.for_run(model, train_cfg, ds.task, augment, robust.input_mask(ds.modality, data.pre))  # train.adversarial
     data.summary["augment"] = augment.describe() if augment is not None else "none"
     check_config(train_cfg, ds.task)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from cotune.errors import ConfigError, invalid
+from cotune.models.embeddings import TextLinear
 from cotune.runtime import Runtime
 
 METHODS = ("fgsm", "pgd")

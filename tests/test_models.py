@@ -153,11 +153,11 @@ def test_model_knobs_and_defaults_come_from_the_knob_table():
     not_factory = ("model.family", "model.init_from")  # which model and from what weights: never factory arguments
     assert MODEL_KNOBS == tuple(k.name[len("model."):] for k in KNOBS if k.stage == "model" and k.name not in not_factory)
     assert MODEL_KNOBS == ("width", "depth", "dropout", "norm", "activation", "kernel_size", "pool", "bidirectional",
-                           "heads", "num_embedding", "embedding_dim", "text_encoder", "text_width", "ensemble")
+                           "heads", "num_embedding", "embedding_dim", "text_encoder", "text_width", "text_linear", "ensemble")
     # a model built directly: the factories' defaults, without the training config's dropout
     assert DEFAULTS == {"width": 64, "depth": 2, "dropout": 0.0, "norm": "none", "activation": "relu", "kernel_size": 5,
                         "pool": "auto", "bidirectional": False, "heads": 4, "num_embedding": "none", "embedding_dim": 8,
-                        "text_encoder": "bag", "text_width": 64, "ensemble": 1}
+                        "text_encoder": "bag", "text_width": 64, "text_linear": 0.0, "ensemble": 1}
     model = create_model("mlp", (4,), 2)
     assert not any(isinstance(m, torch.nn.Dropout) for m in model.modules())
     assert n_params(model) == n_params(create_model("mlp", (4,), 2, **DEFAULTS)) == (4 * 64 + 64) + (64 * 64 + 64) + 130

@@ -21,7 +21,7 @@ from cotune.errors import BundleError, ConfigError, DataError
 from cotune.knobs import BY_NAME
 from cotune.models import create_model
 from cotune.models.text import list_text_encoders
-from cotune.pipeline import load_data
+from cotune.pipeline import load_data, make_preprocessor
 from cotune.search.space import search_space
 
 from tests.test_cli import cli
@@ -246,7 +246,8 @@ def test_text_augmentation_moves_only_the_token_columns():
 
 def test_the_text_knobs_are_searched_only_on_tables_with_text():
     cfg = from_dict({})
-    text_knobs = {"data.tokenizer", "data.vocab_size", "data.max_tokens", "model.text_encoder", "model.text_width"}
+    text_knobs = {"data.tokenizer", "data.vocab_size", "data.max_tokens", "model.text_encoder", "model.text_width",
+                  "model.text_linear"}
     assert text_knobs <= set(search_space(cfg, set(), "tabular", "binary", cpu=True, text=True))
     assert not text_knobs & set(search_space(cfg, set(), "tabular", "binary", cpu=True))
 
@@ -269,6 +270,68 @@ def test_the_linear_baseline_swaps_only_the_hashed_text_counts_for_tfidf():
     assert len(kept) == len(pre.feature_names_) - pre.text_[0]["hash"] == 4  # x and the three kinds
     np.testing.assert_allclose(X[:, :4].toarray(), pre.transform_rows(ds, np.arange(150))[:, [pre.feature_names_.index(n) for n in kept]])
     assert X.shape[1] > 4 + 1000  # then the word and character n-grams' TF-IDF
+
+
+# ---- the linear path over the n-grams (model.text_linear) -------------------------------------------
+
+def _ngram_rows(df, train: int, classes: int = 2):
+    ds = dataset(df)
+    pre = Preprocessor(embed=True, tokenizer="ngrams", vocab_size=2000, max_tokens=40).fit(ds, np.arange(train))
+    return ds, pre, pre.transform(ds.X).astype(np.float32)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_the_linear_path_starts_as_logistic_regression_on_the_ngrams(classes):
+    """Fitted, the path is scikit-learn's LogisticRegression on the n-gram bags (built here independently, from the
+    ids and weights the layout names), and with the output layer at zero the model's logits are its logits."""
+    import scipy.sparse as sp
+    from sklearn.linear_model import LogisticRegression
+    df = reviews(300)
+    y = np.where(df["label"] == "pos", 1, 0) if classes == 2 else np.arange(300) % 3
+    df = df.assign(review=[r + f" tag{c}" if classes == 3 else r for r, c in zip(df["review"], y)])
+    ds, pre, X = _ngram_rows(df, 200)
+    model = create_model("mlp", pre.in_shape_, classes, layout=pre.layout_, width=16, depth=1, text_linear=2.0).eval()
+    fitted = model.fit_convex(X[:200], y[:200], "multiclass" if classes == 3 else "binary")
+    assert fitted["fitted"] and fitted["C"] == 2.0 and fitted["rows"] == 200
+    t = pre.layout_["text"][0]
+    start = pre.in_shape_[0] - 2 * t["length"]
+    ids, w = X[:, start:start + t["length"]].astype(int), X[:, start + t["length"]:]
+    S = sp.csr_matrix((w.ravel(), (np.repeat(np.arange(len(X)), t["length"]), ids.ravel())), shape=(len(X), t["vocab"]))
+    lr = LogisticRegression(C=2.0, max_iter=1000).fit(S[:200], y[:200])
+    with torch.no_grad():
+        z = model(torch.from_numpy(X)).double().numpy()
+    ref = lr.decision_function(S)
+    got = z[:, 1] - z[:, 0] if classes == 2 else z - z.mean(1, keepdims=True)
+    np.testing.assert_allclose(got, ref if classes == 2 else ref - ref.mean(1, keepdims=True), atol=1e-5)
+    assert not any(p.requires_grad for p in model.linear.parameters())
+    assert all(p.requires_grad for n, p in model.named_parameters() if not n.startswith("linear."))
+
+
+def test_a_run_with_the_linear_path_trains_the_network_on_top_of_it_frozen(tmp_path, table):
+    cfg = from_dict({"data": {"source": table, "target": "label", "tokenizer": "ngrams", "max_tokens": 256},
+                     "model": {"width": 16, "depth": 1, "text_width": 16, "text_linear": 1.0, "ensemble": 2},
+                     "train": {"epochs": 4}, "runtime": {"progress": False}, "out": str(tmp_path / "r")})
+    res = cotune.train(cfg)
+    metrics = json.loads((res.path / "metrics.json").read_text())
+    assert metrics["data"]["text_linear"]["fitted"] and res.test["accuracy"] >= 0.95
+    ds = load_data(cfg)
+    tr, _, _ = split_indices(ds, val=0.15, test=0.15, seed=0)
+    pre = make_preprocessor(cfg).fit(ds, tr)  # every n-gram of these short texts kept: the deciding words too
+    again = create_model("mlp", pre.in_shape_, 2, layout=pre.layout_, width=16, depth=1, text_width=16, text_linear=1.0,
+                         ensemble=2)
+    again.fit_convex(pre.transform(ds.X)[tr], ds.y[tr], "binary")
+    trained = cotune.load(res.path).model
+    assert torch.allclose(trained.linear.weight, again.linear.weight, atol=1e-6)  # frozen through training
+    assert trained.head.weight.abs().sum() > 0  # the network learned on top of it
+
+
+def test_the_linear_path_without_ngram_text_is_one_line(tmp_path, table):
+    base = ("--set", f"data.source={table}", "--set", "data.target=label", "--set", "train.epochs=1", "-q")
+    code, _, err = cli("train", *base, "--set", "model.text_linear=1", "--set", "data.tokenizer=bpe", "--out", tmp_path / "b")
+    assert code == 2 and "set data.tokenizer=ngrams, or model.text_linear=0" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
+    code, _, err = cli("train", *base, "--set", "model.text_linear=-1", "--out", tmp_path / "n")
+    assert code == 2 and "model.text_linear" in err and not (tmp_path / "n").exists()
 
 
 # ---- end to end -------------------------------------------------------------------------------
@@ -375,11 +438,12 @@ def test_adversarial_training_on_a_text_table_reports_robust_accuracy(tmp_path, 
     assert 0 <= res.test["robust_accuracy"] <= res.test["accuracy"] + 0.02
 
 
-@pytest.mark.parametrize("encoder,tokenizer", [("bag", "bpe"), ("gru", "bpe"), ("bag", "ngrams")])
-def test_a_text_model_predicts_the_same_through_onnx_runtime(tmp_path, table, encoder, tokenizer):
+@pytest.mark.parametrize("encoder,tokenizer,linear", [("bag", "bpe", 0), ("gru", "bpe", 0), ("bag", "ngrams", 0),
+                                                      ("bag", "ngrams", 1)])
+def test_a_text_model_predicts_the_same_through_onnx_runtime(tmp_path, table, encoder, tokenizer, linear):
     from tests.test_onnx_engine import compress
     cfg = from_dict({"data": {"source": table, "target": "label", "max_tokens": 24, "tokenizer": tokenizer},
-                     "model": {"width": 16, "depth": 1, "text_encoder": encoder, "text_width": 16},
+                     "model": {"width": 16, "depth": 1, "text_encoder": encoder, "text_width": 16, "text_linear": linear},
                      "train": {"epochs": 2}, "runtime": {"progress": False}, "out": str(tmp_path / "r")})
     run = cotune.train(cfg).path
     compress(run, run / "compress")

@@ -161,7 +161,7 @@ CLASSIFICATION_ONLY = ("data.balance", "data.clean.label_issues", "data.clean.la
                        "train.focal_gamma", "train.loss", "train.gce_q", "train.sce_alpha")
 REGRESSION_ONLY = ("data.target_transform",)
 TABULAR_ONLY = ("data.numeric", "data.tokenizer", "data.vocab_size", "data.max_tokens", "model.text_encoder",
-                "model.text_width")  # the last five: tables with text columns only
+                "model.text_width", "model.text_linear")  # all but the first: tables with text columns only
 
 
 @pytest.mark.parametrize("modality", ["tabular", "image", "sequence"])
@@ -908,3 +908,4 @@ def test_table_start_with_text_is_one_layer_without_an_ensemble():
     text = start_params(cfg, search_space(cfg, set(), "tabular", "binary", cpu=True, text=True), "tabular")
     assert plain["model.depth"] == START["tabular"]["model.depth"] != START_TEXT["model.depth"] == text["model.depth"]
     assert text["model.ensemble"] == 1 and text["data.tokenizer"] == "ngrams" and "data.tokenizer" not in plain
+    assert text["model.text_linear"] == 1.0 and "model.text_linear" not in plain  # LogisticRegression's default C

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -126,6 +127,8 @@ class TableInput(nn.Module):
         self.cat = CategoricalEmbedding(cards, d) if cards else None
         self.text = nn.ModuleList(text_encoder_for(text_encoder, t["vocab"], t["length"], text_width)
                                   for t in layout.get("text") or [])
+        starts = n + self.n_hot + self.n_cat + np.cumsum([0] + [token_columns(t) for t in texts])
+        self.text_starts = [int(s) for s in starts[:-1]]  # each text column's first feature column
         self.out_features = (n * d if self.num is not None else n) + self.n_hot + len(cards) * d + \
             len(self.text) * text_width
 
@@ -135,12 +138,10 @@ class TableInput(nn.Module):
         parts = [num if self.num is None else self.num(num).flatten(1), hot]
         if self.cat is not None:
             parts.append(self.cat(x[:, split:split + self.n_cat]).flatten(1))
-        start = split + self.n_cat
-        for encoder, t in zip(self.text, self.texts):
+        for encoder, t, start in zip(self.text, self.texts, self.text_starts):
             length = t["length"]
             ids = x[:, start:start + length]
             parts.append(encoder(ids, x[:, start + length:start + 2 * length]) if t.get("weighted") else encoder(ids))
-            start += token_columns(t)
         return torch.cat(parts, 1)
 
 
@@ -159,3 +160,63 @@ def table_input(layout: dict | None, num_embedding: str, d: int, text_encoder: s
 class EnsembleHead(NLinear):
     """k independent Linear(d_in -> out_dim) heads, one per ensemble member: (B, k, d_in) -> (B, k, out_dim)
     (NLinear over the members instead of the features)."""
+
+
+class TextLinear(nn.Module):
+    """A linear path from the weighted n-gram bags of a table's text columns (data.tokenizer=ngrams) straight
+    to the outputs: one weight row per n-gram of each column (one table, with row offsets) and a bias, so its
+    output is sum over the columns and their n-grams of weight x row. `fit` sets it to the convex solution on
+    the training rows (LogisticRegression, or Ridge for regression, at inverse L2 strength C) and freezes it.
+    (B, F) -> (B, out_dim). Read by the gathered rows, never the fused bag: it exports to ONNX as it trains."""
+
+    def __init__(self, texts: list, starts: list, out_dim: int):
+        super().__init__()
+        self.cols = [(int(s), int(t["length"])) for t, s in zip(texts, starts)]
+        vocabs = torch.tensor([int(t["vocab"]) for t in texts])
+        self.register_buffer("offsets", torch.cumsum(vocabs, 0) - vocabs, persistent=False)
+        self.register_buffer("max_id", vocabs - 1, persistent=False)
+        self.weight = nn.Parameter(torch.zeros(int(vocabs.sum()), out_dim))
+        self.bias = nn.Parameter(torch.zeros(out_dim))
+
+    def bags(self, x: torch.Tensor) -> tuple:
+        """(B, F) -> (rows of the weight table (B, T), their weights (B, T)), T the columns' lengths summed."""
+        ids = [torch.minimum(torch.nan_to_num(x[:, s:s + n]).round().long().clamp(min=0), self.max_id[i]) + self.offsets[i]
+               for i, (s, n) in enumerate(self.cols)]
+        return torch.cat(ids, 1), torch.cat([x[:, s + n:s + 2 * n] for s, n in self.cols], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        idx, w = self.bags(x)
+        return (self.weight[idx] * w.unsqueeze(-1).to(self.weight.dtype)).sum(1) + self.bias
+
+    def fit(self, x: np.ndarray, y: np.ndarray, task: str, C: float, weights: np.ndarray | None = None) -> dict:
+        """The convex fit on the rows `x` (B, F) and targets `y` (class indices; regression: the standardized
+        targets the network learns), then frozen. Returns what was fitted, for metrics.json."""
+        import warnings
+
+        import scipy.sparse as sp
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression, Ridge
+        idx, w = self.bags(torch.as_tensor(np.asarray(x, dtype=np.float32)))
+        rows = np.repeat(np.arange(len(x)), idx.shape[1])
+        X = sp.csr_matrix((w.numpy().ravel().astype(np.float64), (rows, idx.numpy().ravel())), shape=(len(x), self.weight.shape[0]))
+        W, b, m = np.zeros(tuple(self.weight.shape)), np.zeros(self.weight.shape[1]), None
+        classes = np.unique(y) if task != "regression" else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            if task == "regression":
+                m = Ridge(alpha=1.0 / C).fit(X, np.asarray(y, dtype=np.float64), sample_weight=weights)
+                W[:, 0], b[0] = m.coef_, m.intercept_
+            elif len(classes) >= 2:
+                m = LogisticRegression(C=C, max_iter=1000).fit(X, y, sample_weight=weights)
+                cls = m.classes_.astype(int)
+                if len(cls) == 2:  # one decision function: class 1's logit, class 0's at 0
+                    W[:, cls[1]], b[cls[1]] = m.coef_[0], m.intercept_[0]
+                else:
+                    W[:, cls], b[cls] = m.coef_.T, m.intercept_
+        with torch.no_grad():
+            self.weight.copy_(torch.from_numpy(W))
+            self.bias.copy_(torch.from_numpy(b))
+        self.requires_grad_(False)
+        steps = getattr(m, "n_iter_", None)
+        return {"C": float(C), "ngrams": int(X.shape[1]), "rows": int(X.shape[0]), "fitted": m is not None,
+                "iterations": int(np.max(steps)) if steps is not None else None}

@@ -201,6 +201,9 @@ def check_knobs(family: str, in_shape, knobs: dict, min_depth: int = 1) -> dict:
     dropout = k["dropout"]
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ModelError(invalid("'model.dropout'", "a number in [0, 1)", dropout))
+    c = k["text_linear"]
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.0 <= c < math.inf:
+        raise ModelError(invalid("'model.text_linear'", "a number >= 0 (0: off)", c))
     for key, choices in (("norm", NORMS), ("activation", ACTIVATIONS), ("pool", POOLS),
                          ("num_embedding", NUM_EMBEDDINGS), ("text_encoder", TEXT_CHOICES)):
         if k[key] not in choices:
