@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from cotune.errors import ModelError
 from cotune.models.embeddings import EnsembleHead, TextLinear, table_input
-from cotune.models.registry import act_layer, check_knobs, register_model
+from cotune.models.registry import act_layer, check_knobs, head, register_model
 
 
 class MLP(nn.Module):
@@ -74,7 +74,7 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
         self.head_name = "head" if ensemble > 1 else f"net.{len(layers) - 1}"  # the output layer (registry.head)
         if self.linear is not None:  # training starts from the linear path alone; the network learns what it leaves
-            out = self.get_submodule(self.head_name)
+            out = head(self)
             nn.init.zeros_(out.weight)
             nn.init.zeros_(out.bias)
 

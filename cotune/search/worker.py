@@ -63,9 +63,10 @@ def work(url: str, name: str, *, deadline: float | None = None, threads: int = 1
             try:
                 study.optimize(run_trial, n_trials=1, catch=(Exception,))
             except Exception:  # optuna cannot tell a trial that another worker's heartbeat check has ended
-                if not mine or study._storage.get_trial(mine[-1]).state.name == "RUNNING":
+                last = study._storage.get_trial(mine[-1]) if mine else None
+                if last is None or last.state.name == "RUNNING":
                     raise
-                print(f"cotune worker: trial {study._storage.get_trial(mine[-1]).number} {TAKEN}", file=sys.stderr)
+                print(f"cotune worker: trial {last.number} {TAKEN}", file=sys.stderr)
         finally:
             lock.release()
         done += 1
