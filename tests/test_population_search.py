@@ -92,12 +92,33 @@ def test_parse_population_rejects(text):
         parse_population(text)
 
 
-def test_probe_size_stays_in_the_room_it_is_given():
-    cfg = from_dict(BASE)
+@pytest.mark.parametrize("model", [{}, {"ensemble": 2}, {"family": "cnn1d", "width": 8, "depth": 2}],
+                         ids=["mlp", "mlp-ensemble", "cnn1d"])
+def test_probe_size_stays_in_the_room_it_is_given(model):
+    """Every shape the search stacks is probed, the mlp's in-model ensemble (a (K, B, e, C) output) included."""
+    from cotune.search.population.search import _PROBES
+    cfg = from_dict({**BASE, "model": {**BASE["model"], **model}})
     rt = Runtime.resolve("cpu", "fp32", 1, False)
     k, solo = probe_size(cfg, ((40,), 10), "multiclass", rt, 4, None, 500)
     assert 1 <= k <= 4 and solo > 0
+    assert any(pops for _, pops in _PROBES.values())  # a population step was timed, not only the solo one
     assert probe_size(cfg, ((40,), 10), "multiclass", rt, 1, None, 500)[0] == 1
+
+
+def test_a_failing_probe_runs_the_trial_alone_and_the_worker_goes_on(tmp_path, monkeypatch, capsys):
+    from cotune.search.population import search as population
+
+    def broken(*a, **k):
+        raise ValueError("too many values to unpack")
+    monkeypatch.setattr(population, "probe_size", broken)
+    cfg = from_dict({**BASE, "search": {"trials": 3, "mlflow": "none", "population": "auto"}})
+    url = storage_url(tmp_path, None)
+    study, cfg, space = open_study(url, "p", cfg, {"train.lr": (1e-3, 1e-2)})
+    assert work(url, "p", out=str(tmp_path)) == 3
+    trials = study.get_trials()
+    assert len(trials) == 3 and all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    assert not any(t.user_attrs.get("population_size") for t in trials)  # each ran alone
+    assert "runs alone: its population probe failed (ValueError" in capsys.readouterr().err
 
 
 def test_heartbeat_records_every_member_until_it_ends():

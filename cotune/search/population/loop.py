@@ -35,7 +35,7 @@ from cotune.data.batches import TensorData
 from cotune.errors import ConfigError, DataError
 from cotune.evaluate import Metric, metric, monitored_metric
 from cotune.runtime import Runtime
-from cotune.search.population.loss import LossSpecs, member_losses
+from cotune.search.population.loss import LossSpecs, ensemble_rows, member_losses
 from cotune.search.population.optim import StackedOptimizer, clip_members, param_info
 from cotune.search.population.stack import Population, stack, take, unstack
 from cotune.train import EVAL_BATCH, TrainingError, TrainResult, check_config, get_lr, val_row
@@ -197,11 +197,7 @@ def train_population(models: list[torch.nn.Module], train_data: TensorData, memb
             pop.ctx.mask = mask
             with runtime.autocast():
                 z = pop(xb).float()
-            yl, wl, ml, yl2 = yb, wb, mask, yb2
-            if z.dim() == 4:  # an in-model ensemble (K, B, e, C): each copy scored on its row, as compute_loss does
-                e = z.shape[2]
-                z = z.reshape(z.shape[0], -1, z.shape[-1])
-                yl, wl, ml, yl2 = (None if t is None else t.repeat_interleave(e, dim=1) for t in (yb, wb, mask, yb2))
+            z, yl, wl, ml, yl2 = ensemble_rows(z, yb, wb, mask, yb2)  # an in-model ensemble: one row per copy
             loss = member_losses(z, yl, wl, ml, specs)
             if yb2 is not None:
                 loss = lam * loss + (1 - lam) * member_losses(z, yl2, wl, ml, specs)

@@ -83,6 +83,15 @@ def _per_sample(name: str, out: torch.Tensor, y: torch.Tensor, s: LossSpecs) -> 
     return _param(s.sce_alpha, out.dtype) * ce + _param(s.sce_beta, out.dtype) * -RCE_LOG_ZERO * one_minus_py
 
 
+def ensemble_rows(z: torch.Tensor, *ts):
+    """An in-model ensemble's output (K, B, e, C) as (K, B * e, C), each copy scored on its own row as compute_loss
+    does, and the per-row tensors `ts` (K, B) (None kept) repeated to match; any other output as it is."""
+    if z.dim() != 4:
+        return (z, *ts)
+    e = z.shape[2]
+    return (z.reshape(z.shape[0], -1, z.shape[-1]), *(None if t is None else t.repeat_interleave(e, dim=1) for t in ts))
+
+
 def member_losses(out: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, mask: torch.Tensor | None,
                   s: LossSpecs) -> torch.Tensor:
     """(K,) each member's mean loss over its real rows (weighted by w when given), as compute_loss."""

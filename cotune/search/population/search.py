@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import threading
 import time
 import warnings
@@ -58,7 +59,7 @@ def stackable(cfg) -> bool:
 def _probe_key(cfg, runtime) -> tuple:
     m, t = cfg.model, cfg.train
     return (runtime.device, m.family, round(math.log2(max(1, m.width))), m.depth, m.norm, m.pool, m.kernel_size,
-            round(math.log2(max(1, t.batch_size))), t.optimizer)
+            round(math.log2(max(1, t.batch_size))), t.optimizer, m.ensemble)
 
 
 def _time_steps(step, n: int = 3) -> float:
@@ -77,7 +78,7 @@ def probe(cfg, in_shape: tuple, out_dim: int, task: str, runtime, ks) -> tuple[f
     trial's shape, batch size and optimizer. Cached per process by a coarse shape (width and batch to a power of 2)."""
     from cotune.models import create_model
     from cotune.models import factory_knobs
-    from cotune.search.population.loss import LossSpecs, member_losses
+    from cotune.search.population.loss import LossSpecs, ensemble_rows, member_losses
     from cotune.search.population.optim import StackedOptimizer
     from cotune.train import compute_loss, make_optimizer, resolve_loss
     key = _probe_key(cfg, runtime)
@@ -108,7 +109,7 @@ def probe(cfg, in_shape: tuple, out_dim: int, task: str, runtime, ks) -> tuple[f
 
         def pop_step():
             sopt.zero_grad()
-            member_losses(pop(xs).float(), ys, None, None, specs).sum().backward()
+            member_losses(*ensemble_rows(pop(xs).float(), ys), None, None, specs).sum().backward()
             sopt.step(lrs)
         pops[k] = _time_steps(pop_step)
     torch.random.set_rng_state(state)  # the trials' own seeds are untouched
@@ -241,14 +242,18 @@ def _population(study, objective, lock, room, size, me, first, cfg0, beat, t0) -
     ds = load_data(cfg0)
     n_train = int(len(ds) * (1 - cfg0.data.split.val - cfg0.data.split.test))
     left = None if objective.deadline is None else objective.deadline - time.time()
-    if size == "auto":
-        k, solo = probe_size(cfg0, (in_shape, out_dim), ds.task, rt, room, left, n_train)
-        if k == 1:
-            lock.release()
-            return _solo(study, objective, first)
-    else:
-        k = min(int(size), room)
-        solo, _ = probe(cfg0, in_shape, out_dim, ds.task, rt, ())
+    try:
+        if size == "auto":
+            k, solo = probe_size(cfg0, (in_shape, out_dim), ds.task, rt, room, left, n_train)
+        else:
+            k, (solo, _) = min(int(size), room), probe(cfg0, in_shape, out_dim, ds.task, rt, ())
+    except Exception as err:  # noqa: BLE001 - a shape the batched layers cannot take: the trial runs alone
+        print(f"cotune worker: trial {first.number} runs alone: its population probe failed ({type(err).__name__}: {err})",
+              file=sys.stderr)
+        k = 1
+    if k == 1:
+        lock.release()
+        return _solo(study, objective, first)
     shape = {n: v for n, v in first.params.items() if n in SHAPE_KNOBS}
     cfgs.append(cfg0)
     for _ in range(k - 1):
