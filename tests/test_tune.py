@@ -909,3 +909,16 @@ def test_table_start_with_text_is_one_layer_without_an_ensemble():
     assert plain["model.depth"] == START["tabular"]["model.depth"] != START_TEXT["model.depth"] == text["model.depth"]
     assert text["model.ensemble"] == 1 and text["data.tokenizer"] == "ngrams" and "data.tokenizer" not in plain
     assert text["model.text_linear"] == 1.0 and "model.text_linear" not in plain  # LogisticRegression's default C
+
+
+def test_a_worker_that_crashes_is_said_and_the_others_watched_to_their_end(tmp_path, capsys):
+    """A worker that dies of a bug used to leave a silently shorter search: the parent names it and its log."""
+    from types import SimpleNamespace
+
+    from cotune.search.parent import run_workers
+    procs = [subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"]),
+             subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])]
+    run_workers(SimpleNamespace(), "sqlite://", 2, tmp_path, 1, procs=procs, poll_s=0.05)
+    assert all(p.returncode is not None for p in procs)
+    err = capsys.readouterr().err
+    assert "worker 0 stopped with exit code 3" in err and "workers.log" in err and "worker 1" not in err

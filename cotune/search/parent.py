@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -262,6 +263,10 @@ def run_workers(study, url: str, n: int, out: Path, threads: int, *, deadline: f
                 for p in procs:
                     p.terminate()
             time.sleep(poll_s)
+        for i, p in enumerate(procs):  # a crashed worker (a bug, memory): said, not silently a shorter search
+            if p.returncode not in (0, -signal.SIGTERM):
+                print(f"cotune: worker {i} stopped with exit code {p.returncode} (its error is in {out / 'workers.log'})",
+                      file=sys.stderr)
     except KeyboardInterrupt:
         study.set_user_attr("stop", True)
         for p in procs:
